@@ -1,0 +1,49 @@
+"""Entry point evaluate: test a train run's model, then register it and move the aliases."""
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from unet import cli, config, tracking
+from unet.errors import UserError
+from unet.evaluation import evaluate_pairs
+
+
+def evaluate() -> None:
+    cfg = config.load("evaluate", config.cli_overrides("evaluate"))
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        tracking.log_effective_params(config.as_params(cfg))
+        train_run = tracking.get_run(cfg.train_run_id, "train", "train_run_id")
+        split = tracking.load_split(train_run.data.params["split_run_id"], workdir=Path(tmp))
+        test = split.subsets["test"]
+        if not test:
+            raise UserError(f"split run {split.run_id} has no test images: run split_data with "
+                            f"test_fraction > 0")
+        mlflow.set_tags({"split_run_id": split.run_id, "train_run_id": train_run.info.run_id})
+        tracking.log_split_inputs(split, ("test",))
+
+        model_uri = train_run.data.tags["model_uri"]
+        out_dir = Path(tmp) / "predictions"
+        metrics = evaluate_pairs(tracking.load_segmenter(model_uri), test, cfg.threshold,
+                                 cfg.eval_batch_size, out_dir)
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_artifacts(str(out_dir), "predictions")
+
+        # Registration comes last: a failure above leaves the registry as it was.
+        def score_champion(uri: str) -> float:
+            return evaluate_pairs(tracking.load_segmenter(uri), test, cfg.threshold,
+                                  cfg.eval_batch_size)["dice"]
+
+        promotion = tracking.register_and_promote(model_uri, cfg.model_name, metrics,
+                                                  split.run_id, score_champion)
+        mlflow.set_tags({"model_name": cfg.model_name, "model_version": promotion.version,
+                         "model_alias": promotion.alias})
+        against = ("" if promotion.champion_dice is None
+                   else f" (champion had {promotion.champion_dice:.4f})")
+        print(f"evaluate run {run.info.run_id}: test Dice {metrics['dice']:.4f}, IoU "
+              f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}; {cfg.model_name} "
+              f"version {promotion.version} -> @{promotion.alias}{against}")
+
+
+if __name__ == "__main__":
+    cli.main(evaluate)

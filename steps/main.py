@@ -1,0 +1,51 @@
+"""Entry point main: split_data -> train -> evaluate, reusing identical finished steps."""
+import mlflow
+from mlflow.exceptions import ExecutionException
+
+from unet import cli, config, tracking
+from unet.errors import UserError
+
+STEPS = ("split_data", "train", "evaluate")
+CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from the step before
+
+
+def main() -> None:
+    params = config.read_params()
+    given = config.cli_overrides("main")
+    with mlflow.start_run() as run:
+        runs, previous = {}, None
+        for step in STEPS:
+            # Every parameter is passed as text, defaults included, so a later run with the
+            # same settings finds this one by comparing the strings MLflow stored.
+            step_params = config.step_params(step, given, params)
+            if step in CHAINED:
+                step_params[CHAINED[step]] = previous.info.run_id
+            try:
+                previous, reused = tracking.run_step(step, step_params)
+            except ExecutionException:
+                raise UserError(f"step {step} failed (its error is printed above)") from None
+            runs[step] = (previous, reused)
+        summary(runs, run)
+
+
+def summary(runs: dict, main_run) -> None:
+    evaluate = runs["evaluate"][0]
+    tags, metrics = evaluate.data.tags, evaluate.data.metrics
+    name, version = tags["model_name"], tags["model_version"]
+    aliases = tracking.aliases_of(name, version)
+    mlflow.set_tags({f"{step}_run_id": r.info.run_id for step, (r, _) in runs.items()})
+    mlflow.set_tags({"model_name": name, "model_version": version})
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
+    print("\n=== pipeline summary ===")
+    for step, (r, reused) in runs.items():
+        print(f"  {step:<11} {'reused' if reused else 'ran':<7} run {r.info.run_id}")
+    print(f"  test Dice {metrics['test_dice']:.4f} per image, {metrics['test_dice_micro']:.4f} "
+          f"pooled; IoU {metrics['test_iou']:.4f}; accuracy {metrics['test_accuracy']:.4f}")
+    print(f"  model {name} version {version}, aliases: {', '.join(aliases) or 'none'}"
+          f" (load it as models:/{name}@{tracking.CHAMPION})")
+    print(f"  open the UI: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}"
+          f"  (then http://127.0.0.1:5000, experiment of run {main_run.info.run_id})")
+
+
+if __name__ == "__main__":
+    cli.main(main)

@@ -1,0 +1,33 @@
+"""Entry point split_data: find and check image/mask pairs, split them by car, log the split."""
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from unet import cli, config, data, synthetic, tracking
+
+
+def split_data() -> None:
+    cfg = config.load("split_data", config.cli_overrides("split_data"))
+    builtin = cfg.data_dir == "synthetic"
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        tracking.log_effective_params(config.as_params(cfg))
+        if builtin:
+            data_dir = Path(tmp)
+            synthetic.generate(data_dir, cfg.num_images, cfg.synthetic_height,
+                               cfg.synthetic_width, cfg.seed)
+        else:
+            data_dir = Path(cfg.data_dir).expanduser().resolve()
+        pairs = data.find_pairs(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
+                                cfg.mask_suffix, cfg.mask_ext)
+        data.check_pairs(pairs)
+        subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
+        tracking.log_split(subsets, layout, data_dir, builtin)
+        sizes = ", ".join(f"{name} {len(p)}" for name, p in subsets.items())
+        print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
+              f"{'the built-in set' if builtin else data_dir}: {sizes}")
+
+
+if __name__ == "__main__":
+    cli.main(split_data)

@@ -1,0 +1,184 @@
+"""One typed config per entry point: defaults from params.yaml, overridden by `-P name=value`.
+
+Every value is read as the text MLflow passes on the command line, then parsed by the field's
+type, so a bad value is reported by parameter name. A value of "auto" takes the preset for the
+kind of data the split holds (params.yaml `presets`: `builtin` for the generated set, `real`
+otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from unet.errors import UserError
+
+PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    data_dir: str            # "synthetic" or a folder holding image_dir and mask_dir
+    image_dir: str           # relative to data_dir
+    mask_dir: str
+    mask_suffix: str         # image "X.jpg" <-> mask "X{mask_suffix}{mask_ext}"
+    mask_ext: str
+    num_images: int          # size of the generated set (data_dir=synthetic only)
+    synthetic_height: int
+    synthetic_width: int
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    def validate(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"parameter {name}={getattr(self, name)}: must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserError("parameters val_fraction + test_fraction must sum to less than 1 "
+                            "(nothing would be left to train on)")
+        if self.num_images < 3:
+            raise UserError(f"parameter num_images={self.num_images}: must be at least 3")
+        if min(self.synthetic_height, self.synthetic_width) < 32:
+            raise UserError("parameters synthetic_height/synthetic_width: must be at least 32")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    split_run_id: str
+    lr: float
+    batch_size: int
+    epochs: int
+    image_height: int
+    image_width: int
+    features: tuple[int, ...]
+    rotate_limit: float      # augmentation: max rotation in degrees
+    hflip: float             # augmentation: probability of a horizontal flip
+    vflip: float             # augmentation: probability of a vertical flip
+    num_workers: int
+    precision: str           # auto | fp32 | bf16 | fp16
+    seed: int
+    resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
+
+    def validate(self) -> None:
+        if not self.split_run_id:
+            raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
+        if self.lr <= 0:
+            raise UserError(f"parameter lr={self.lr}: must be > 0 (e.g. 1e-4)")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"parameter {name}={getattr(self, name)}: must be >= 1")
+        for name in ("hflip", "vflip"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"parameter {name}={getattr(self, name)}: a probability, in [0, 1]")
+        if self.num_workers < 0:
+            raise UserError(f"parameter num_workers={self.num_workers}: must be >= 0")
+        if not self.features or min(self.features) < 1:
+            raise UserError(f"parameter features={self.features}: give positive widths, e.g. 64,128,256,512")
+        min_size = 2 ** len(self.features)
+        for name in ("image_height", "image_width"):
+            if getattr(self, name) < min_size:
+                raise UserError(f"parameter {name}={getattr(self, name)}: too small for "
+                                f"{len(self.features)} levels; use at least {min_size}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UserError(f"parameter precision={self.precision}: use auto, fp32, bf16 or fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    train_run_id: str
+    model_name: str
+    threshold: float
+    eval_batch_size: int
+
+    def validate(self) -> None:
+        if not self.train_run_id:
+            raise UserError("parameter train_run_id is missing: pass the run id printed by train")
+        if not 0 < self.threshold < 1:
+            raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
+        if not self.model_name.strip():
+            raise UserError("parameter model_name is empty")
+        if self.eval_batch_size < 1:
+            raise UserError(f"parameter eval_batch_size={self.eval_batch_size}: must be >= 1")
+
+
+STEPS = {"split_data": SplitConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def parse_value(name: str, text: Any, kind: Any) -> Any:
+    """Parses one parameter given as text (or a YAML scalar) into `kind`; UserError if it can't."""
+    text = str(text).strip()
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind == tuple[int, ...]:
+            return tuple(int(part) for part in text.split(","))
+        return text
+    except ValueError:
+        expected = {int: "an integer", float: "a number"}.get(kind, "a comma list of integers, e.g. 64,128")
+        raise UserError(f"parameter {name}={text!r}: expected {expected}") from None
+
+
+def load(step: str, overrides: dict[str, str] | None = None, preset: str | None = None,
+         params: dict[str, Any] | None = None):
+    """The typed, validated config of `step`: params.yaml < overrides; "auto" < presets[preset]."""
+    cls = STEPS[step]
+    params = params if params is not None else read_params()
+    raw = dict(params[step])
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise UserError(f"unknown parameter(s) for {step}: {', '.join(sorted(unknown))}")
+    for name, value in raw.items():
+        if str(value) == AUTO and name in params.get("presets", {}).get(preset or "", {}):
+            raw[name] = params["presets"][preset][name]
+    hints = get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        if str(value) == AUTO and hints[name] is not str:
+            raise UserError(f"parameter {name}=auto: no preset gives it a value here; pass a value")
+        values[name] = parse_value(name, value, hints[name])
+    config = cls(**values)
+    config.validate()
+    return config
+
+
+def auto_params(step: str, params: dict[str, Any] | None = None) -> list[str]:
+    """Names of `step`'s parameters whose default is "auto" (resolved from a preset)."""
+    params = params if params is not None else read_params()
+    return [name for name, value in params[step].items() if str(value) == AUTO]
+
+
+def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
+    """Every parameter of `step` as text: the given value, else params.yaml's."""
+    return {name: str(given.get(name, default)) for name, default in params[step].items()}
+
+
+def cli_overrides(step: str, argv: list[str] | None = None) -> dict[str, str]:
+    """Parses `--name value` for every field of `step`'s config (for "main": of all steps but
+    the run ids that chain them); returns only those given."""
+    parser = argparse.ArgumentParser(prog=f"steps.{step}")
+    fields = ([f for cls in STEPS.values() for f in dataclasses.fields(cls)
+               if not f.name.endswith("_run_id")] if step == "main" else dataclasses.fields(STEPS[step]))
+    for name in dict.fromkeys(f.name for f in fields):
+        parser.add_argument(f"--{name}", default=None)
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+
+
+def as_params(config) -> dict[str, str]:
+    """A config as the flat text parameters MLflow stores (features as "64,128")."""
+    out = {}
+    for name, value in dataclasses.asdict(config).items():
+        out[name] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    return out

@@ -1,0 +1,171 @@
+"""Image/mask pairs on disk: discovery, checks, the split by car, and the training Dataset."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from unet.errors import UserError
+from unet.transforms import resize_pair
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    stem: str          # e.g. "0cdf5b5d0ce1_01"
+    image: Path
+    mask: Path
+
+    @property
+    def group(self) -> str:
+        """The car id: "<car>_<view>" -> "<car>"; a stem without "_" is its own group."""
+        return self.stem.rsplit("_", 1)[0]
+
+
+def find_pairs(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
+               mask_ext: str = ".gif") -> list[Pair]:
+    """Pairs every image `X.<jpg|jpeg|png>` in image_dir with `X{mask_suffix}{mask_ext}`.
+
+    Hidden files and other extensions are ignored. Raises UserError naming the folder when it
+    is missing or empty, and naming the images whose mask is missing.
+    """
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise UserError(f"folder not found: {folder} (check data_dir, image_dir and mask_dir)")
+    images = sorted(p for p in image_dir.iterdir()
+                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    if not images:
+        raise UserError(f"no images (.jpg, .jpeg, .png) in {image_dir}")
+    pairs = [Pair(p.stem, p, mask_dir / f"{p.stem}{mask_suffix}{mask_ext}") for p in images]
+    missing = [p.image.name for p in pairs if not p.mask.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"{len(missing)} image(s) in {image_dir} have no mask "
+                        f"'<stem>{mask_suffix}{mask_ext}' in {mask_dir}: {shown}")
+    return pairs
+
+
+def check_pair(pair: Pair) -> str | None:
+    """Decodes the image and mask fully; returns a problem description, or None if usable."""
+    try:
+        with Image.open(pair.image) as image:
+            image.load()
+            size = image.size
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        return f"{pair.image}: unreadable image ({e})"
+    try:
+        with Image.open(pair.mask) as mask:
+            mask.load()
+            if mask.size != size:
+                return (f"{pair.mask}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
+                        f"{size[0]}x{size[1]}")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        return f"{pair.mask}: unreadable mask ({e})"
+    return None
+
+
+def check_pairs(pairs: Sequence[Pair], threads: int = 4) -> None:
+    """Decodes every pair (in threads: decoding releases the GIL); raises one UserError listing
+    every pair that can't be used."""
+    with ThreadPoolExecutor(threads) as pool:
+        problems = [p for p in pool.map(check_pair, pairs) if p]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise UserError(f"{len(problems)} bad file(s): {shown}. Fix or remove them and run again.")
+
+
+def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
+                seed: int) -> dict[str, list[Pair]]:
+    """Splits by car (all views of a car on one side) -> {"train", "val", "test"}.
+
+    Cars are shuffled with `seed` and dealt to test, then val, until each holds its fraction of
+    the images; the rest train. A fraction > 0 always gets at least one car.
+    """
+    groups: dict[str, list[Pair]] = {}
+    for pair in sorted(pairs, key=lambda p: p.stem):
+        groups.setdefault(pair.group, []).append(pair)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    wanted = [f for f in (test_fraction, val_fraction) if f > 0]
+    if len(names) < len(wanted) + 1:
+        raise UserError(f"only {len(names)} car id(s) in the data: too few to split into train, "
+                        f"val and test; add images or set val_fraction/test_fraction to 0")
+    split: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+    total = len(pairs)
+    for part, fraction in (("test", test_fraction), ("val", val_fraction)):
+        while fraction > 0 and (not split[part] or len(split[part]) < fraction * total) \
+                and len(names) > 1:
+            split[part].extend(groups[names.pop()])
+    for name in names:
+        split["train"].extend(groups[name])
+    return split
+
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB image -> (H, W, 3) uint8. With size=(H, W), JPEGs decode at a reduced scale no smaller
+    than that (PIL draft mode), which is several times faster on large photos."""
+    with Image.open(path) as image:
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB", (size[1], size[0]))
+        return np.asarray(image.convert("RGB"))
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Mask -> (H, W) uint8 in {0, 1}.
+
+    Palette GIFs (Carvana) hold indices 0/1 whose palette maps to black/white, grey masks hold
+    0/255, antialiased masks hold values in between, and some masks hold 0/1 directly: taking
+    the luminance and thresholding at half its maximum handles all of them.
+    """
+    with Image.open(path) as mask:
+        grey = np.asarray(mask.convert("L"))
+    top = int(grey.max())
+    return (grey > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(grey)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs, resized once to size=(H, W) and kept in memory.
+
+    Resizing is the deterministic first step of every preset, so it runs once per pair;
+    `transform` (augmentation, normalization, ToTensorV2) runs on every read. Items are
+    (float image (3, H, W), float 0/1 mask (H, W)).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable):
+        self.pairs = list(pairs)
+        self.size, self.transform = size, transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index-th pair at the training size: ((H, W, 3) uint8, (H, W) uint8 0/1)."""
+        if index not in self._cache:
+            self._cache[index] = self._load(index)
+        return self._cache[index]
+
+    def preload(self, threads: int = 2) -> "SegmentationDataset":
+        """Decodes and resizes every pair now (PIL and OpenCV release the GIL), so that loader
+        workers forked afterwards share the arrays instead of each decoding its own copy."""
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for index, arrays in zip(range(len(self)), pool.map(self._load, range(len(self)))):
+                self._cache[index] = arrays
+        return self
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        return resize_pair(load_image(pair.image, self.size), load_mask(pair.mask), self.size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.resized(index)
+        out = self.transform(image=image, mask=mask)
+        return out["image"], out["mask"].float()

@@ -1,0 +1,75 @@
+"""Inference on images of any size: what `evaluate`, the logged model and serving all run."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from unet.engine import Precision, choose_precision, prepare
+from unet.model import UNet
+from unet.transforms import resize_image, to_input
+
+
+class Segmenter:
+    """A trained UNet plus the preprocessing it was trained with.
+
+    Images (H, W, 3) uint8 of any size are resized to the training size, normalized as in
+    training, segmented, and the probabilities are resized back to (H, W).
+    """
+
+    def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None):
+        self.precision = precision or choose_precision("auto")
+        self.model = prepare(model, self.precision).eval()
+        self.image_size = tuple(image_size)
+
+    @classmethod
+    def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
+        """From {"features", "image_size", "model"} as written by `to_state`."""
+        model = UNet(features=state["features"])
+        model.load_state_dict(state["model"])
+        return cls(model, state["image_size"], precision)
+
+    def to_state(self) -> dict:
+        return {"features": list(self.model.features), "image_size": list(self.image_size),
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    @torch.no_grad()
+    def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
+        """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities."""
+        self.model.eval()   # the model may be shared with a Trainer that set train mode
+        x = self.precision.to_device(torch.from_numpy(to_input(batch)))
+        with self.precision.context():
+            logits = self.model(x)
+        return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
+
+    def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
+                      ) -> Iterator[np.ndarray]:
+        """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size."""
+        batch: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
+
+        def flush():
+            probs = self.probabilities_resized(np.stack(batch))
+            for p, (h, w) in zip(probs, sizes):
+                yield p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+            batch.clear()
+            sizes.clear()
+
+        for image in images:
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+            sizes.append(image.shape[:2])
+            batch.append(resize_image(image, self.image_size))
+            if len(batch) == batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+    def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
+              batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Yields one (H, W) uint8 0/1 mask per image, at the image's size."""
+        for probs in self.probabilities(images, batch_size):
+            yield (probs > threshold).astype(np.uint8)

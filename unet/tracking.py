@@ -1,0 +1,333 @@
+"""Everything that talks to MLflow: parameters, the split, models, the registry, step reuse.
+
+Steps hand each other run ids; what a step needs from an earlier one (the split, the data set
+when it was generated, the model) comes from that run's logged artifacts and tags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+from unet.data import Pair
+from unet.errors import UserError
+from unet.predict import Segmenter
+
+SPLIT_FILE = "split.json"
+CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+DATA_ARTIFACTS = "data"
+CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
+MODEL_NAME_IN_RUN = "model"
+ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+CHAMPION, CHALLENGER = "champion", "challenger"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# SegmentationModel declares its interface with an explicit signature, not type hints.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy", "pillow", "opencv-python-headless", "albumentations"]
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+def log_effective_params(params: dict[str, str]) -> None:
+    """Logs params not logged yet; for those `mlflow run` logged as "auto", logs the value the
+    preset gave as `effective.<name>` (a logged param can't be changed)."""
+    logged = mlflow.active_run().data.params
+    new = {}
+    for name, value in params.items():
+        if name not in logged:
+            new[name] = value
+        elif logged[name] == "auto":
+            new[f"effective.{name}"] = value
+    if new:
+        mlflow.log_params(new)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
+    """The run `run_id`, checked to come from `entry_point` (and to have finished); UserError
+    naming `param` if not."""
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"parameter {param}={run_id}: no such run in the tracking store "
+                        f"{mlflow.get_tracking_uri()}") from None
+    actual = run.data.tags.get(ENTRY_POINT_TAG)
+    if actual is not None and actual != entry_point:
+        raise UserError(f"parameter {param}={run_id}: that run is a '{actual}' run; "
+                        f"pass the id of a '{entry_point}' run")
+    if finished and run.info.status != "FINISHED":
+        raise UserError(f"parameter {param}={run_id}: that run did not finish ({run.info.status})")
+    return run
+
+
+# --- the split ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Split:
+    """The split a split_data run logged, with its pairs on this machine."""
+    run_id: str
+    builtin: bool
+    subsets: dict[str, list[Pair]]     # "train", "val", "test"
+    data_dir: Path
+
+
+def _pairs_digest(pairs: list[Pair]) -> str:
+    """Names and sizes of the files: cheap on 5,000 Carvana photos, changes when files do."""
+    h = hashlib.sha256()
+    for p in pairs:
+        for f in (p.image, p.mask):
+            h.update(f"{f.name}:{f.stat().st_size};".encode())
+    return h.hexdigest()[:16]
+
+
+def log_dataset(pairs: list[Pair], name: str, context: str, source: str) -> None:
+    """Records a subset as a run input (lineage in the UI): name, digest, source."""
+    with warnings.catch_warnings():   # a local path matches two equivalent source types
+        warnings.simplefilter("ignore", UserWarning)
+        resolved = resolve_dataset_source(source)
+    dataset = MetaDataset(resolved, name=name, digest=_pairs_digest(pairs))
+    mlflow.log_input(dataset, context=context)
+
+
+def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: Path,
+              builtin: bool) -> None:
+    """Logs split.json (stems per subset and the folder layout), the generated data set itself
+    when builtin, and each subset as an input."""
+    record = {"builtin": builtin, "data_dir": None if builtin else str(Path(data_dir).resolve()),
+              **layout, **{name: [p.image.name for p in pairs] for name, pairs in subsets.items()}}
+    mlflow.log_dict(record, SPLIT_FILE)
+    if builtin:
+        mlflow.log_artifacts(str(data_dir), DATA_ARTIFACTS)
+    source = mlflow.get_artifact_uri(DATA_ARTIFACTS) if builtin else str(Path(data_dir).resolve())
+    for name, pairs in subsets.items():
+        if pairs:
+            log_dataset(pairs, name, CONTEXTS[name], source)
+    mlflow.log_metrics({f"{name}_images": len(pairs) for name, pairs in subsets.items()})
+
+
+def dataset_source(split: Split) -> str:
+    """Where the split's data lives for lineage: the split run's artifacts, or the folder."""
+    if split.builtin:
+        return f"{mlflow.get_run(split.run_id).info.artifact_uri}/{DATA_ARTIFACTS}"
+    return str(split.data_dir)
+
+
+def log_split_inputs(split: Split, names: tuple[str, ...]) -> None:
+    """Records the split's subsets `names` as inputs of the active run."""
+    for name in names:
+        log_dataset(split.subsets[name], name, CONTEXTS[name], dataset_source(split))
+
+
+def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = None) -> Split:
+    """The split of split_data run `run_id`; the generated data set is downloaded to workdir."""
+    get_run(run_id, "split_data", param)
+    try:
+        record = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPLIT_FILE}")
+    except MlflowException:
+        raise UserError(f"parameter {param}={run_id}: that run logged no {SPLIT_FILE}; "
+                        f"pass the id of a finished split_data run") from None
+    if record["builtin"]:
+        workdir = Path(workdir or tempfile.mkdtemp(prefix="unet-data-"))
+        data_dir = Path(mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=DATA_ARTIFACTS, dst_path=str(workdir)))
+    else:
+        data_dir = Path(record["data_dir"])
+        if not data_dir.is_dir():
+            raise UserError(f"the data of split run {run_id} was at {data_dir}, which is not on "
+                            f"this machine: run split_data here with -P data_dir=...")
+    image_dir, mask_dir = data_dir / record["image_dir"], data_dir / record["mask_dir"]
+    suffix = record["mask_suffix"] + record["mask_ext"]
+    subsets = {name: [Pair(Path(n).stem, image_dir / n, mask_dir / f"{Path(n).stem}{suffix}")
+                      for n in record[name]] for name in ("train", "val", "test")}
+    missing = [p.image for pairs in subsets.values() for p in pairs if not p.image.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of split run {run_id} are gone, e.g. "
+                        f"{missing[0]}: restore them or run split_data again")
+    return Split(run_id, record["builtin"], subsets, data_dir)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    """The logged model: a batch of (B, H, W, 3) uint8 images of any H, W -> (B, H, W) uint8
+    0/1 masks at the same size. Param `threshold` (default 0.5) cuts the probabilities."""
+
+    def load_context(self, context) -> None:
+        import torch
+        state = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=True)
+        self.segmenter = Segmenter.from_state(state)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        threshold = float((params or {}).get("threshold", 0.5))
+        images = np.asarray(model_input, dtype=np.uint8)
+        return np.stack(list(self.segmenter.masks(images, threshold)))
+
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+    params=ParamSchema([ParamSpec("threshold", "double", 0.5)]),
+)
+
+
+def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
+    """Logs the segmenter as pyfunc model "model" of the active run; returns its models:/ URI.
+
+    `example` (1, H, W, 3) uint8 is stored as the input example. The unet package travels
+    with the model (code_paths), so it loads where this project is not installed.
+    """
+    import torch
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "segmenter.pt"
+        torch.save(segmenter.to_state(), weights)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
+            artifacts={"segmenter": str(weights)}, code_paths=[str(PACKAGE_DIR)],
+            signature=SIGNATURE, input_example=example,
+            pip_requirements=MODEL_REQUIREMENTS)
+    mlflow.set_tag("model_uri", info.model_uri)
+    return info.model_uri
+
+
+def load_segmenter(model_uri: str) -> Segmenter:
+    """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc)."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
+
+
+def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:
+    """Per-epoch metrics (step = epoch), the checkpoint and sample panels of an EpochResult."""
+    metrics = {f"train_{k}": v for k, v in result.train.items() if k != "images"}
+    metrics.update({f"val_{k}": v for k, v in result.val.items()})
+    mlflow.log_metrics(metrics, step=result.epoch)
+    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+    mlflow.log_image(samples, f"samples/epoch_{result.epoch:03d}.png")
+
+
+def load_checkpoint(resume_from: str, workdir: Path) -> dict:
+    """A checkpoint from a file path, or the last one a train run logged."""
+    import torch
+    path = Path(resume_from).expanduser()
+    if not path.is_file():
+        get_run(resume_from, "train", "resume_from", finished=False)
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(
+                run_id=resume_from, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir)))
+        except (MlflowException, OSError):
+            raise UserError(f"parameter resume_from={resume_from}: that run logged no "
+                            f"checkpoint ({CHECKPOINT_ARTIFACT})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"parameter resume_from={resume_from}: {path} is not a readable "
+                        f"checkpoint ({type(e).__name__})") from None
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Promotion:
+    version: str
+    alias: str                 # CHAMPION or CHALLENGER
+    champion_dice: float | None  # the previous champion's test Dice on this split, if any
+
+
+def champion(name: str):
+    """The model version holding alias champion, or None."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], split_run_id: str,
+                         score_champion) -> Promotion:
+    """Registers model_uri under `name`, tags the version with its test metrics, and gives it
+    alias champion only if its test Dice beats the current champion's on the same test split
+    (else alias challenger).
+
+    `score_champion(model_uri) -> dice` scores the current champion on this split when its tags
+    hold no score for this split (it was tested on another one).
+    """
+    client = MlflowClient()
+    current = champion(name)
+    version = _registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version
+    tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
+    tags.update({"split_run_id": split_run_id, "train_run_id": _active_tag("train_run_id") or ""})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    champion_dice = None
+    if current is not None and current.version != version:
+        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
+            champion_dice = float(current.tags["test_dice"])
+        else:
+            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
+    alias = CHAMPION if champion_dice is None or metrics["dice"] > champion_dice else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    return Promotion(version, alias, champion_dice)
+
+
+def _active_tag(key: str) -> str | None:
+    run = mlflow.active_run()
+    return run.data.tags.get(key) if run else None
+
+
+def aliases_of(name: str, version: str) -> list[str]:
+    return list(MlflowClient().get_model_version(name, version).aliases)
+
+
+def _registered_version(name: str, model_uri: str) -> str | None:
+    """The version of `name` already made from model_uri (re-running evaluate registers once)."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return next((v.version for v in versions if v.source == model_uri), None)
+
+
+# --- multi-step runs ------------------------------------------------------------------------
+
+def find_finished_run(experiment_id: str, entry_point: str, params: dict[str, str],
+                      git_commit: str | None):
+    """A FINISHED run of entry_point at git_commit whose stored parameters equal `params`
+    (compared as the strings MLflow stores), or None. No commit (not a git checkout): None."""
+    if not git_commit:
+        return None
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ENTRY_POINT_TAG}` = '{entry_point}' and "
+                      f"tags.`{GIT_COMMIT_TAG}` = '{git_commit}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        stored = run.data.params
+        if all(stored.get(k) == v for k, v in params.items()):
+            return run
+    return None
+
+
+def run_step(entry_point: str, params: dict[str, str]):
+    """Runs entry point of this project as a child of the active run, or reuses an identical
+    finished one. Returns (run, reused)."""
+    parent = mlflow.active_run()
+    commit = parent.data.tags.get(GIT_COMMIT_TAG)
+    found = find_finished_run(parent.info.experiment_id, entry_point, params, commit)
+    if found is not None:
+        return found, True
+    submitted = mlflow.projects.run(uri=".", entry_point=entry_point, parameters=params,
+                                    env_manager="local", experiment_id=parent.info.experiment_id,
+                                    synchronous=True)
+    return MlflowClient().get_run(submitted.run_id), False
