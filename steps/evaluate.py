@@ -11,7 +11,7 @@ from unet.evaluation import evaluate_pairs
 
 def evaluate() -> None:
     cfg = config.load("evaluate", config.cli_overrides("evaluate"))
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    with tracking.step_run("evaluate") as run, tempfile.TemporaryDirectory() as tmp:
         tracking.log_effective_params(config.as_params(cfg))
         train_run = tracking.get_run(cfg.train_run_id, "train", "train_run_id")
         split = tracking.load_split(train_run.data.params["split_run_id"], workdir=Path(tmp))
@@ -35,7 +35,8 @@ def evaluate() -> None:
                                   cfg.eval_batch_size)["dice"]
 
         promotion = tracking.register_and_promote(model_uri, cfg.model_name, metrics,
-                                                  split.run_id, score_champion)
+                                                  split.run_id, train_run.info.run_id,
+                                                  score_champion)
         mlflow.set_tags({"model_name": cfg.model_name, "model_version": promotion.version,
                          "model_alias": promotion.alias})
         against = ("" if promotion.champion_dice is None

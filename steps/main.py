@@ -12,7 +12,7 @@ CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from 
 def main() -> None:
     params = config.read_params()
     given = config.cli_overrides("main")
-    with mlflow.start_run() as run:
+    with tracking.step_run("main") as run:
         runs, previous = {}, None
         for step in STEPS:
             # Every parameter is passed as text, defaults included, so a later run with the

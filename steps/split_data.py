@@ -2,7 +2,6 @@
 import tempfile
 from pathlib import Path
 
-import mlflow
 
 from unet import cli, config, data, synthetic, tracking
 
@@ -10,7 +9,7 @@ from unet import cli, config, data, synthetic, tracking
 def split_data() -> None:
     cfg = config.load("split_data", config.cli_overrides("split_data"))
     builtin = cfg.data_dir == "synthetic"
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    with tracking.step_run("split_data") as run, tempfile.TemporaryDirectory() as tmp:
         tracking.log_effective_params(config.as_params(cfg))
         if builtin:
             data_dir = Path(tmp)

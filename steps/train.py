@@ -16,7 +16,7 @@ def train() -> None:
     overrides = config.cli_overrides("train")
     if not overrides.get("split_run_id"):
         raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    with tracking.step_run("train") as run, tempfile.TemporaryDirectory() as tmp:
         split = tracking.load_split(overrides["split_run_id"], workdir=Path(tmp))
         cfg = config.load("train", overrides, preset="builtin" if split.builtin else "real")
         tracking.log_effective_params(config.as_params(cfg))
@@ -33,8 +33,9 @@ def train() -> None:
 
         precision = engine.choose_precision(cfg.precision)
         mlflow.set_tags({"precision": precision.name, "device": str(precision.device)})
-        trainer = engine.Trainer(UNet(features=cfg.features), cfg.lr, precision,
-                                 Path("checkpoints") / run.info.run_id / "last.pt")
+        trainer = engine.Trainer(UNet(features=cfg.features), cfg.lr, cfg.epochs, precision,
+                                 Path("checkpoints") / run.info.run_id / "last.pt",
+                                 cfg.lr_schedule)
         if cfg.resume_from:
             trainer.load_state(tracking.load_checkpoint(cfg.resume_from, Path(tmp)))
             print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
@@ -43,7 +44,7 @@ def train() -> None:
         val_loader = engine.make_loader(val_set, cfg.batch_size, False, cfg.num_workers,
                                         cfg.seed, precision)
         live = Segmenter(trainer.model, size, precision)   # shares the weights being trained
-        for result in trainer.fit(train_loader, val_loader, cfg.epochs):
+        for result in trainer.fit(train_loader, val_loader):
             tracking.log_epoch(result, trainer.checkpoint_path,
                                sample_grid(live, val_set))
             print(f"epoch {result.epoch}/{cfg.epochs}: train loss {result.train['loss']:.4f}, "

@@ -51,6 +51,7 @@ class SplitConfig:
 class TrainConfig:
     split_run_id: str
     lr: float
+    lr_schedule: str         # cosine | constant
     batch_size: int
     epochs: int
     image_height: int
@@ -84,6 +85,8 @@ class TrainConfig:
             if getattr(self, name) < min_size:
                 raise UserError(f"parameter {name}={getattr(self, name)}: too small for "
                                 f"{len(self.features)} levels; use at least {min_size}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"parameter lr_schedule={self.lr_schedule}: use cosine or constant")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"parameter precision={self.precision}: use auto, fp32, bf16 or fp16")
 

@@ -174,16 +174,24 @@ class EpochResult:
 
 
 class Trainer:
-    """Adam + BCE-with-logits over epochs; keeps the best-by-validation-Dice weights.
+    """Adam + BCE-with-logits over `epochs`; keeps the best-by-validation-Dice weights.
+
+    lr_schedule "cosine" decays the learning rate from lr towards 0 over the epochs (the last
+    epochs fine-tune instead of bouncing around); "constant" keeps it, as the seed tutorial did.
 
     `fit()` yields an EpochResult after every epoch, once the checkpoint `checkpoint_path`
     (model, optimizer, scaler, epoch, best score) is on disk, so callers log as they go.
     """
 
-    def __init__(self, model: nn.Module, lr: float, precision: Precision, checkpoint_path: Path):
+    def __init__(self, model: nn.Module, lr: float, epochs: int, precision: Precision,
+                 checkpoint_path: Path, lr_schedule: str = "cosine"):
         self.precision = precision
         self.model = prepare(model, precision)
+        self.epochs = epochs
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+                          if lr_schedule == "cosine" else
+                          torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0))
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.checkpoint_path = Path(checkpoint_path)
@@ -194,7 +202,8 @@ class Trainer:
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch,
+                "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch,
                 "best_dice": self.best_dice, "best_epoch": self.best_epoch,
                 "best_model": self.best_state}
 
@@ -207,10 +216,12 @@ class Trainer:
                             "same features as the run that wrote it") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_dice = state["epoch"], state["best_dice"]
         self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
 
-    def fit(self, train_loader, val_loader, epochs: int) -> Iterator[EpochResult]:
+    def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
+        epochs = self.epochs
         while self.epoch < epochs:
             epoch = self.epoch + 1
             sampler = getattr(train_loader, "sampler", None)
@@ -218,6 +229,8 @@ class Trainer:
                 sampler.set_epoch(epoch)
             train = train_one_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
                                     self.precision, self.scaler, desc=f"epoch {epoch}/{epochs}")
+            train["lr"] = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
             val = validate(self.model, val_loader, self.loss_fn, self.precision)
             improved = val["dice"] > self.best_dice
             if improved:

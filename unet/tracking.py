@@ -5,9 +5,10 @@ when it was generated, the model) comes from that run's logged artifacts and tag
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
+import shlex
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,17 +27,21 @@ from unet.data import Pair
 from unet.errors import UserError
 from unet.predict import Segmenter
 
+with warnings.catch_warnings(record=True):
+    # MLflow warns, once per process, that predict has no type hints: the model's interface
+    # is declared by SIGNATURE below instead (a tensor of any image size).
+    from unet.serving import SegmentationModel
+
 SPLIT_FILE = "split.json"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 DATA_ARTIFACTS = "data"
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
 MODEL_NAME_IN_RUN = "model"
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+STEP_TAG = "step"          # set by every step itself, also when run without `mlflow run`
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 CHAMPION, CHALLENGER = "champion", "challenger"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# SegmentationModel declares its interface with an explicit signature, not type hints.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy", "pillow", "opencv-python-headless", "albumentations"]
 
 
@@ -50,13 +55,21 @@ def log_effective_params(params: dict[str, str]) -> None:
     for name, value in params.items():
         if name not in logged:
             new[name] = value
-        elif logged[name] == "auto":
+        elif logged[name] == "auto" and value != "auto":
             new[f"effective.{name}"] = value
     if new:
         mlflow.log_params(new)
 
 
 # --- runs -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def step_run(step: str):
+    """The step's run (the one `mlflow run` created, or a new one), tagged with the step."""
+    with mlflow.start_run() as run:
+        mlflow.set_tag(STEP_TAG, step)
+        yield run
+
 
 def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
     """The run `run_id`, checked to come from `entry_point` (and to have finished); UserError
@@ -66,8 +79,8 @@ def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
     except MlflowException:
         raise UserError(f"parameter {param}={run_id}: no such run in the tracking store "
                         f"{mlflow.get_tracking_uri()}") from None
-    actual = run.data.tags.get(ENTRY_POINT_TAG)
-    if actual is not None and actual != entry_point:
+    actual = run.data.tags.get(STEP_TAG, run.data.tags.get(ENTRY_POINT_TAG))
+    if actual != entry_point:
         raise UserError(f"parameter {param}={run_id}: that run is a '{actual}' run; "
                         f"pass the id of a '{entry_point}' run")
     if finished and run.info.status != "FINISHED":
@@ -163,21 +176,6 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
 
 # --- models ---------------------------------------------------------------------------------
 
-class SegmentationModel(mlflow.pyfunc.PythonModel):
-    """The logged model: a batch of (B, H, W, 3) uint8 images of any H, W -> (B, H, W) uint8
-    0/1 masks at the same size. Param `threshold` (default 0.5) cuts the probabilities."""
-
-    def load_context(self, context) -> None:
-        import torch
-        state = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=True)
-        self.segmenter = Segmenter.from_state(state)
-
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
-        threshold = float((params or {}).get("threshold", 0.5))
-        images = np.asarray(model_input, dtype=np.uint8)
-        return np.stack(list(self.segmenter.masks(images, threshold)))
-
-
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
     outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
@@ -255,7 +253,7 @@ def champion(name: str):
 
 
 def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], split_run_id: str,
-                         score_champion) -> Promotion:
+                         train_run_id: str, score_champion) -> Promotion:
     """Registers model_uri under `name`, tags the version with its test metrics, and gives it
     alias champion only if its test Dice beats the current champion's on the same test split
     (else alias challenger).
@@ -265,13 +263,13 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     """
     client = MlflowClient()
     current = champion(name)
-    version = _registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version
+    version = str(_registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
-    tags.update({"split_run_id": split_run_id, "train_run_id": _active_tag("train_run_id") or ""})
+    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     champion_dice = None
-    if current is not None and current.version != version:
+    if current is not None and str(current.version) != version:
         if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
             champion_dice = float(current.tags["test_dice"])
         else:
@@ -279,11 +277,6 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     alias = CHAMPION if champion_dice is None or metrics["dice"] > champion_dice else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     return Promotion(version, alias, champion_dice)
-
-
-def _active_tag(key: str) -> str | None:
-    run = mlflow.active_run()
-    return run.data.tags.get(key) if run else None
 
 
 def aliases_of(name: str, version: str) -> list[str]:
@@ -296,7 +289,7 @@ def _registered_version(name: str, model_uri: str) -> str | None:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    return next((v.version for v in versions if v.source == model_uri), None)
+    return next((str(v.version) for v in versions if v.source == model_uri), None)
 
 
 # --- multi-step runs ------------------------------------------------------------------------
@@ -304,7 +297,8 @@ def _registered_version(name: str, model_uri: str) -> str | None:
 def find_finished_run(experiment_id: str, entry_point: str, params: dict[str, str],
                       git_commit: str | None):
     """A FINISHED run of entry_point at git_commit whose stored parameters equal `params`
-    (compared as the strings MLflow stores), or None. No commit (not a git checkout): None."""
+    (compared as the strings MLflow stores, which it shell-quotes: "" is stored as "''"), or
+    None. No commit (not a git checkout): None."""
     if not git_commit:
         return None
     runs = MlflowClient().search_runs(
@@ -314,7 +308,7 @@ def find_finished_run(experiment_id: str, entry_point: str, params: dict[str, st
         order_by=["attributes.start_time DESC"])
     for run in runs:
         stored = run.data.params
-        if all(stored.get(k) == v for k, v in params.items()):
+        if all(stored.get(k) == shlex.quote(v) for k, v in params.items()):
             return run
     return None
 

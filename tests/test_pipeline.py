@@ -1,0 +1,124 @@
+"""End to end: the real `mlflow run` of every entry point against a private sqlite store."""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import TINY, mlflow_run, only
+from unet.config import read_params
+from unet.synthetic import generate
+
+PARAMS = read_params()
+
+
+def runs_of(entry_point: str):
+    return MlflowClient().search_runs(
+        [e.experiment_id for e in MlflowClient().search_experiments()],
+        filter_string=f"tags.`mlflow.project.entryPoint` = '{entry_point}'",
+        order_by=["attributes.start_time ASC"])
+
+
+def artifact_names(run_id: str, path: str = "") -> list[str]:
+    return sorted(f.path for f in MlflowClient().list_artifacts(run_id, path))
+
+
+def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
+    first = mlflow_run("main", TINY, tracking_uri)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "=== pipeline summary ===" in first.stdout
+    assert "split_data  ran" in first.stdout and "evaluate    ran" in first.stdout
+
+    (split,), (train,), (evaluate,) = runs_of("split_data"), runs_of("train"), runs_of("evaluate")
+    main = runs_of("main")[0]
+    for child in (split, train, evaluate):   # nested under main, visible in the UI as a tree
+        assert child.data.tags["mlflow.parentRunId"] == main.info.run_id
+    assert train.data.params["split_run_id"] == split.info.run_id
+    assert evaluate.data.params["train_run_id"] == train.info.run_id
+
+    # split: the generated data and the split travel as artifacts; subsets are logged inputs
+    assert artifact_names(split.info.run_id) == ["data", "split.json"]
+    record = mlflow.artifacts.load_dict(f"runs:/{split.info.run_id}/split.json")
+    assert len(record["train"]) + len(record["val"]) + len(record["test"]) == 24
+    assert {d.dataset.name for d in split.inputs.dataset_inputs} == {"train", "val", "test"}
+
+    # train: per-epoch metrics, a checkpoint, sample panels, the model
+    history = MlflowClient().get_metric_history(train.info.run_id, "val_dice")
+    assert [m.step for m in history] == [1, 2]
+    assert "checkpoints/last.pt" in artifact_names(train.info.run_id, "checkpoints")
+    assert "samples/epoch_002.png" in artifact_names(train.info.run_id, "samples")
+    assert train.data.params["features"] == "4,8,16,32"        # given
+    assert train.data.params["lr"] == "auto"                   # not given: the builtin preset
+    assert float(train.data.params["effective.lr"]) == PARAMS["presets"]["builtin"]["lr"]
+    assert train.data.metrics["train_images_per_second"] > 0
+
+    # evaluate: metrics, per-image CSV and a mask per test image at the image's size
+    test_count = len(record["test"])
+    assert 0 <= evaluate.data.metrics["test_dice"] <= 1
+    masks = artifact_names(evaluate.info.run_id, "predictions/masks")
+    assert len(masks) == test_count
+    local = mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
+                                                artifact_path="predictions/per_image.csv")
+    assert len(open(local).read().strip().splitlines()) == test_count + 1
+    mask = Image.open(mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
+                                                          artifact_path=masks[0]))
+    assert mask.size == (72, 48)
+
+    # the registry: version 1 is the champion, tagged with its test metrics
+    version = MlflowClient().get_model_version_by_alias("unet-carvana", "champion")
+    assert str(version.version) == "1"
+    assert version.tags["train_run_id"] == train.info.run_id
+    assert float(version.tags["test_dice"]) == \
+        round(evaluate.data.metrics["test_dice"], 6)
+
+    # the champion loads and segments images of other sizes and batch sizes
+    model = mlflow.pyfunc.load_model("models:/unet-carvana@champion")
+    out = model.predict(np.random.randint(0, 255, (3, 37, 53, 3), dtype=np.uint8))
+    assert out.shape == (3, 37, 53) and set(np.unique(out)) <= {0, 1}
+
+    second = mlflow_run("main", TINY, tracking_uri)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for step in ("split_data", "train", "evaluate"):
+        assert f"{step:<11} reused  run" in second.stdout
+    assert len(runs_of("train")) == 1
+    assert len(MlflowClient().search_model_versions("name = 'unet-carvana'")) == 1
+
+
+def test_each_entry_point_runs_alone_and_main_reuses_them(tracking_uri):
+    result = mlflow_run("split_data", only(TINY, "split_data"), tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    split_id = runs_of("split_data")[0].info.run_id
+
+    result = mlflow_run("train", {**only(TINY, "train"), "split_run_id": split_id, "lr": "1e-3"},
+                        tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = runs_of("train")[0]
+    assert train.data.params["lr"] == "1e-3"          # stored as the text given
+
+    result = mlflow_run("evaluate", {"train_run_id": train.info.run_id, "model_name": "cars"},
+                        tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cars version 1 -> @champion" in result.stdout
+    assert str(MlflowClient().get_model_version_by_alias("cars", "champion").version) == "1"
+
+    # main with the same split settings finds the finished split_data run
+    result = mlflow_run("main", {**TINY, "lr": "1e-3", "model_name": "cars"}, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"split_data  reused  run {split_id}" in result.stdout
+    assert f"train       reused  run {train.info.run_id}" in result.stdout
+
+
+def test_carvana_layout_at_full_size_needs_only_data_dir(tracking_uri, tmp_path):
+    """1918x1280 photos in train/ and train_masks/; the real-data preset (the seed U-Net)."""
+    generate(tmp_path / "carvana", 12, 1280, 1918, seed=5)
+    result = mlflow_run("main", {"data_dir": str(tmp_path / "carvana"), "epochs": "1"},
+                        tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = runs_of("train")[0]
+    assert train.data.params.get("effective.features") == "64,128,256,512"
+    evaluate = runs_of("evaluate")[0]
+    mask_path = artifact_names(evaluate.info.run_id, "predictions/masks")[0]
+    mask = Image.open(mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
+                                                          artifact_path=mask_path))
+    assert mask.size == (1918, 1280)
