@@ -67,3 +67,11 @@ def test_bad_parameter_and_wrong_run_id_are_named(tracking_uri, tmp_path):
     result = run_step("train", {"split_run_id": split_id, "lr": "-1"}, tracking_uri)
     (line,) = error_lines(result)
     assert "parameter lr=-1.0" in line
+
+
+def test_a_failing_step_stops_main_without_a_traceback(tracking_uri, tmp_path):
+    result = mlflow_run("main", {"data_dir": str(tmp_path / "missing")}, tracking_uri)
+    assert result.returncode != 0
+    child, parent = error_lines(result)
+    assert "folder not found" in child and str(tmp_path / "missing") in child
+    assert parent == "error: step split_data failed (its error is printed above)"
