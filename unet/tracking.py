@@ -209,7 +209,13 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
 
 def load_segmenter(model_uri: str) -> Segmenter:
     """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc)."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as e:
+        reason = str(e.message if isinstance(e, MlflowException) else e).splitlines()[0]
+        raise UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
+                        f"({reason}); run the pipeline first or pass another model_uri") from None
+    return model.unwrap_python_model().segmenter
 
 
 def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:
