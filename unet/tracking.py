@@ -62,6 +62,18 @@ def log_effective_params(params: dict[str, str]) -> None:
         mlflow.log_params(new)
 
 
+# --- the store ------------------------------------------------------------------------------
+
+def store_uri() -> str:
+    """The tracking URI in effect, a relative sqlite path made absolute (servers started from
+    it, e.g. the UI, may run in another directory)."""
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return f"{prefix}{Path(uri[len(prefix):]).resolve()}"
+    return uri
+
+
 # --- runs -----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
