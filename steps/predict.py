@@ -6,22 +6,22 @@ import mlflow
 
 from unet import cli, config, tracking
 from unet.errors import UserError
-from unet.folder import predict_folder
+from unet.folder import plan, predict_folder
 
 
 def predict() -> None:
     cfg = config.load("predict", config.cli_overrides("predict"))
     with tracking.step_run("predict") as run:
         tracking.log_effective_params(config.as_params(cfg))
+        images, ignored = plan(Path(cfg.input_dir), Path(cfg.output_dir), cfg.overlay)
         segmenter = tracking.load_segmenter(cfg.model_uri)
-        result = predict_folder(segmenter, Path(cfg.input_dir), Path(cfg.output_dir),
-                                cfg.threshold, cfg.overlay, cfg.batch_size)
+        result = predict_folder(segmenter, images, Path(cfg.output_dir), cfg.threshold,
+                                cfg.overlay, cfg.batch_size)
         mlflow.log_metrics({"images_written": len(result.written),
                             "images_skipped": len(result.skipped)})
         print(f"predict run {run.info.run_id}: {len(result.written)} mask(s) written to "
               f"{Path(cfg.output_dir).resolve()}"
-              + (f"; ignored {result.ignored} file(s) that are not .jpg/.jpeg/.png"
-                 if result.ignored else ""))
+              + (f"; ignored {ignored} file(s) that are not .jpg/.jpeg/.png" if ignored else ""))
         if result.skipped:
             print(f"{len(result.skipped)} unreadable image(s) skipped:", file=sys.stderr)
             for path, why in result.skipped:

@@ -19,7 +19,6 @@ MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
 class FolderResult:
     written: list[Path]                   # the masks
     skipped: list[tuple[Path, str]]       # (image, why) for each one that could not be read
-    ignored: int                          # files that are not .jpg/.jpeg/.png
 
 
 def plan(input_dir: Path, output_dir: Path, overlay: bool) -> tuple[list[Path], int]:
@@ -55,15 +54,15 @@ def outputs(image: Path, output_dir: Path, overlay: bool) -> list[Path]:
     return [output_dir / name for name in names]
 
 
-def predict_folder(segmenter: Segmenter, input_dir: Path, output_dir: Path,
+def predict_folder(segmenter: Segmenter, images: list[Path], output_dir: Path,
                    threshold: float = 0.5, overlay: bool = False,
                    batch_size: int = 8) -> FolderResult:
-    """Writes `<stem>_mask.png` (0/255, the image's size) per image of input_dir into output_dir,
-    and `<stem>_overlay.jpg` with overlay. Unreadable images are skipped and reported."""
-    images, ignored = plan(input_dir, output_dir, overlay)
+    """Writes `<stem>_mask.png` (0/255, the image's size) per image (from `plan`) into
+    output_dir, and `<stem>_overlay.jpg` with overlay. Unreadable images are skipped and
+    reported."""
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    result = FolderResult([], [], ignored)
+    result = FolderResult([], [])
     with tqdm(total=len(images), desc="predict", unit="img", dynamic_ncols=True,
               disable=None) as bar:
         for start in range(0, len(images), batch_size):
