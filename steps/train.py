@@ -57,7 +57,7 @@ def train() -> None:
         segmenter = Segmenter(best, size, precision)
         image, _ = val_set.resized(0)
         example = transforms.resize_image(image, (cfg.image_height // 2, cfg.image_width // 2))
-        model_uri = tracking.log_model(segmenter, example[None])
+        model_uri = tracking.log_model(segmenter, example)
         mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch})
         print(f"train run {run.info.run_id}: best val Dice {trainer.best_dice:.4f} "
               f"(epoch {trainer.best_epoch}); model {model_uri}")

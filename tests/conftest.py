@@ -44,3 +44,33 @@ def only(params: dict[str, str], entry_point: str) -> dict[str, str]:
     import yaml
     declared = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry_point]
     return {k: v for k, v in params.items() if k in declared["parameters"]}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def register_untrained_champion(name: str = "unet-carvana") -> str:
+    """Logs an untrained tiny model through the project's own log_model and registers it as
+    `name`@champion in the current tracking store: the model interface without training time.
+    Returns models:/name@champion."""
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+
+    from unet import tracking
+    from unet.model import UNet
+    from unet.predict import Segmenter
+
+    torch.manual_seed(0)
+    with mlflow.start_run():
+        segmenter = Segmenter(UNet(features=(4, 8, 16, 32)), (32, 48))
+        model_uri = tracking.log_model(segmenter, np.full((16, 24, 3), 128, np.uint8))
+    version = mlflow.register_model(model_uri, name).version
+    MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
+    return f"models:/{name}@{tracking.CHAMPION}"

@@ -12,7 +12,7 @@ MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
 PARAMS = config.read_params()
 
 
-@pytest.mark.parametrize("step", ["split_data", "train", "evaluate"])
+@pytest.mark.parametrize("step", ["split_data", "train", "evaluate", "predict", "ui"])
 def test_mlproject_declares_exactly_the_params_yaml_defaults(step):
     declared = {k: v["default"] for k, v in MLPROJECT[step]["parameters"].items()}
     assert declared == {k: str(v) for k, v in PARAMS[step].items()}

@@ -1,6 +1,8 @@
 """End to end: the real `mlflow run` of every entry point against a private sqlite store."""
 from __future__ import annotations
 
+import io
+
 import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -74,8 +76,10 @@ def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
 
     # the champion loads and segments images of other sizes and batch sizes
     model = mlflow.pyfunc.load_model("models:/unet-carvana@champion")
-    out = model.predict(np.random.randint(0, 255, (3, 37, 53, 3), dtype=np.uint8))
-    assert out.shape == (3, 37, 53) and set(np.unique(out)) <= {0, 1}
+    out = model.predict({"image": list(np.random.randint(0, 255, (3, 37, 53, 3), dtype=np.uint8))})
+    masks = [np.asarray(Image.open(io.BytesIO(png))) for png in out["mask"]]
+    assert [m.shape for m in masks] == [(37, 53)] * 3
+    assert all(set(np.unique(m)) <= {0, 255} for m in masks)
 
     second = mlflow_run("main", TINY, tracking_uri)
     assert second.returncode == 0, second.stderr[-3000:]

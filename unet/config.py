@@ -109,7 +109,42 @@ class EvaluateConfig:
             raise UserError(f"parameter eval_batch_size={self.eval_batch_size}: must be >= 1")
 
 
-STEPS = {"split_data": SplitConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    model_uri: str           # models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model
+    input_dir: str           # a folder of .jpg/.jpeg/.png images
+    output_dir: str          # gets <stem>_mask.png (and <stem>_overlay.jpg) per image
+    threshold: float
+    overlay: bool
+    batch_size: int
+
+    def validate(self) -> None:
+        for name in ("model_uri", "input_dir", "output_dir"):
+            if not getattr(self, name).strip():
+                raise UserError(f"parameter {name} is missing")
+        if not 0 < self.threshold < 1:
+            raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
+        if self.batch_size < 1:
+            raise UserError(f"parameter batch_size={self.batch_size}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class UiConfig:
+    host: str                # the interface the UI listens on
+    port: int
+    tunnel: str              # none | ngrok (token from the NGROK_AUTHTOKEN environment variable)
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError(f"parameter port={self.port}: must be in 1..65535")
+        if self.tunnel not in TUNNELS:
+            raise UserError(f"parameter tunnel={self.tunnel}: use {' or '.join(TUNNELS)}")
+
+
+TUNNELS = ("none", "ngrok")
+PIPELINE = ("split_data", "train", "evaluate")   # the steps `main` chains
+STEPS = {"split_data": SplitConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
+         "predict": PredictConfig, "ui": UiConfig}
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -125,11 +160,14 @@ def parse_value(name: str, text: Any, kind: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind is bool:
+            return {"true": True, "false": False}[text.lower()]
         if kind == tuple[int, ...]:
             return tuple(int(part) for part in text.split(","))
         return text
-    except ValueError:
-        expected = {int: "an integer", float: "a number"}.get(kind, "a comma list of integers, e.g. 64,128")
+    except (ValueError, KeyError):
+        expected = {int: "an integer", float: "a number", bool: "true or false"}.get(
+            kind, "a comma list of integers, e.g. 64,128")
         raise UserError(f"parameter {name}={text!r}: expected {expected}") from None
 
 
@@ -169,10 +207,10 @@ def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dic
 
 
 def cli_overrides(step: str, argv: list[str] | None = None) -> dict[str, str]:
-    """Parses `--name value` for every field of `step`'s config (for "main": of all steps but
-    the run ids that chain them); returns only those given."""
+    """Parses `--name value` for every field of `step`'s config (for "main": of the PIPELINE
+    steps but the run ids that chain them); returns only those given."""
     parser = argparse.ArgumentParser(prog=f"steps.{step}")
-    fields = ([f for cls in STEPS.values() for f in dataclasses.fields(cls)
+    fields = ([f for name in PIPELINE for f in dataclasses.fields(STEPS[name])
                if not f.name.endswith("_run_id")] if step == "main" else dataclasses.fields(STEPS[step]))
     for name in dict.fromkeys(f.name for f in fields):
         parser.add_argument(f"--{name}", default=None)
@@ -183,5 +221,8 @@ def as_params(config) -> dict[str, str]:
     """A config as the flat text parameters MLflow stores (features as "64,128")."""
     out = {}
     for name, value in dataclasses.asdict(config).items():
-        out[name] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+        if isinstance(value, (tuple, list)):
+            out[name] = ",".join(map(str, value))
+        else:
+            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
     return out

@@ -1,11 +1,14 @@
 """Inference on images of any size: what `evaluate`, the logged model and serving all run."""
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unet.engine import Precision, choose_precision, prepare
 from unet.model import UNet
@@ -73,3 +76,30 @@ class Segmenter:
         """Yields one (H, W) uint8 0/1 mask per image, at the image's size."""
         for probs in self.probabilities(images, batch_size):
             yield (probs > threshold).astype(np.uint8)
+
+
+class UnreadableImage(ValueError):
+    """A file or byte string that is not a decodable image."""
+
+
+def read_image(source: bytes | Path) -> np.ndarray:
+    """JPEG/PNG bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation
+    says (phone photos), so that its mask lines up with the image as people see it.
+
+    Raises UnreadableImage saying why (not an image, truncated, ...).
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                        else source) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"unreadable image ({e})") from None
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 -> PNG bytes (lossless, small for masks)."""
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()

@@ -16,21 +16,22 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from unet.data import Pair
 from unet.errors import UserError
-from unet.predict import Segmenter
+from unet.predict import Segmenter, encode_png
 
 with warnings.catch_warnings(record=True):
-    # MLflow warns, once per process, that predict has no type hints: the model's interface
-    # is declared by SIGNATURE below instead (a tensor of any image size).
-    from unet.serving import SegmentationModel
+    # MLflow warns, once per process, that predict has no type hints it understands: the
+    # model's interface is declared by SIGNATURE below instead (a column of images).
+    from unet.serving import DEFAULT_THRESHOLD, INPUT_COLUMN, SegmentationModel
 
 SPLIT_FILE = "split.json"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
@@ -59,6 +60,18 @@ def log_effective_params(params: dict[str, str]) -> None:
             new[f"effective.{name}"] = value
     if new:
         mlflow.log_params(new)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+def store_uri() -> str:
+    """The tracking URI in effect, a relative sqlite path made absolute (servers started from
+    it, e.g. the UI, may run in another directory)."""
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return f"{prefix}{Path(uri[len(prefix):]).resolve()}"
+    return uri
 
 
 # --- runs -----------------------------------------------------------------------------------
@@ -177,17 +190,20 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
 # --- models ---------------------------------------------------------------------------------
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-    outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-    params=ParamSchema([ParamSpec("threshold", "double", 0.5)]),
+    inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+    outputs=Schema([ColSpec(DataType.binary, "mask"), ColSpec(DataType.long, "height"),
+                    ColSpec(DataType.long, "width"),
+                    ColSpec(DataType.binary, "probabilities", required=False)]),
+    params=ParamSchema([ParamSpec("threshold", DataType.double, DEFAULT_THRESHOLD),
+                        ParamSpec("return_probabilities", DataType.boolean, False)]),
 )
 
 
 def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     """Logs the segmenter as pyfunc model "model" of the active run; returns its models:/ URI.
 
-    `example` (1, H, W, 3) uint8 is stored as the input example. The unet package travels
-    with the model (code_paths), so it loads where this project is not installed.
+    `example` (H, W, 3) uint8 is stored, as PNG bytes, as the input example. The unet package
+    travels with the model (code_paths), so it loads where this project is not installed.
     """
     import torch
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +212,8 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
             artifacts={"segmenter": str(weights)}, code_paths=[str(PACKAGE_DIR)],
-            signature=SIGNATURE, input_example=example,
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({INPUT_COLUMN: [encode_png(example)]}),
             pip_requirements=MODEL_REQUIREMENTS)
     mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
@@ -204,7 +221,13 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
 
 def load_segmenter(model_uri: str) -> Segmenter:
     """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc)."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().segmenter
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as e:
+        reason = str(e.message if isinstance(e, MlflowException) else e).splitlines()[0]
+        raise UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
+                        f"({reason}); run the pipeline first or pass another model_uri") from None
+    return model.unwrap_python_model().segmenter
 
 
 def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:

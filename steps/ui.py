@@ -1,0 +1,33 @@
+"""Entry point ui: the MLflow UI on this project's store until Ctrl-C; with tunnel=ngrok also
+at a public URL (token from the NGROK_AUTHTOKEN environment variable)."""
+import signal
+import sys
+
+from unet import cli, config, tracking, ui
+
+
+def serve_ui() -> None:
+    cfg = config.load("ui", config.cli_overrides("ui"))
+    store = tracking.store_uri()
+    # SIGTERM (a test, a notebook stopping the cell) ends like Ctrl-C, through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    tunnel = ui.Tunnel(cfg.port) if cfg.tunnel == "ngrok" else None   # fails before starting
+    server = ui.start_server(ui.server_command(store, cfg.host, cfg.port,
+                                               tunnel.host if tunnel else None))
+    try:
+        url = ui.local_url(cfg.host, cfg.port)
+        ui.wait_until_up(server, f"{url}/health")
+        print(f"MLflow UI for {store}\n  local:  {url}"
+              + (f"\n  public: {tunnel.public_url}" if tunnel else "")
+              + "\nCtrl-C to stop.", flush=True)
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ui.stop_server(server)
+        if tunnel:
+            tunnel.close()
+
+
+if __name__ == "__main__":
+    cli.main(serve_ui)

@@ -1,0 +1,147 @@
+"""The registered champion behind the real `mlflow models serve`, called as a curl user would."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import free_port, register_untrained_champion
+from unet import tracking, ui
+from unet.predict import read_image
+from unet.serving import decode_mask
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    """A smooth (H, W, 3) uint8 scene (compresses like a photo, unlike noise)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([255 * x / width, 255 * y / height, 128 + 60 * np.sin(x / 17)], axis=2)
+    image[height // 3: 2 * height // 3, width // 4: 3 * width // 4] = (200, 30, 40)
+    return image.astype(np.uint8)
+
+
+def encoded(image: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format=fmt)
+    return out.getvalue()
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def request_for(*files: bytes, **params) -> dict:
+    """The JSON body of the README's curl line."""
+    body = {"dataframe_split": {"columns": ["image"],
+                                "data": [[base64.b64encode(f).decode()] for f in files]}}
+    return {**body, "params": params} if params else body
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, model_uri): an untrained champion in a private store, served on a free port."""
+    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    model_uri = register_untrained_champion()
+    port = free_port()
+    server = ui.start_server(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    os.environ["MLFLOW_TRACKING_URI"] = store   # the server reads the registry from it
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ui.wait_until_up(server, f"{url}/ping")
+        yield url, model_uri
+    finally:
+        ui.stop_server(server)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(None)
+
+
+def in_process(model_uri: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(mask, threshold) from the model loaded here; the threshold is the median probability,
+    so that the mask holds both values even though the model is untrained."""
+    segmenter = tracking.load_segmenter(model_uri)
+    probs = next(segmenter.probabilities([image]))
+    threshold = float(np.median(probs))
+    return next(segmenter.masks([image], threshold)), threshold
+
+
+@pytest.mark.parametrize("height,width,fmt", [(1280, 1918, "JPEG"), (333, 517, "PNG")])
+def test_served_mask_has_the_image_size_and_matches_in_process(served, height, width, fmt):
+    url, model_uri = served
+    data = encoded(photo(height, width), fmt)
+    expected, threshold = in_process(model_uri, read_image(data))
+    assert 0 < expected.mean() < 1
+
+    status, answer = post(url, request_for(data, threshold=threshold))
+    assert status == 200, answer
+    (prediction,) = answer["predictions"]
+    assert (prediction["height"], prediction["width"]) == (height, width)
+    mask = decode_mask(base64.b64decode(prediction["mask"]))
+    assert mask.shape == (height, width)
+    assert np.array_equal(mask, expected)
+
+
+def test_a_batch_with_probabilities_and_the_inputs_format(served):
+    url, model_uri = served
+    small, large = encoded(photo(40, 60), "PNG"), encoded(photo(90, 70), "JPEG")
+    status, answer = post(url, request_for(small, large, return_probabilities=True))
+    assert status == 200, answer
+    assert [(p["height"], p["width"]) for p in answer["predictions"]] == [(40, 60), (90, 70)]
+    probs = read_image(base64.b64decode(answer["predictions"][1]["probabilities"]))[..., 0]
+    assert probs.shape == (90, 70)
+    # {"inputs": ...}: the other JSON layout MLflow accepts gives the same masks
+    status, same = post(url, {"inputs": {"image": [base64.b64encode(small).decode()]}})
+    assert status == 200 and same["predictions"][0]["mask"] == answer["predictions"][0]["mask"]
+    # from Python, arrays work too
+    model = mlflow.pyfunc.load_model(model_uri)
+    out = model.predict(pd.DataFrame({"image": [photo(37, 53), small]}))
+    assert [decode_mask(m).shape for m in out["mask"]] == [(37, 53), (40, 60)]
+
+
+@pytest.mark.parametrize("body,status,message", [
+    (request_for(b"this is not an image"), 400, "image 0: not an image"),
+    ({"dataframe_split": {"columns": ["picture"], "data": [["aGVsbG8="]]}}, 400,
+     "missing inputs ['image']"),
+    ({"dataframe_split": {"columns": ["image"], "data": [["%%% not base64"]]}}, 400,
+     "Failed to convert column image"),
+    ({"images": ["aGVsbG8="]}, 400, "exactly one of the input fields"),
+    (request_for(b"x", threshold=1.5), 400, "param threshold=1.5: must be in (0, 1)"),
+])
+def test_a_malformed_request_gets_4xx_and_the_server_keeps_serving(served, body, status, message):
+    url, _ = served
+    code, answer = post(url, body)
+    assert code == status and message in answer["message"], answer
+    code, answer = post(url, request_for(encoded(photo(20, 30), "PNG")))
+    assert code == 200 and answer["predictions"][0]["width"] == 30
+
+
+def test_latency_of_one_160x240_image(served):
+    """Not a timed assertion: prints the p50 so that it can be reported."""
+    url, _ = served
+    body = request_for(encoded(photo(160, 240), "JPEG"))
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        status, _ = post(url, body)
+        times.append(time.perf_counter() - start)
+        assert status == 200
+    print(f"\np50 latency, one 160x240 JPEG, tiny model: {1000 * statistics.median(times):.1f} ms")
