@@ -33,6 +33,7 @@ with warnings.catch_warnings(record=True):
     from unet.serving import SegmentationModel
 
 SPLIT_FILE = "split.json"
+REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 DATA_ARTIFACTS = "data"
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
@@ -131,6 +132,15 @@ def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: 
         if pairs:
             log_dataset(pairs, name, CONTEXTS[name], source)
     mlflow.log_metrics({f"{name}_images": len(pairs) for name, pairs in subsets.items()})
+
+
+def log_data_report(report) -> str:
+    """Logs a validation.DataReport (JSON and readable text) and its counts as metrics
+    `data_<kind>`; returns where the readable report is."""
+    mlflow.log_dict(report.to_dict(), REPORT_JSON)
+    mlflow.log_text(report.to_text(), REPORT_TEXT)
+    mlflow.log_metrics({f"data_{kind}": n for kind, n in report.counts.items()})
+    return mlflow.get_artifact_uri(REPORT_TEXT)
 
 
 def dataset_source(split: Split) -> str:
