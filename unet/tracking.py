@@ -66,10 +66,15 @@ def log_effective_params(params: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def step_run(step: str):
-    """The step's run (the one `mlflow run` created, or a new one), tagged with the step."""
+    """The step's run (the one `mlflow run` created, or a new one), tagged with the step.
+    It ends FINISHED, FAILED on an error, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
     with mlflow.start_run() as run:
         mlflow.set_tag(STEP_TAG, step)
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
 
 
 def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
@@ -222,16 +227,26 @@ def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:
     metrics = {f"train_{k}": v for k, v in result.train.items() if k != "images"}
     metrics.update({f"val_{k}": v for k, v in result.val.items()})
     mlflow.log_metrics(metrics, step=result.epoch)
-    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+    log_checkpoint(checkpoint)
     mlflow.log_image(samples, f"samples/epoch_{result.epoch:03d}.png")
 
 
-def load_checkpoint(resume_from: str, workdir: Path) -> dict:
-    """A checkpoint from a file path, or the last one a train run logged."""
+def log_checkpoint(checkpoint: Path) -> None:
+    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+
+
+def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
+    """A checkpoint from a file path, or the last one of a train run (finished, failed, killed
+    or still marked running after a kill -9): its local copy `local_dir/<run id>/last.pt` when
+    this machine has it (written atomically, never behind the logged one), else the logged one."""
     import torch
     path = Path(resume_from).expanduser()
+    if not path.is_file() and (path.suffix or "/" in resume_from):
+        raise UserError(f"parameter resume_from={resume_from}: no such checkpoint file")
     if not path.is_file():
         get_run(resume_from, "train", "resume_from", finished=False)
+        path = Path(local_dir) / resume_from / Path(CHECKPOINT_ARTIFACT).name
+    if not path.is_file():
         try:
             path = Path(mlflow.artifacts.download_artifacts(
                 run_id=resume_from, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir)))
@@ -273,17 +288,20 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     """
     client = MlflowClient()
     current = champion(name)
+    # Everything that can fail slowly (scoring the champion) happens before the registry is
+    # touched; the alias moves last. A failure on the way leaves the champion as it was, and
+    # at worst a version without alias, which a re-run finds and finishes (same aliases).
+    champion_dice = None
+    if current is not None and current.source != model_uri:
+        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
+            champion_dice = float(current.tags["test_dice"])
+        else:
+            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
     version = str(_registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
     tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    champion_dice = None
-    if current is not None and str(current.version) != version:
-        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
-            champion_dice = float(current.tags["test_dice"])
-        else:
-            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
     alias = CHAMPION if champion_dice is None or metrics["dice"] > champion_dice else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     return Promotion(version, alias, champion_dice)
