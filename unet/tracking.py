@@ -39,6 +39,7 @@ DATA_ARTIFACTS = "data"
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
 MODEL_NAME_IN_RUN = "model"
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+INTERRUPTED_TAG = "interrupted"   # set when Ctrl-C or SIGTERM stopped the step
 STEP_TAG = "step"          # set by every step itself, also when run without `mlflow run`
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -73,6 +74,9 @@ def step_run(step: str):
         try:
             yield run
         except KeyboardInterrupt:
+            # The tag outlives `mlflow run`, which then overwrites KILLED with FAILED (MLflow
+            # 3.17 _maybe_set_run_terminated passes a status string to RunStatus.is_terminated).
+            mlflow.set_tag(INTERRUPTED_TAG, "true")
             mlflow.end_run("KILLED")
             raise
 
