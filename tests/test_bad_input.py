@@ -67,3 +67,10 @@ def test_bad_parameter_and_wrong_run_id_are_named(tracking_uri, tmp_path):
     result = run_step("train", {"split_run_id": split_id, "lr": "-1"}, tracking_uri)
     (line,) = error_lines(result)
     assert "parameter lr=-1.0" in line
+    result = run_step("train", {**only(TINY, "train"), "split_run_id": split_id,
+                                "resume_from": split_id}, tracking_uri)
+    (line,) = error_lines(result)
+    assert f"resume_from={split_id}: that run is a 'split_data' run" in line
+    result = run_step("evaluate", {}, tracking_uri)
+    (line,) = error_lines(result)
+    assert "parameter train_run_id is missing" in line

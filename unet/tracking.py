@@ -306,7 +306,9 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    alias = CHAMPION if champion_dice is None or metrics["dice"] > champion_dice else CHALLENGER
+    # Compared at the tags' precision: a tie (e.g. the same model re-registered) keeps the champion.
+    alias = (CHAMPION if champion_dice is None or round(metrics["dice"], 6) > champion_dice
+             else CHALLENGER)
     client.set_registered_model_alias(name, alias, version)
     return Promotion(version, alias, champion_dice)
 
