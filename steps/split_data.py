@@ -3,7 +3,8 @@ import tempfile
 from pathlib import Path
 
 
-from unet import cli, config, data, synthetic, tracking
+from unet import cli, config, data, synthetic, tracking, validation
+from unet.errors import UserError
 
 
 def split_data() -> None:
@@ -17,9 +18,21 @@ def split_data() -> None:
                                cfg.synthetic_width, cfg.seed)
         else:
             data_dir = Path(cfg.data_dir).expanduser().resolve()
-        pairs = data.find_pairs(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
-                                cfg.mask_suffix, cfg.mask_ext)
-        data.check_pairs(pairs)
+        report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
+                                            cfg.mask_suffix, cfg.mask_ext,
+                                            multiclass_ok=cfg.multiclass_masks == "threshold")
+        report_uri = tracking.log_data_report(report)
+        bad = report.counts["bad_files"]
+        if bad and cfg.on_bad_data == "fail":
+            raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}. Every problem "
+                            f"is listed in {report_uri}. Fix or remove them, or pass "
+                            f"-P on_bad_data=skip to train on the other pairs")
+        if not report.pairs:
+            raise UserError(f"no usable image/mask pair in {data_dir}: see {report_uri}")
+        if bad:
+            print(f"skipped {bad} bad file(s) (on_bad_data=skip): {report.summary(5)}; "
+                  f"see {report_uri}")
+        pairs = report.pairs
         subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
         tracking.log_split(subsets, layout, data_dir, builtin)

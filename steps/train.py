@@ -11,6 +11,8 @@ from unet.model import UNet
 from unet.predict import Segmenter
 from unet.visualize import sample_grid
 
+CHECKPOINTS = Path("checkpoints")   # <run id>/last.pt: the latest completed epoch of each run
+
 
 def train() -> None:
     overrides = config.cli_overrides("train")
@@ -34,23 +36,39 @@ def train() -> None:
         precision = engine.choose_precision(cfg.precision)
         mlflow.set_tags({"precision": precision.name, "device": str(precision.device)})
         trainer = engine.Trainer(UNet(features=cfg.features), cfg.lr, cfg.epochs, precision,
-                                 Path("checkpoints") / run.info.run_id / "last.pt",
-                                 cfg.lr_schedule)
+                                 CHECKPOINTS / run.info.run_id / "last.pt", cfg.lr_schedule)
         if cfg.resume_from:
-            trainer.load_state(tracking.load_checkpoint(cfg.resume_from, Path(tmp)))
+            # A new run continues the old one's last completed epoch (a killed run can't be
+            # reopened: its status is KILLED, or RUNNING forever after a kill -9).
+            trainer.load_state(tracking.load_checkpoint(cfg.resume_from, Path(tmp), CHECKPOINTS))
+            mlflow.set_tag("resumed_from", cfg.resume_from)
             print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
         train_loader = engine.make_loader(train_set, cfg.batch_size, True, cfg.num_workers,
                                           cfg.seed, precision)
         val_loader = engine.make_loader(val_set, cfg.batch_size, False, cfg.num_workers,
                                         cfg.seed, precision)
         live = Segmenter(trainer.model, size, precision)   # shares the weights being trained
-        for result in trainer.fit(train_loader, val_loader):
-            tracking.log_epoch(result, trainer.checkpoint_path,
-                               sample_grid(live, val_set))
-            print(f"epoch {result.epoch}/{cfg.epochs}: train loss {result.train['loss']:.4f}, "
-                  f"val loss {result.val['loss']:.4f}, val Dice {result.val['dice']:.4f}, "
-                  f"{result.train['images_per_second']:.1f} img/s"
-                  + (" (best)" if result.improved else ""))
+        print(f"train run {run.info.run_id}: {len(train_set)} train and {len(val_set)} val "
+              f"images, {cfg.epochs} epochs, {precision.name} on {precision.device}", flush=True)
+        try:
+            for result in trainer.fit(train_loader, val_loader):
+                tracking.log_epoch(result, trainer.checkpoint_path,
+                                   sample_grid(live, val_set))
+                print(f"epoch {result.epoch}/{cfg.epochs}: train loss {result.train['loss']:.4f}, "
+                      f"val loss {result.val['loss']:.4f}, val Dice {result.val['dice']:.4f}, "
+                      f"{result.train['images_per_second']:.1f} img/s"
+                      + (" (best)" if result.improved else ""), flush=True)
+        except KeyboardInterrupt:
+            # The epoch under way is dropped; the checkpoint on disk is the last completed one.
+            tracking.log_checkpoint(trainer.checkpoint_path)
+            raise KeyboardInterrupt(
+                f"train run {run.info.run_id} stopped during epoch {trainer.epoch + 1}/"
+                f"{cfg.epochs} (marked KILLED); the checkpoint of epoch {trainer.epoch} is logged "
+                f"as {tracking.CHECKPOINT_ARTIFACT}: continue with -P resume_from="
+                f"{run.info.run_id}") from None
+        except engine.NonFiniteLoss as e:
+            raise UserError(f"training stopped: {e}. The checkpoint of epoch {trainer.epoch}, "
+                            f"the last good one, is kept in {trainer.checkpoint_path}") from None
 
         best = UNet(features=cfg.features)
         best.load_state_dict(trainer.best_state)

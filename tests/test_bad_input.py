@@ -25,12 +25,13 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_missing_mask_stops_mlflow_run_with_one_line(tracking_uri, tmp_path):
-    generate(tmp_path, 8, 32, 48, seed=0)
-    (tmp_path / "train_masks" / sorted(os.listdir(tmp_path / "train_masks"))[3]).unlink()
+    stems = generate(tmp_path, 8, 32, 48, seed=0)
+    (tmp_path / "train_masks" / f"{stems[3]}_mask.gif").unlink()
     result = mlflow_run("split_data", {"data_dir": str(tmp_path)}, tracking_uri)
     assert result.returncode != 0
     (line,) = error_lines(result)
-    assert "1 image(s)" in line and "have no mask" in line and "_mask.gif" in line
+    assert f"1 bad file(s)" in line and f"train/{stems[3]}.jpg (image without mask)" in line
+    assert "data_report.txt" in line
 
 
 def test_unreadable_image_is_named(tracking_uri, tmp_path):
@@ -39,7 +40,7 @@ def test_unreadable_image_is_named(tracking_uri, tmp_path):
     result = run_step("split_data", {"data_dir": str(tmp_path)}, tracking_uri)
     assert result.returncode == 2
     (line,) = error_lines(result)
-    assert f"{stems[2]}.jpg: unreadable image" in line
+    assert f"{stems[2]}.jpg (unreadable or truncated image)" in line
 
 
 def test_empty_folder_is_named(tracking_uri, tmp_path):
@@ -67,6 +68,13 @@ def test_bad_parameter_and_wrong_run_id_are_named(tracking_uri, tmp_path):
     result = run_step("train", {"split_run_id": split_id, "lr": "-1"}, tracking_uri)
     (line,) = error_lines(result)
     assert "parameter lr=-1.0" in line
+    result = run_step("train", {**only(TINY, "train"), "split_run_id": split_id,
+                                "resume_from": split_id}, tracking_uri)
+    (line,) = error_lines(result)
+    assert f"resume_from={split_id}: that run is a 'split_data' run" in line
+    result = run_step("evaluate", {}, tracking_uri)
+    (line,) = error_lines(result)
+    assert "parameter train_run_id is missing" in line
 
 
 def test_a_failing_step_stops_main_without_a_traceback(tracking_uri, tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet.data import Pair, SegmentationDataset, check_pairs, find_pairs, load_mask, split_pairs
+from unet.data import Pair, SegmentationDataset, find_pairs, load_mask, split_pairs
 from unet.errors import UserError
 from unet.synthetic import save_mask_gif
 from unet.transforms import eval_transform
@@ -42,22 +42,6 @@ def test_empty_or_missing_folder_is_named(tmp_path):
         find_pairs(tmp_path / "train", tmp_path / "train_masks")
     with pytest.raises(UserError, match="folder not found.*nowhere"):
         find_pairs(tmp_path / "nowhere", tmp_path / "train_masks")
-
-
-def test_check_names_truncated_image_and_size_mismatch(tmp_path):
-    write_pair(tmp_path, "good_01")
-    write_pair(tmp_path, "bad_01")
-    write_pair(tmp_path, "odd_01", mask_size=(20, 16))
-    jpeg = (tmp_path / "train" / "bad_01.jpg").read_bytes()
-    (tmp_path / "train" / "bad_01.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    pairs = find_pairs(tmp_path / "train", tmp_path / "train_masks")
-    with pytest.raises(UserError) as err:
-        check_pairs(pairs)
-    message = str(err.value)
-    assert message.startswith("2 bad file(s)")
-    assert "bad_01.jpg: unreadable image" in message
-    assert "odd_01_mask.gif: mask is 20x16 but its image is 24x16" in message
-    assert "good_01" not in message
 
 
 @pytest.mark.parametrize("mode,values", [

@@ -2,18 +2,34 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from unet.errors import UserError
 
 
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM: raise KeyboardInterrupt once, then ignore both, so that the
+    step can save and log its state. `mlflow run` answers Ctrl-C by sending its child a SIGTERM
+    right after the SIGINT; without this the second signal would kill the step mid-save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(step: Callable[[], None]) -> None:
-    """Runs a step; a UserError prints `error: ...` and exits 2."""
+    """Runs a step; a UserError prints `error: ...` and exits 2; an interruption (Ctrl-C,
+    SIGTERM) prints `interrupted: ...` and exits 130, as shells do for Ctrl-C."""
     if not sys.stderr.isatty():   # progress bars in a log file are noise (tqdm: disable=None)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         step()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e or 'stopped by a signal'}", file=sys.stderr)
+        sys.exit(130)

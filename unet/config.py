@@ -33,8 +33,15 @@ class SplitConfig:
     val_fraction: float
     test_fraction: float
     seed: int
+    on_bad_data: str         # fail | skip (drop the pairs the data check rejects)
+    multiclass_masks: str    # error | threshold (binarize masks of several classes at half)
 
     def validate(self) -> None:
+        if self.on_bad_data not in ("fail", "skip"):
+            raise UserError(f"parameter on_bad_data={self.on_bad_data}: use fail or skip")
+        if self.multiclass_masks not in ("error", "threshold"):
+            raise UserError(f"parameter multiclass_masks={self.multiclass_masks}: use error or "
+                            f"threshold")
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: must be in [0, 1)")

@@ -1,4 +1,4 @@
-"""Image/mask pairs on disk: discovery, checks, the split by car, and the training Dataset."""
+"""Image/mask pairs on disk: discovery, decoding, the split by car, and the training Dataset."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unet.errors import UserError
 from unet.transforms import resize_pair
@@ -53,35 +53,6 @@ def find_pairs(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
     return pairs
 
 
-def check_pair(pair: Pair) -> str | None:
-    """Decodes the image and mask fully; returns a problem description, or None if usable."""
-    try:
-        with Image.open(pair.image) as image:
-            image.load()
-            size = image.size
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        return f"{pair.image}: unreadable image ({e})"
-    try:
-        with Image.open(pair.mask) as mask:
-            mask.load()
-            if mask.size != size:
-                return (f"{pair.mask}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
-                        f"{size[0]}x{size[1]}")
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        return f"{pair.mask}: unreadable mask ({e})"
-    return None
-
-
-def check_pairs(pairs: Sequence[Pair], threads: int = 4) -> None:
-    """Decodes every pair (in threads: decoding releases the GIL); raises one UserError listing
-    every pair that can't be used."""
-    with ThreadPoolExecutor(threads) as pool:
-        problems = [p for p in pool.map(check_pair, pairs) if p]
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise UserError(f"{len(problems)} bad file(s): {shown}. Fix or remove them and run again.")
-
-
 def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
                 seed: int) -> dict[str, list[Pair]]:
     """Splits by car (all views of a car on one side) -> {"train", "val", "test"}.
@@ -109,24 +80,45 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
     return split
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # how PIL opens 16-bit greys
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """A decoded image of any mode -> (H, W, 3) uint8: grey and palette images are expanded,
+    an alpha channel is dropped, 16-bit values are scaled to 8 bits (PIL's convert("RGB")
+    would clip them at 255, turning most of a 16-bit photo white)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def grey_array(image: Image.Image) -> np.ndarray:
+    """A decoded mask of any mode -> (H, W) integer levels: the luminance (palette looked up),
+    or the raw values of a 16-bit mask."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.asarray(image)
+    return np.asarray(image.convert("L"))
+
+
 def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB image -> (H, W, 3) uint8. With size=(H, W), JPEGs decode at a reduced scale no smaller
+    """Image -> (H, W, 3) uint8 (see rgb_array). With size=(H, W), JPEGs decode at a reduced scale no smaller
     than that (PIL draft mode), which is several times faster on large photos."""
     with Image.open(path) as image:
         if size is not None and image.format == "JPEG":
             image.draft("RGB", (size[1], size[0]))
-        return np.asarray(image.convert("RGB"))
+        return rgb_array(image)
 
 
 def load_mask(path: Path) -> np.ndarray:
     """Mask -> (H, W) uint8 in {0, 1}.
 
     Palette GIFs (Carvana) hold indices 0/1 whose palette maps to black/white, grey masks hold
-    0/255, antialiased masks hold values in between, and some masks hold 0/1 directly: taking
-    the luminance and thresholding at half its maximum handles all of them.
+    0/255 (or 0/65535 in 16 bits), antialiased masks hold values in between, and some masks hold
+    0/1 directly: taking the luminance and thresholding at half its maximum handles all of them.
     """
     with Image.open(path) as mask:
-        grey = np.asarray(mask.convert("L"))
+        grey = grey_array(mask)
     top = int(grey.max())
     return (grey > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(grey)
 

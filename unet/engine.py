@@ -180,7 +180,10 @@ class Trainer:
     epochs fine-tune instead of bouncing around); "constant" keeps it, as the seed tutorial did.
 
     `fit()` yields an EpochResult after every epoch, once the checkpoint `checkpoint_path`
-    (model, optimizer, scaler, epoch, best score) is on disk, so callers log as they go.
+    (model, optimizer, scaler, epoch, best score) is on disk, so callers log as they go. The
+    checkpoint always holds the state at the end of a completed epoch (the starting state
+    before the first): an interrupted epoch is lost, never half-saved, and a state whose
+    validation loss is not finite raises NonFiniteLoss instead of replacing it.
     """
 
     def __init__(self, model: nn.Module, lr: float, epochs: int, precision: Precision,
@@ -222,6 +225,8 @@ class Trainer:
 
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
         epochs = self.epochs
+        if not self.checkpoint_path.exists():
+            save_checkpoint(self.state(), self.checkpoint_path)
         while self.epoch < epochs:
             epoch = self.epoch + 1
             sampler = getattr(train_loader, "sampler", None)
@@ -232,6 +237,9 @@ class Trainer:
             train["lr"] = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             val = validate(self.model, val_loader, self.loss_fn, self.precision)
+            if not math.isfinite(val["loss"]):
+                raise NonFiniteLoss(f"validation loss is {val['loss']} after epoch {epoch}: "
+                                    f"lower lr or check the data")
             improved = val["dice"] > self.best_dice
             if improved:
                 self.best_dice, self.best_epoch = val["dice"], epoch

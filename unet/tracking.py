@@ -34,11 +34,13 @@ with warnings.catch_warnings(record=True):
     from unet.serving import DEFAULT_THRESHOLD, INPUT_COLUMN, SegmentationModel
 
 SPLIT_FILE = "split.json"
+REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
 CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 DATA_ARTIFACTS = "data"
 CHECKPOINT_ARTIFACT = "checkpoints/last.pt"
 MODEL_NAME_IN_RUN = "model"
 ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+INTERRUPTED_TAG = "interrupted"   # set when Ctrl-C or SIGTERM stopped the step
 STEP_TAG = "step"          # set by every step itself, also when run without `mlflow run`
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -78,10 +80,18 @@ def store_uri() -> str:
 
 @contextlib.contextmanager
 def step_run(step: str):
-    """The step's run (the one `mlflow run` created, or a new one), tagged with the step."""
+    """The step's run (the one `mlflow run` created, or a new one), tagged with the step.
+    It ends FINISHED, FAILED on an error, or KILLED when interrupted (Ctrl-C, SIGTERM)."""
     with mlflow.start_run() as run:
         mlflow.set_tag(STEP_TAG, step)
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:
+            # The tag outlives `mlflow run`, which then overwrites KILLED with FAILED (MLflow
+            # 3.17 _maybe_set_run_terminated passes a status string to RunStatus.is_terminated).
+            mlflow.set_tag(INTERRUPTED_TAG, "true")
+            mlflow.end_run("KILLED")
+            raise
 
 
 def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
@@ -144,6 +154,15 @@ def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: 
         if pairs:
             log_dataset(pairs, name, CONTEXTS[name], source)
     mlflow.log_metrics({f"{name}_images": len(pairs) for name, pairs in subsets.items()})
+
+
+def log_data_report(report) -> str:
+    """Logs a validation.DataReport (JSON and readable text) and its counts as metrics
+    `data_<kind>`; returns where the readable report is."""
+    mlflow.log_dict(report.to_dict(), REPORT_JSON)
+    mlflow.log_text(report.to_text(), REPORT_TEXT)
+    mlflow.log_metrics({f"data_{kind}": n for kind, n in report.counts.items()})
+    return mlflow.get_artifact_uri(REPORT_TEXT)
 
 
 def dataset_source(split: Split) -> str:
@@ -235,16 +254,26 @@ def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:
     metrics = {f"train_{k}": v for k, v in result.train.items() if k != "images"}
     metrics.update({f"val_{k}": v for k, v in result.val.items()})
     mlflow.log_metrics(metrics, step=result.epoch)
-    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+    log_checkpoint(checkpoint)
     mlflow.log_image(samples, f"samples/epoch_{result.epoch:03d}.png")
 
 
-def load_checkpoint(resume_from: str, workdir: Path) -> dict:
-    """A checkpoint from a file path, or the last one a train run logged."""
+def log_checkpoint(checkpoint: Path) -> None:
+    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+
+
+def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
+    """A checkpoint from a file path, or the last one of a train run (finished, failed, killed
+    or still marked running after a kill -9): its local copy `local_dir/<run id>/last.pt` when
+    this machine has it (written atomically, never behind the logged one), else the logged one."""
     import torch
     path = Path(resume_from).expanduser()
+    if not path.is_file() and (path.suffix or "/" in resume_from):
+        raise UserError(f"parameter resume_from={resume_from}: no such checkpoint file")
     if not path.is_file():
         get_run(resume_from, "train", "resume_from", finished=False)
+        path = Path(local_dir) / resume_from / Path(CHECKPOINT_ARTIFACT).name
+    if not path.is_file():
         try:
             path = Path(mlflow.artifacts.download_artifacts(
                 run_id=resume_from, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir)))
@@ -286,18 +315,23 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     """
     client = MlflowClient()
     current = champion(name)
+    # Everything that can fail slowly (scoring the champion) happens before the registry is
+    # touched; the alias moves last. A failure on the way leaves the champion as it was, and
+    # at worst a version without alias, which a re-run finds and finishes (same aliases).
+    champion_dice = None
+    if current is not None and current.source != model_uri:
+        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
+            champion_dice = float(current.tags["test_dice"])
+        else:
+            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
     version = str(_registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
     tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    champion_dice = None
-    if current is not None and str(current.version) != version:
-        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
-            champion_dice = float(current.tags["test_dice"])
-        else:
-            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
-    alias = CHAMPION if champion_dice is None or metrics["dice"] > champion_dice else CHALLENGER
+    # Compared at the tags' precision: a tie (e.g. the same model re-registered) keeps the champion.
+    alias = (CHAMPION if champion_dice is None or round(metrics["dice"], 6) > champion_dice
+             else CHALLENGER)
     client.set_registered_model_alias(name, alias, version)
     return Promotion(version, alias, champion_dice)
 
