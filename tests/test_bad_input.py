@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-from PIL import Image
 
 from conftest import ROOT, TINY, mlflow_run, only
 from unet.synthetic import generate
@@ -30,7 +29,7 @@ def test_missing_mask_stops_mlflow_run_with_one_line(tracking_uri, tmp_path):
     result = mlflow_run("split_data", {"data_dir": str(tmp_path)}, tracking_uri)
     assert result.returncode != 0
     (line,) = error_lines(result)
-    assert f"1 bad file(s)" in line and f"train/{stems[3]}.jpg (image without mask)" in line
+    assert "1 bad file(s)" in line and f"train/{stems[3]}.jpg (image without mask)" in line
     assert "data_report.txt" in line
 
 

@@ -19,7 +19,7 @@ from unet import engine
 from unet.data import SegmentationDataset
 from unet.model import UNet
 from unet.synthetic import generate
-from unet.data import find_pairs
+from unet.validation import validate_folder
 from unet.transforms import eval_transform
 
 # Big enough for val Dice to mean something after 3 epochs, small enough for ~2 s epochs.
@@ -158,7 +158,7 @@ class NaNAfter(nn.BCEWithLogitsLoss):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     generate(tmp_path, 8, 32, 48, seed=1)
-    pairs = find_pairs(tmp_path / "train", tmp_path / "train_masks")
+    pairs = validate_folder(tmp_path / "train", tmp_path / "train_masks").pairs
     data = SegmentationDataset(pairs, (32, 48), eval_transform())
     precision = engine.choose_precision("fp32", "cpu")
     loader = engine.make_loader(data, 4, True, 0, 0, precision)

@@ -1,7 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from unet.data import find_pairs, load_image, load_mask
+from unet.data import load_image, load_mask
+from unet.validation import validate_folder
 from unet.synthetic import VIEWS_PER_CAR, generate
 
 
@@ -19,7 +20,7 @@ def test_same_seed_same_bytes_and_carvana_layout(tmp_path):
     mask = Image.open(tmp_path / "a/train_masks" / f"{a[0]}_mask.gif")
     assert mask.mode == "P" and mask.size == (60, 40)
     assert set(np.unique(np.asarray(mask))) == {0, 1}
-    assert len(find_pairs(tmp_path / "a/train", tmp_path / "a/train_masks")) == 6
+    assert len(validate_folder(tmp_path / "a/train", tmp_path / "a/train_masks").pairs) == 6
 
 
 def test_cars_cover_a_plausible_share_of_the_image(tmp_path):

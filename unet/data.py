@@ -29,30 +29,6 @@ class Pair:
         return self.stem.rsplit("_", 1)[0]
 
 
-def find_pairs(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
-               mask_ext: str = ".gif") -> list[Pair]:
-    """Pairs every image `X.<jpg|jpeg|png>` in image_dir with `X{mask_suffix}{mask_ext}`.
-
-    Hidden files and other extensions are ignored. Raises UserError naming the folder when it
-    is missing or empty, and naming the images whose mask is missing.
-    """
-    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise UserError(f"folder not found: {folder} (check data_dir, image_dir and mask_dir)")
-    images = sorted(p for p in image_dir.iterdir()
-                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-    if not images:
-        raise UserError(f"no images (.jpg, .jpeg, .png) in {image_dir}")
-    pairs = [Pair(p.stem, p, mask_dir / f"{p.stem}{mask_suffix}{mask_ext}") for p in images]
-    missing = [p.image.name for p in pairs if not p.mask.is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"{len(missing)} image(s) in {image_dir} have no mask "
-                        f"'<stem>{mask_suffix}{mask_ext}' in {mask_dir}: {shown}")
-    return pairs
-
-
 def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
                 seed: int) -> dict[str, list[Pair]]:
     """Splits by car (all views of a car on one side) -> {"train", "val", "test"}.

@@ -12,7 +12,6 @@ import shlex
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
