@@ -64,6 +64,8 @@ class TrainConfig:
     precision: str           # auto | fp32 | bf16 | fp16
     seed: int
     resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
+    nproc: int               # processes per machine; > 1 trains with DistributedDataParallel
+    sync_bn: bool            # BatchNorm statistics over all processes (CUDA only)
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -89,6 +91,11 @@ class TrainConfig:
             raise UserError(f"parameter lr_schedule={self.lr_schedule}: use cosine or constant")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"parameter precision={self.precision}: use auto, fp32, bf16 or fp16")
+        if self.nproc < 1:
+            raise UserError(f"parameter nproc={self.nproc}: must be >= 1")
+        if self.batch_size % self.nproc:
+            raise UserError(f"parameters batch_size={self.batch_size}, nproc={self.nproc}: the "
+                            f"batch is shared out among the processes; make it a multiple of nproc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +132,13 @@ def parse_value(name: str, text: Any, kind: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind is bool:
+            return {"true": True, "false": False}[text.lower()]
         if kind == tuple[int, ...]:
             return tuple(int(part) for part in text.split(","))
         return text
-    except ValueError:
-        expected = {int: "an integer", float: "a number"}.get(kind, "a comma list of integers, e.g. 64,128")
+    except (ValueError, KeyError):
+        expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a comma list of integers, e.g. 64,128")
         raise UserError(f"parameter {name}={text!r}: expected {expected}") from None
 
 
@@ -183,5 +192,7 @@ def as_params(config) -> dict[str, str]:
     """A config as the flat text parameters MLflow stores (features as "64,128")."""
     out = {}
     for name, value in dataclasses.asdict(config).items():
-        out[name] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+        if isinstance(value, (tuple, list)):
+            value = ",".join(map(str, value))
+        out[name] = str(value).lower() if isinstance(value, bool) else str(value)
     return out
