@@ -1,9 +1,14 @@
 """Shared fixtures: a private tracking store per test, and a runner for the real `mlflow run`."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -44,3 +49,39 @@ def only(params: dict[str, str], entry_point: str) -> dict[str, str]:
     import yaml
     declared = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry_point]
     return {k: v for k, v in params.items() if k in declared["parameters"]}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], log: Path, ready_url: str | None = None, timeout: float = 120,
+               **popen):
+    """Runs a server `cmd` (output to `log`) while the block runs, after `ready_url` answers
+    200 if given; then stops it and its children by its process group."""
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True, **popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while ready_url:
+            assert server.poll() is None, f"{cmd[:4]} exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{ready_url} not ready: {log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import mlflow
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, mlflow_run, only
+from conftest import TINY, free_port, mlflow_run, only
 from unet import distributed, engine, transforms
 from unet.data import SegmentationDataset, find_pairs
 from unet.model import UNet
@@ -54,12 +53,6 @@ def test_two_processes_log_one_run_and_reach_the_dice_of_one(tracking_uri):
     assert abs(two.data.metrics["best_val_dice"] - one.data.metrics["best_val_dice"]) < 0.05
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _validate_share(rank: int, port: int, data_dir: str, out: str) -> None:
     """One of 2 gloo processes: validates its share of the set; rank 0 writes the result."""
     import os
@@ -95,7 +88,7 @@ def test_validation_over_shards_equals_validation_in_one_process(tmp_path):
     one-process metrics exactly, no image counted twice."""
     generate(tmp_path, 5, 48, 72, seed=3)
     out = tmp_path / "result.json"
-    torch.multiprocessing.spawn(_validate_share, args=(_free_port(), str(tmp_path), str(out)),
+    torch.multiprocessing.spawn(_validate_share, args=(free_port(), str(tmp_path), str(out)),
                                 nprocs=2)
     sharded = json.loads(out.read_text())
     whole = _validate_full_set(str(tmp_path))
