@@ -7,7 +7,7 @@ import sys
 import urllib.parse
 import urllib.request
 
-from conftest import TINY, background, free_port, mlflow_run
+from conftest import TINY, answers, background, free_port, mlflow_run
 
 
 def rest(url: str, body: dict | None = None) -> dict:
@@ -25,7 +25,7 @@ def test_main_against_a_tracking_server(tmp_path):
               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
               "--artifacts-destination", str(artifacts), "--serve-artifacts",
               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with background(server, tmp_path / "server.log", ready_url=f"{url}/health"):
+    with background(server, tmp_path / "server.log", answers(f"{url}/health")):
         result = mlflow_run("main", TINY, url)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "=== pipeline summary ===" in result.stdout
