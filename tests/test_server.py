@@ -29,6 +29,7 @@ def test_main_against_a_tracking_server(tmp_path):
         result = mlflow_run("main", TINY, url)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "=== pipeline summary ===" in result.stdout
+        assert f"open the UI: {url} " in result.stdout
 
         query = urllib.parse.urlencode({"name": "unet-carvana", "alias": "champion"})
         version = rest(f"{url}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
