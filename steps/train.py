@@ -119,6 +119,7 @@ def fit(cfg: config.TrainConfig, split: tracking.Split, resume: dict | None,
 
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
+    """Logs the best-by-validation-Dice weights as the run's model, with an input example."""
     best = UNet(features=cfg.features)
     best.load_state_dict(trainer.best_state)
     segmenter = Segmenter(best, (cfg.image_height, cfg.image_width), precision)
