@@ -1,9 +1,15 @@
 """Shared fixtures: a private tracking store per test, and a runner for the real `mlflow run`."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,10 +35,14 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
 
 
 def mlflow_run(entry_point: str, params: dict[str, str], tracking_uri: str,
-               timeout: int = 600) -> subprocess.CompletedProcess:
-    """`mlflow run <repo> -e entry_point -P ... --env-manager local`, output captured."""
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point,
+               timeout: int = 600, project: str = str(ROOT),
+               version: str | None = None) -> subprocess.CompletedProcess:
+    """`mlflow run <project> [-v version] -e entry_point -P ... --env-manager local` (project:
+    this checkout, or a git URL), output captured."""
+    cmd = [sys.executable, "-m", "mlflow", "run", project, "-e", entry_point,
            "--env-manager", "local"]
+    if version:
+        cmd += ["-v", version]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
@@ -47,8 +57,7 @@ def only(params: dict[str, str], entry_point: str) -> dict[str, str]:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    import socket
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -74,3 +83,37 @@ def register_untrained_champion(name: str = "unet-carvana") -> str:
     version = mlflow.register_model(model_uri, name).version
     MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
     return f"models:/{name}@{tracking.CHAMPION}"
+
+
+def answers(url: str) -> Callable[[], bool]:
+    """A readiness check: `url` answers 200."""
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+    return check
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], log: Path, ready: Callable[[], bool], timeout: float = 120):
+    """Runs a server `cmd` (output to `log`) while the block runs, once `ready()` is true;
+    then stops it and its children by its process group."""
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert server.poll() is None, f"{cmd[:4]} exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{cmd[:4]} not ready: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -71,6 +71,8 @@ class TrainConfig:
     precision: str           # auto | fp32 | bf16 | fp16
     seed: int
     resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
+    nproc: int               # processes per machine; > 1 trains with DistributedDataParallel
+    sync_bn: bool            # BatchNorm statistics over all processes (CUDA only)
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -96,6 +98,11 @@ class TrainConfig:
             raise UserError(f"parameter lr_schedule={self.lr_schedule}: use cosine or constant")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UserError(f"parameter precision={self.precision}: use auto, fp32, bf16 or fp16")
+        if self.nproc < 1:
+            raise UserError(f"parameter nproc={self.nproc}: must be >= 1")
+        if self.batch_size % self.nproc:
+            raise UserError(f"parameters batch_size={self.batch_size}, nproc={self.nproc}: the "
+                            f"batch is shared out among the processes; make it a multiple of nproc")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from unet import distributed
 from unet.errors import UserError
 from unet.metrics import SegmentationMetrics
 
@@ -82,10 +83,12 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                precision: Precision) -> torch.utils.data.DataLoader:
-    """Batches of (images (B, 3, H, W), masks (B, H, W)), shuffled reproducibly from `seed`."""
+                precision: Precision, sampler=None) -> torch.utils.data.DataLoader:
+    """Batches of (images (B, 3, H, W), masks (B, H, W)), shuffled reproducibly from `seed`
+    (or in the order of `sampler`, e.g. a process's share under DistributedDataParallel)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers,
         persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=precision.device.type == "cuda")
@@ -99,7 +102,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     loss_fn: nn.Module, precision: Precision,
                     scaler: torch.amp.GradScaler, desc: str = "train") -> dict[str, float]:
     """One pass over loader of (images (B, 3, H, W), masks (B, H, W)); returns mean loss,
-    images seen and images per second."""
+    images seen and images per second, over all processes when there are several."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
@@ -112,8 +115,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         # The loss in fp32: BCE on bf16 logits loses precision near 0 and 1.
         loss = loss_fn(logits.float(), masks)
         if not torch.isfinite(loss):
-            if scaler.is_enabled():   # fp16 overflow: skip the batch, as the scaler does
-                continue
+            # Every process raises (torchrun then stops them all); skipping the batch on one
+            # process only would leave the others waiting in DDP's gradient exchange. Overflow
+            # in fp16 gradients is another matter: the GradScaler skips those steps itself.
             raise NonFiniteLoss(f"loss is {loss.item()} at {desc}: lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -123,14 +127,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         seen += len(images)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "images": seen,
+    total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
+    return {"loss": total_loss / max(seen, 1), "images": int(seen),
             "images_per_second": seen / seconds if seconds > 0 else math.nan}
 
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
              threshold: float = 0.5) -> dict[str, float]:
-    """Mean loss, accuracy/Dice/IoU (per image and micro) at the loader's resolution."""
+    """Mean loss, accuracy/Dice/IoU (per image and micro) at the loader's resolution; over
+    all processes' images when there are several (each validates its share)."""
     model.eval()
     metrics, total_loss, seen, start = SegmentationMetrics(), 0.0, 0, time.perf_counter()
     for images, masks in tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
@@ -142,6 +148,9 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
         total_loss += loss_fn(logits, masks.unsqueeze(1)).item() * len(images)
         seen += len(images)
         metrics.update(torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5)
+    counts = torch.cat([torch.zeros(0, 4, dtype=torch.long), *metrics.counts])
+    metrics.counts = [distributed.gather_over_ranks(counts)]
+    total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
     result = metrics.compute()
     result["loss"] = total_loss / max(seen, 1)
     result["images_per_second"] = seen / (time.perf_counter() - start)
@@ -184,12 +193,17 @@ class Trainer:
     checkpoint always holds the state at the end of a completed epoch (the starting state
     before the first): an interrupted epoch is lost, never half-saved, and a state whose
     validation loss is not finite raises NonFiniteLoss instead of replacing it.
+
+    `wrap(model)` gives the module that trains (e.g. DistributedDataParallel around it);
+    `model` itself holds the weights for checkpoints, validation and inference. Under several
+    processes only the main one writes the checkpoint.
     """
 
     def __init__(self, model: nn.Module, lr: float, epochs: int, precision: Precision,
-                 checkpoint_path: Path, lr_schedule: str = "cosine"):
+                 checkpoint_path: Path, lr_schedule: str = "cosine", wrap=None):
         self.precision = precision
         self.model = prepare(model, precision)
+        self.train_module = wrap(self.model) if wrap else self.model
         self.epochs = epochs
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
@@ -225,14 +239,14 @@ class Trainer:
 
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
         epochs = self.epochs
-        if not self.checkpoint_path.exists():
+        if distributed.is_main() and not self.checkpoint_path.exists():
             save_checkpoint(self.state(), self.checkpoint_path)
         while self.epoch < epochs:
             epoch = self.epoch + 1
             sampler = getattr(train_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-            train = train_one_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
+            train = train_one_epoch(self.train_module, train_loader, self.optimizer, self.loss_fn,
                                     self.precision, self.scaler, desc=f"epoch {epoch}/{epochs}")
             train["lr"] = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
@@ -245,5 +259,6 @@ class Trainer:
                 self.best_dice, self.best_epoch = val["dice"], epoch
                 self.best_state = copy.deepcopy(self.model.state_dict())
             self.epoch = epoch
-            save_checkpoint(self.state(), self.checkpoint_path)
+            if distributed.is_main():
+                save_checkpoint(self.state(), self.checkpoint_path)
             yield EpochResult(epoch, train, val, improved)

@@ -20,6 +20,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
@@ -132,6 +133,10 @@ def _pairs_digest(pairs: list[Pair]) -> str:
 
 def log_dataset(pairs: list[Pair], name: str, context: str, source: str) -> None:
     """Records a subset as a run input (lineage in the UI): name, digest, source."""
+    if source.startswith("mlflow-artifacts:"):
+        # Artifacts a tracking server proxies: MLflow has no dataset source for that scheme,
+        # so record the server's HTTP address of the same files.
+        source = MlflowArtifactsRepository.resolve_uri(source, mlflow.get_tracking_uri())
     with warnings.catch_warnings():   # a local path matches two equivalent source types
         warnings.simplefilter("ignore", UserWarning)
         resolved = resolve_dataset_source(source)
