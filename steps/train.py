@@ -5,6 +5,7 @@ from pathlib import Path
 import mlflow
 
 from unet import cli, config, engine, tracking, transforms
+from unet.cache import ArrayCache
 from unet.data import SegmentationDataset
 from unet.errors import UserError
 from unet.model import UNet
@@ -28,8 +29,10 @@ def train() -> None:
         engine.seed_everything(cfg.seed)
         size = (cfg.image_height, cfg.image_width)
         augment = transforms.train_transform(cfg.rotate_limit, cfg.hflip, cfg.vflip, cfg.seed)
-        train_set = SegmentationDataset(split.subsets["train"], size, augment).preload()
-        val_set = SegmentationDataset(split.subsets["val"], size, transforms.eval_transform()).preload()
+        cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
+        train_set = SegmentationDataset(split.subsets["train"], size, augment, cache).preload()
+        val_set = SegmentationDataset(split.subsets["val"], size, transforms.eval_transform(),
+                                      cache).preload()
 
         precision = engine.choose_precision(cfg.precision)
         mlflow.set_tags({"precision": precision.name, "device": str(precision.device)})
@@ -39,6 +42,8 @@ def train() -> None:
         if cfg.resume_from:
             trainer.load_state(tracking.load_checkpoint(cfg.resume_from, Path(tmp)))
             print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
+        if cfg.compile:
+            trainer.model.compile()   # in place: state_dict keys stay those of the UNet
         train_loader = engine.make_loader(train_set, cfg.batch_size, True, cfg.num_workers,
                                           cfg.seed, precision)
         val_loader = engine.make_loader(val_set, cfg.batch_size, False, cfg.num_workers,

@@ -64,6 +64,8 @@ class TrainConfig:
     precision: str           # auto | fp32 | bf16 | fp16
     seed: int
     resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
+    cache_dir: str           # "" (off) or a folder for resized arrays shared across runs
+    compile: bool            # torch.compile the model
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -125,11 +127,14 @@ def parse_value(name: str, text: Any, kind: Any) -> Any:
             return int(text)
         if kind is float:
             return float(text)
+        if kind is bool:
+            return {"true": True, "false": False}[text.lower()]
         if kind == tuple[int, ...]:
             return tuple(int(part) for part in text.split(","))
         return text
-    except ValueError:
-        expected = {int: "an integer", float: "a number"}.get(kind, "a comma list of integers, e.g. 64,128")
+    except (ValueError, KeyError):
+        expected = {int: "an integer", float: "a number", bool: "true or false"}.get(
+            kind, "a comma list of integers, e.g. 64,128")
         raise UserError(f"parameter {name}={text!r}: expected {expected}") from None
 
 
