@@ -46,9 +46,10 @@ QUICK = dict(FULL, batch=4, rounds=2, data_images=8, data_epochs=2, matmul=2048)
 
 def step_flops(model: nn.Module, image_size: tuple[int, int], channels: int = 3) -> float:
     """FLOPs of one training step's forward + backward per image (matmuls and convolutions,
-    as torch's FlopCounterMode counts them; Adam and elementwise ops are not counted)."""
+    as torch's FlopCounterMode counts them; Adam and elementwise ops are not counted). A model
+    on the meta device is counted without computing anything."""
     model = model.train()
-    x = torch.zeros(1, channels, *image_size)
+    x = torch.zeros(1, channels, *image_size, device=next(model.parameters()).device)
     with FlopCounterMode(display=False) as counter:
         model(x).float().sum().backward()
     model.zero_grad(set_to_none=True)
@@ -165,17 +166,19 @@ def _data_pipeline(cfg: dict, data_dir: str, num_workers: int) -> dict:
             fn(pair)
         out[f"decode_ms_{name}"] = (time.perf_counter() - start) / len(pairs) * 1000
 
-    def first_epoch(cache: ArrayCache) -> tuple[float, torch.utils.data.DataLoader]:
+    def new_run(cache: ArrayCache) -> tuple[float, float, torch.utils.data.DataLoader]:
+        """Preload (img/s) and the first epoch (s, loader workers starting included)."""
         start = time.perf_counter()
         dataset = SegmentationDataset(pairs, size, transforms.train_transform(seed=0), cache).preload()
+        loaded = time.perf_counter()
         loader = engine.make_loader(dataset, cfg["batch"], True, num_workers, 0, precision)
         for _ in loader:
             pass
-        return len(pairs) / (time.perf_counter() - start), loader
+        return len(pairs) / (loaded - start), time.perf_counter() - loaded, loader
 
     with tempfile.TemporaryDirectory() as cache_dir:
-        out["first_epoch_cold"], _ = first_epoch(ArrayCache(cache_dir))
-        out["first_epoch_disk_cache"], loader = first_epoch(ArrayCache(cache_dir))
+        out["preload_cold"], out["first_epoch_seconds"], _ = new_run(ArrayCache(cache_dir))
+        out["preload_disk_cache"], _, loader = new_run(ArrayCache(cache_dir))
     later = []
     for _ in range(cfg["data_epochs"]):
         start = time.perf_counter()
@@ -222,7 +225,8 @@ def run(cfg: dict, num_workers: int, log=print) -> dict:
     result: dict = {"machine": machine(), "torch": torch.__version__, "device": str(device),
                     "precision": precision.name,
                     "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
-    flops = step_flops(UNet(features=cfg["features"]), cfg["size"])
+    with torch.device("meta"):
+        flops = step_flops(UNet(features=cfg["features"]), cfg["size"])
     result["gflop_per_image"] = flops / 1e9
     log(f"{result['machine']}; torch {torch.__version__}; project precision {precision.name}; "
         f"{flops / 1e9:.1f} GFLOP per image per step")
@@ -244,30 +248,39 @@ def run(cfg: dict, num_workers: int, log=print) -> dict:
                 rounds["predict"].append(phases["predict"](_predict_round, cfg, 2))
                 log(f"round {i + 1}/{cfg['rounds']}: " + ", ".join(
                     f"{k} {v[-1]:.2f}" for k, v in rounds.items()))
-            result["evaluate_full_size_images_per_second"] = phases["predict"](
-                _evaluate_full_size, cfg, data_dir)
+            evaluate_full = phases["predict"](_evaluate_full_size, cfg, data_dir)
             result["data"] = phases["data"](_data_pipeline, cfg, data_dir, num_workers)
         finally:
             for phase in phases.values():
                 phase.close()
 
-    median = {k: statistics.median(v) for k, v in rounds.items()}
-    result["rounds"] = rounds
-    result["matmul_peak_gflops"] = {"fp32": median["fp32_peak"], "bf16": median["bf16_peak"]}
-    result["train_tutorial_images_per_second"] = median["tutorial"]
-    result["train_project_images_per_second"] = median["project"]
-    result["train_speedup"] = median["project"] / median["tutorial"]
-    result["train_project_gflops"] = median["project"] * flops / 1e9
-    result["train_tutorial_gflops"] = median["tutorial"] * flops / 1e9
-    result["bf16_peak_fraction"] = result["train_project_gflops"] / median["bf16_peak"]
-    result["tutorial_fp32_peak_fraction"] = result["train_tutorial_gflops"] / median["fp32_peak"]
-    result["data_vs_train"] = result["data"]["later_epochs"] / median["project"]
-    result["predict_images_per_second"] = median["predict"]
-    result["eval_vs_train"] = median["predict"] / median["project"]
-    result["evaluate_full_size_vs_train"] = (result["evaluate_full_size_images_per_second"]
-                                             / median["project"])
+    result.update(summarize(rounds, flops, result["data"]["later_epochs"], evaluate_full))
     result["peak_rss_mb"] = {name: phase.peak_rss_mb for name, phase in phases.items()}
     return result
+
+
+def summarize(rounds: dict[str, list[float]], flops_per_image: float, data_images_per_second: float,
+              evaluate_images_per_second: float) -> dict:
+    """The headline figures from the rounds' medians (img/s, GFLOP/s, and the ratios)."""
+    m = {k: statistics.median(v) for k, v in rounds.items()}
+    project_gflops = m["project"] * flops_per_image / 1e9
+    tutorial_gflops = m["tutorial"] * flops_per_image / 1e9
+    return {
+        "rounds": rounds,
+        "matmul_peak_gflops": {"fp32": m["fp32_peak"], "bf16": m["bf16_peak"]},
+        "train_tutorial_images_per_second": m["tutorial"],
+        "train_project_images_per_second": m["project"],
+        "train_speedup": m["project"] / m["tutorial"],
+        "train_tutorial_gflops": tutorial_gflops,
+        "train_project_gflops": project_gflops,
+        "bf16_peak_fraction": project_gflops / m["bf16_peak"],
+        "tutorial_fp32_peak_fraction": tutorial_gflops / m["fp32_peak"],
+        "data_vs_train": data_images_per_second / m["project"],
+        "predict_images_per_second": m["predict"],
+        "eval_vs_train": m["predict"] / m["project"],
+        "evaluate_full_size_images_per_second": evaluate_images_per_second,
+        "evaluate_full_size_vs_train": evaluate_images_per_second / m["project"],
+    }
 
 
 def table(r: dict) -> str:
@@ -287,12 +300,13 @@ def table(r: dict) -> str:
         ("**train_speedup** (project / tutorial)", f"**{r['train_speedup']:.2f}x**", ""),
         ("**bf16_peak_fraction** (project step)", f"**{r['bf16_peak_fraction']:.0%}**",
          f"{r['gflop_per_image']:.1f} GFLOP per image"),
-        (f"data: first run, decoding {w}x{h} (cold cache)", f"{d['first_epoch_cold']:.1f} img/s",
+        (f"data: decode {w}x{h} + resize, first run (cache cold)", f"{d['preload_cold']:.1f} img/s",
          f"JPEG {d['decode_ms_jpeg_full']:.0f} ms full / {d['decode_ms_jpeg_draft']:.0f} ms draft; "
          f"GIF {d['decode_ms_gif_mask']:.0f} ms"),
-        ("data: first epoch of a later run (disk cache)", f"{d['first_epoch_disk_cache']:.1f} img/s",
-         f"{d['num_workers']} loader workers"),
-        ("data: later epochs (augment + collate)", f"{d['later_epochs']:.0f} img/s",
+        ("data: the same in a later run (disk cache)", f"{d['preload_disk_cache']:.0f} img/s", ""),
+        ("data: augment + collate, first epoch", f"{d['images'] / d['first_epoch_seconds']:.0f} img/s",
+         f"{d['num_workers']} loader workers (their start included)"),
+        ("data: augment + collate, later epochs", f"{d['later_epochs']:.0f} img/s",
          f"RSS {rss['data']:.0f} MB"),
         ("**data_vs_train** (later epochs / project step)", f"**{r['data_vs_train']:.0f}x**", ""),
         ("prediction (Segmenter, training size)", f"{r['predict_images_per_second']:.2f} img/s",
