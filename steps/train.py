@@ -33,6 +33,8 @@ def train() -> None:
         train_set = SegmentationDataset(split.subsets["train"], size, augment, cache).preload()
         val_set = SegmentationDataset(split.subsets["val"], size, transforms.eval_transform(),
                                       cache).preload()
+        if cache is not None:
+            print(f"resized arrays: {cache.hits} from {cache.directory}, {cache.misses} decoded")
 
         precision = engine.choose_precision(cfg.precision)
         mlflow.set_tags({"precision": precision.name, "device": str(precision.device)})

@@ -4,8 +4,9 @@ Faithful to the guide the project started from: a Dataset that decodes the full-
 GIF on every read, albumentations Resize inside the per-read transform, fp32 NCHW, Adam,
 BCE-with-logits, `torch.cuda.amp.autocast` + GradScaler (both no-ops without CUDA), a tqdm
 loop with `loss.item()` per batch, a checkpoint per epoch and `check_accuracy` on the
-validation loader. Only the model is the project's UNet (the guide's bridge had the wrong
-width and does not run), so both sides train the same network.
+validation loader. Two departures, neither affecting speed: the model is the project's UNet
+(the guide's bridge had the wrong width and does not run), so both sides train the same
+network, and validation is normalized with mean 0 like training (the guide's 8.0 is a typo).
 
     python -m unet.tutorial TRAIN_IMG_DIR TRAIN_MASK_DIR VAL_IMG_DIR VAL_MASK_DIR [--epochs 1]
 
