@@ -48,6 +48,7 @@ def test_presets_fill_auto_and_explicit_values_win():
     ("train", {"image_height": "8"}, "parameter image_height=8: too small for 4 levels; use at least 16"),
     ("train", {"epochs": "0"}, "parameter epochs=0"),
     ("train", {"split_run_id": ""}, "parameter split_run_id is missing"),
+    ("train", {"compile": "yes"}, "parameter compile='yes': expected true or false"),
     ("split_data", {"val_fraction": "1.2"}, "parameter val_fraction=1.2: must be in [0, 1)"),
     ("split_data", {"test_fraction": "-0.1"}, "parameter test_fraction=-0.1"),
     ("split_data", {"val_fraction": "0.5", "test_fraction": "0.5"}, "must sum to less than 1"),
