@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 
 from unet import cli, config, distributed, engine, tracking, transforms
+from unet.cache import ArrayCache
 from unet.data import SegmentationDataset
 from unet.errors import UserError
 from unet.model import UNet
@@ -91,8 +92,12 @@ def fit(cfg: config.TrainConfig, split: tracking.Split, resume: dict | None,
     seed = cfg.seed + distributed.rank()
     size = (cfg.image_height, cfg.image_width)
     augment = transforms.train_transform(cfg.rotate_limit, cfg.hflip, cfg.vflip, seed)
-    train_set = SegmentationDataset(split.subsets["train"], size, augment).preload()
-    val_set = SegmentationDataset(split.subsets["val"], size, transforms.eval_transform()).preload()
+    cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
+    train_set = SegmentationDataset(split.subsets["train"], size, augment, cache).preload()
+    val_set = SegmentationDataset(split.subsets["val"], size, transforms.eval_transform(),
+                                  cache).preload()
+    if cache is not None and run is not None:
+        print(f"resized arrays: {cache.hits} from {cache.directory}, {cache.misses} decoded")
 
     # Only rank 0 (which has the run) writes the checkpoint.
     checkpoint = CHECKPOINTS / (run.info.run_id if run else "-") / "last.pt"
@@ -106,6 +111,8 @@ def fit(cfg: config.TrainConfig, split: tracking.Split, resume: dict | None,
         if run is not None:
             mlflow.set_tag("resumed_from", cfg.resume_from)
             print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
+    if cfg.compile:
+        trainer.model.compile()   # in place: state_dict keys stay those of the UNet
     train_loader = engine.make_loader(train_set, batch_size, True, cfg.num_workers, seed,
                                       precision, distributed.train_sampler(train_set, cfg.seed))
     val_loader = engine.make_loader(distributed.shard(val_set), batch_size, False,

@@ -20,7 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Settings small enough for a test to train in seconds; `-P` pairs for `mlflow run`.
 TINY = {"num_images": "24", "synthetic_height": "48", "synthetic_width": "72",
         "epochs": "2", "image_height": "32", "image_width": "48", "features": "4,8,16,32",
-        "batch_size": "4", "num_workers": "0"}
+        "batch_size": "4", "num_workers": "0", "cache_dir": ""}
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ def test_presets_fill_auto_and_explicit_values_win():
     ("train", {"nproc": "0"}, "parameter nproc=0: must be >= 1"),
     ("train", {"nproc": "3"}, "parameters batch_size=16, nproc=3: the batch is shared out"),
     ("train", {"sync_bn": "maybe"}, "parameter sync_bn='maybe': expected true or false"),
+    ("train", {"compile": "yes"}, "parameter compile='yes': expected true or false"),
     ("split_data", {"val_fraction": "1.2"}, "parameter val_fraction=1.2: must be in [0, 1)"),
     ("split_data", {"test_fraction": "-0.1"}, "parameter test_fraction=-0.1"),
     ("split_data", {"val_fraction": "0.5", "test_fraction": "0.5"}, "must sum to less than 1"),

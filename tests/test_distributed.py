@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY, free_port, mlflow_run, only
 from unet import distributed, engine, transforms
-from unet.data import SegmentationDataset, find_pairs
+from unet.data import SegmentationDataset
+from unet.validation import validate_folder
 from unet.model import UNet
 from unet.synthetic import generate
 
@@ -72,7 +73,7 @@ def _validate_share(rank: int, port: int, data_dir: str, out: str) -> None:
 def _validate_full_set(data_dir: str, shard=lambda dataset: dataset) -> dict[str, float]:
     """validate() of a seeded untrained U-Net on the 5 images in data_dir (or a shard)."""
     from pathlib import Path
-    pairs = find_pairs(Path(data_dir) / "train", Path(data_dir) / "train_masks")
+    pairs = validate_folder(Path(data_dir) / "train", Path(data_dir) / "train_masks").pairs
     dataset = SegmentationDataset(pairs, (32, 48), transforms.eval_transform())
     precision = engine.choose_precision("fp32", "cpu")
     torch.manual_seed(0)

@@ -73,6 +73,8 @@ class TrainConfig:
     resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
     nproc: int               # processes per machine; > 1 trains with DistributedDataParallel
     sync_bn: bool            # BatchNorm statistics over all processes (CUDA only)
+    cache_dir: str           # "" (off) or a folder for resized arrays shared across runs
+    compile: bool            # torch.compile the model
 
     def validate(self) -> None:
         if not self.split_run_id:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unet.cache import ArrayCache
 from unet.errors import UserError
 from unet.transforms import resize_pair
 
@@ -104,12 +105,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Resizing is the deterministic first step of every preset, so it runs once per pair;
     `transform` (augmentation, normalization, ToTensorV2) runs on every read. Items are
-    (float image (3, H, W), float 0/1 mask (H, W)).
+    (float image (3, H, W), float 0/1 mask (H, W)). With `cache`, the resized arrays are also
+    kept on disk across runs (see unet.cache).
     """
 
-    def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable):
+    def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable,
+                 cache: ArrayCache | None = None):
         self.pairs = list(pairs)
-        self.size, self.transform = size, transform
+        self.size, self.transform, self.disk_cache = size, transform, cache
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -131,7 +134,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[index]
-        return resize_pair(load_image(pair.image, self.size), load_mask(pair.mask), self.size)
+
+        def decode():
+            return resize_pair(load_image(pair.image, self.size), load_mask(pair.mask), self.size)
+
+        if self.disk_cache is None:
+            return decode()
+        return self.disk_cache.get_or_compute(pair.image, pair.mask, self.size, decode)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.resized(index)
