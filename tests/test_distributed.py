@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, free_port, mlflow_run, only
 from unet import distributed, engine, transforms
 from unet.data import SegmentationDataset
+from unet.serving import decode_mask
 from unet.validation import validate_folder
 from unet.model import UNet
 from unet.synthetic import generate
@@ -45,8 +46,8 @@ def test_two_processes_log_one_run_and_reach_the_dice_of_one(tracking_uri):
     # the model rank 0 logged registers and segments
     version = mlflow.register_model(two.data.tags["model_uri"], "unet-ddp")
     model = mlflow.pyfunc.load_model(f"models:/unet-ddp/{version.version}")
-    masks = model.predict(np.zeros((2, 40, 56, 3), dtype=np.uint8))
-    assert masks.shape == (2, 40, 56)
+    out = model.predict({"image": [np.zeros((40, 56, 3), np.uint8)] * 2})
+    assert [decode_mask(png).shape for png in out["mask"]] == [(40, 56)] * 2
 
     result = mlflow_run("train", {**settings, "nproc": "1"}, tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -40,7 +40,8 @@ def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
     assert evaluate.data.params["train_run_id"] == train.info.run_id
 
     # split: the generated data and the split travel as artifacts; subsets are logged inputs
-    assert artifact_names(split.info.run_id) == ["data", "split.json"]
+    assert artifact_names(split.info.run_id) == \
+        ["data", "data_report.json", "data_report.txt", "split.json"]
     record = mlflow.artifacts.load_dict(f"runs:/{split.info.run_id}/split.json")
     assert len(record["train"]) + len(record["val"]) + len(record["test"]) == 24
     assert {d.dataset.name for d in split.inputs.dataset_inputs} == {"train", "val", "test"}

@@ -14,7 +14,7 @@ def logged_model(seed: int) -> str:
     torch.manual_seed(seed)
     with mlflow.start_run():
         return tracking.log_model(Segmenter(UNet(features=(4, 8)), (16, 16)),
-                                  np.zeros((1, 8, 12, 3), np.uint8))
+                                  np.zeros((8, 12, 3), np.uint8))
 
 
 def aliases(name: str) -> dict[str, str]:
