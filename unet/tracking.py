@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 import pandas as pd
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -228,7 +229,6 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     `example` (H, W, 3) uint8 is stored, as PNG bytes, as the input example. The unet package
     travels with the model (code_paths), so it loads where this project is not installed.
     """
-    import torch
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "segmenter.pt"
         torch.save(segmenter.to_state(), weights)
@@ -270,7 +270,6 @@ def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
     """A checkpoint from a file path, or the last one of a train run (finished, failed, killed
     or still marked running after a kill -9): its local copy `local_dir/<run id>/last.pt` when
     this machine has it (written atomically, never behind the logged one), else the logged one."""
-    import torch
     path = Path(resume_from).expanduser()
     if not path.is_file() and (path.suffix or "/" in resume_from):
         raise UserError(f"parameter resume_from={resume_from}: no such checkpoint file")
