@@ -5,7 +5,6 @@ from mlflow.exceptions import ExecutionException
 from unet import cli, config, tracking
 from unet.errors import UserError
 
-STEPS = ("split_data", "train", "evaluate")
 CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from the step before
 
 
@@ -14,7 +13,7 @@ def main() -> None:
     given = config.cli_overrides("main")
     with tracking.step_run("main") as run:
         runs, previous = {}, None
-        for step in STEPS:
+        for step in config.PIPELINE:
             # Every parameter is passed as text, defaults included, so a later run with the
             # same settings finds this one by comparing the strings MLflow stored.
             step_params = config.step_params(step, given, params)

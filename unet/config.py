@@ -211,12 +211,6 @@ def load(step: str, overrides: dict[str, str] | None = None, preset: str | None 
     return config
 
 
-def auto_params(step: str, params: dict[str, Any] | None = None) -> list[str]:
-    """Names of `step`'s parameters whose default is "auto" (resolved from a preset)."""
-    params = params if params is not None else read_params()
-    return [name for name, value in params[step].items() if str(value) == AUTO]
-
-
 def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """Every parameter of `step` as text: the given value, else params.yaml's."""
     return {name: str(given.get(name, default)) for name, default in params[step].items()}

@@ -79,8 +79,8 @@ def grey_array(image: Image.Image) -> np.ndarray:
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Image -> (H, W, 3) uint8 (see rgb_array). With size=(H, W), JPEGs decode at a reduced scale no smaller
-    than that (PIL draft mode), which is several times faster on large photos."""
+    """Image -> (H, W, 3) uint8 (see rgb_array). With size=(H, W), JPEGs decode at a reduced
+    scale no smaller than that (PIL draft mode), several times faster on large photos."""
     with Image.open(path) as image:
         if size is not None and image.format == "JPEG":
             image.draft("RGB", (size[1], size[0]))

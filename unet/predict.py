@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from unet.data import rgb_array
 from unet.engine import Precision, choose_precision, prepare
 from unet.model import UNet
 from unet.transforms import resize_image, to_input
@@ -91,7 +92,7 @@ def read_image(source: bytes | Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
                         else source) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            return rgb_array(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
