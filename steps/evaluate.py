@@ -5,7 +5,7 @@ from pathlib import Path
 
 import mlflow
 
-from unet import cli, config, tracking
+from unet import baselines, cli, config, tracking
 from unet.errors import UserError
 from unet.evaluation import evaluate_pairs
 
@@ -25,29 +25,34 @@ def evaluate() -> None:
 
         model_uri = train_run.data.tags["model_uri"]
         out_dir = Path(tmp) / "predictions"
-        segmenter = tracking.load_segmenter(model_uri)
+        segmenter = tracking.load_segmenter(model_uri).with_tta(cfg.tta)
+        mlflow.set_tag("tta", segmenter.tta)
         start = time.perf_counter()
         metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir)
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         # Full resolution end to end: decode, predict, score, write the prediction files.
         mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
         mlflow.log_artifacts(str(out_dir), "predictions")
+        floor = tracking.Floor(baselines.baseline_dice(
+            test, baselines.mean_mask(split.subsets["train"]), cfg.threshold), cfg.floor_margin)
+        mlflow.log_metrics({f"baseline_dice_{k}": v for k, v in floor.baselines.items()}
+                           | {"floor_dice": floor.dice})
 
         # Registration comes last: a failure above leaves the registry as it was.
         def score_champion(uri: str) -> float:
-            return evaluate_pairs(tracking.load_segmenter(uri), test, cfg.threshold,
-                                  cfg.eval_batch_size)["dice"]
+            return evaluate_pairs(tracking.load_segmenter(uri).with_tta(cfg.tta), test,
+                                  cfg.threshold, cfg.eval_batch_size)["dice"]
 
         promotion = tracking.register_and_promote(model_uri, cfg.model_name, metrics,
                                                   split.run_id, train_run.info.run_id,
-                                                  score_champion)
+                                                  score_champion, floor)
         mlflow.set_tags({"model_name": cfg.model_name, "model_version": promotion.version,
-                         "model_alias": promotion.alias})
-        against = ("" if promotion.champion_dice is None
-                   else f" (champion had {promotion.champion_dice:.4f})")
+                         "model_alias": promotion.alias or "none",
+                         "promotion": promotion.reason})
         print(f"evaluate run {run.info.run_id}: test Dice {metrics['dice']:.4f}, IoU "
               f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}; {cfg.model_name} "
-              f"version {promotion.version} -> @{promotion.alias}{against}")
+              f"version {promotion.version} -> "
+              f"{'@' + promotion.alias if promotion.alias else 'no alias'}: {promotion.reason}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def summary(runs: dict, main_run) -> None:
           f"pooled; IoU {metrics['test_iou']:.4f}; accuracy {metrics['test_accuracy']:.4f}")
     print(f"  model {name} version {version}, aliases: {', '.join(aliases) or 'none'}"
           f" (load it as models:/{name}@{tracking.CHAMPION})")
+    print(f"  {tags.get('promotion', '')}")
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):     # a tracking server serves the UI itself
         print(f"  open the UI: {uri} (experiment of run {main_run.info.run_id})")

@@ -14,7 +14,8 @@ def predict() -> None:
     with tracking.step_run("predict") as run:
         tracking.log_effective_params(config.as_params(cfg))
         images, ignored = plan(Path(cfg.input_dir), Path(cfg.output_dir), cfg.overlay)
-        segmenter = tracking.load_segmenter(cfg.model_uri)
+        segmenter = tracking.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
+        mlflow.set_tag("tta", segmenter.tta)
         result = predict_folder(segmenter, images, Path(cfg.output_dir), cfg.threshold,
                                 cfg.overlay, cfg.batch_size)
         mlflow.log_metrics({"images_written": len(result.written),

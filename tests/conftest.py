@@ -16,6 +16,7 @@ import pytest
 from unet.ui import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))    # tools/ (benchmarks, generators) is not part of the package
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # Settings small enough for a test to train in seconds; `-P` pairs for `mlflow run`.
@@ -55,6 +56,13 @@ def only(params: dict[str, str], entry_point: str) -> dict[str, str]:
     import yaml
     declared = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"][entry_point]
     return {k: v for k, v in params.items() if k in declared["parameters"]}
+
+
+def first_version_aliases(tags: dict[str, str]) -> list[str]:
+    """The aliases the promotion rule gives the first version of a name, from its tags:
+    champion if its test Dice is above the floor, none otherwise. (TINY models sit near the
+    floor; tests/test_pipeline.py pins each side of it down with a model that can't miss.)"""
+    return ["champion"] if float(tags["test_dice"]) > float(tags["floor_dice"]) else []
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 import pytest
 from torch import nn
 
-from unet import bench
+from tools import bench
 from unet.model import UNet
 
 

@@ -12,14 +12,16 @@ MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
 PARAMS = config.read_params()
 
 
-@pytest.mark.parametrize("step", ["split_data", "train", "evaluate", "predict", "ui"])
-def test_mlproject_declares_exactly_the_params_yaml_defaults(step):
-    declared = {k: v["default"] for k, v in MLPROJECT[step]["parameters"].items()}
-    assert declared == {k: str(v) for k, v in PARAMS[step].items()}
-    fields = {f.name for f in dataclasses.fields(config.STEPS[step])}
-    assert set(declared) == fields
-    for name in declared:                   # every parameter reaches the script
-        assert f"--{name} {{{name}}}" in MLPROJECT[step]["command"]
+def test_mlproject_is_generated_from_params_yaml():
+    """MLproject declares exactly params.yaml's defaults (python -m tools.mlproject)."""
+    from tools.mlproject import render
+    assert (ROOT / "MLproject").read_text() == render(PARAMS)
+    for step in config.STEPS:
+        declared = {k: v["default"] for k, v in MLPROJECT[step]["parameters"].items()}
+        assert declared == {k: str(v) for k, v in PARAMS[step].items()}
+        assert set(declared) == {f.name for f in dataclasses.fields(config.STEPS[step])}
+        for name in declared:                   # every parameter reaches the script
+            assert f"--{name} {{{name}}}" in MLPROJECT[step]["command"]
 
 
 def test_main_accepts_every_step_parameter_with_the_same_default():
@@ -27,17 +29,26 @@ def test_main_accepts_every_step_parameter_with_the_same_default():
     expected = {k: str(v) for step in ("split_data", "train", "evaluate")
                 for k, v in PARAMS[step].items() if not k.endswith("_run_id")}
     assert main == expected
-    for name in main:
-        assert f"--{name} {{{name}}}" in MLPROJECT["main"]["command"]
 
 
-def test_presets_fill_auto_and_explicit_values_win():
-    real = config.load("train", {"split_run_id": "x"}, preset="real")
-    assert real.features == (64, 128, 256, 512) and (real.image_height, real.image_width) == (160, 240)
-    assert real.batch_size == 16 and real.lr == 1e-4
-    builtin = config.load("train", {"split_run_id": "x", "lr": "3e-4"}, preset="builtin")
-    assert builtin.lr == 3e-4 and builtin.features == tuple(
-        int(f) for f in str(PARAMS["presets"]["builtin"]["features"]).split(","))
+SEED = {**config.preset("train", "seed"), "steps_per_epoch": 1}
+
+
+def test_the_seed_preset_is_the_tutorials_settings_and_explicit_values_win():
+    seed = config.load("train", {"split_run_id": "x"}, auto=SEED)
+    assert seed.features == (64, 128, 256, 512) and (seed.image_height, seed.image_width) == (160, 240)
+    assert (seed.batch_size, seed.lr, seed.epochs) == (16, 1e-4, 1)
+    assert (seed.loss, seed.lr_schedule, seed.warmup_steps) == ("bce", "constant", 0)
+    assert (seed.color_jitter, seed.patience, seed.bn_recalibration) == (0, 0, 0)
+    mine = config.load("train", {"split_run_id": "x", "lr": "3e-4"}, auto=SEED)
+    assert mine.lr == 3e-4
+
+
+def test_auto_without_a_value_is_named():
+    with pytest.raises(UserError, match="parameter lr=auto: nothing gives it a value"):
+        config.load("train", {"split_run_id": "x"}, auto={})
+    with pytest.raises(UserError, match="parameter preset=fast: use auto or seed"):
+        config.preset("train", "fast")
 
 
 @pytest.mark.parametrize("step,overrides,message", [
@@ -52,6 +63,12 @@ def test_presets_fill_auto_and_explicit_values_win():
     ("train", {"nproc": "3"}, "parameters batch_size=16, nproc=3: the batch is shared out"),
     ("train", {"sync_bn": "maybe"}, "parameter sync_bn='maybe': expected true or false"),
     ("train", {"compile": "yes"}, "parameter compile='yes': expected true or false"),
+    ("train", {"loss": "focal"}, "parameter loss=focal: use bce_dice or bce"),
+    ("train", {"time_budget_min": "0"}, "parameter time_budget_min=0.0: must be > 0"),
+    ("train", {"color_jitter": "2"}, "parameter color_jitter=2.0: must be in [0, 1]"),
+    ("train", {"patience": "-1"}, "parameter patience=-1: must be >= 0"),
+    ("evaluate", {"train_run_id": "x", "tta": "rot90"}, "parameter tta=rot90: use auto, none, hflip, flips"),
+    ("evaluate", {"train_run_id": "x", "floor_margin": "-0.1"}, "parameter floor_margin=-0.1"),
     ("split_data", {"val_fraction": "1.2"}, "parameter val_fraction=1.2: must be in [0, 1)"),
     ("split_data", {"test_fraction": "-0.1"}, "parameter test_fraction=-0.1"),
     ("split_data", {"val_fraction": "0.5", "test_fraction": "0.5"}, "must sum to less than 1"),
@@ -61,7 +78,7 @@ def test_presets_fill_auto_and_explicit_values_win():
 def test_bad_parameters_are_named(step, overrides, message):
     base = {"split_run_id": "x"} if step == "train" else {}
     with pytest.raises(UserError) as err:
-        config.load(step, {**base, **overrides}, preset="real")
+        config.load(step, {**base, **overrides}, auto=SEED)
     assert message in str(err.value)
 
 

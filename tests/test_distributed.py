@@ -14,6 +14,7 @@ from unet.data import SegmentationDataset
 from unet.serving import decode_mask
 from unet.validation import validate_folder
 from unet.model import UNet
+from unet.precision import choose_precision, prepare
 from unet.synthetic import generate
 
 
@@ -76,10 +77,10 @@ def _validate_full_set(data_dir: str, shard=lambda dataset: dataset) -> dict[str
     from pathlib import Path
     pairs = validate_folder(Path(data_dir) / "train", Path(data_dir) / "train_masks").pairs
     dataset = SegmentationDataset(pairs, (32, 48), transforms.eval_transform())
-    precision = engine.choose_precision("fp32", "cpu")
+    precision = choose_precision("fp32", "cpu")
     torch.manual_seed(0)
-    model = engine.prepare(UNet(features=(4, 8, 16, 32)), precision)
-    loader = engine.make_loader(shard(dataset), 2, False, 0, 0, precision)
+    model = prepare(UNet(features=(4, 8, 16, 32)), precision)
+    loader = engine.make_loader(shard(dataset), 2, 0, 0, precision)
     result = engine.validate(model, loader, torch.nn.BCEWithLogitsLoss(), precision)
     result.pop("images_per_second")
     return result

@@ -1,9 +1,14 @@
+import math
+
 import pytest
 import torch
 
-from unet import engine
+from unet import batchnorm, engine
 from unet.errors import UserError
+from unet.losses import make_loss, soft_dice_loss
 from unet.model import UNet
+from unet.precision import choose_precision
+from unet.schedule import EpochSampler, Schedule, lr_factor
 
 
 def toy_loader(n=32, seed=0):
@@ -16,18 +21,19 @@ def toy_loader(n=32, seed=0):
 
 
 def test_precision_choice():
-    fp32 = engine.choose_precision("fp32", "cpu")
+    fp32 = choose_precision("fp32", "cpu")
     assert fp32.autocast is None and fp32.name == "fp32" and not fp32.grad_scaler
-    assert engine.choose_precision("bf16", "cpu").autocast is torch.bfloat16
+    assert choose_precision("bf16", "cpu").autocast is torch.bfloat16
     with pytest.raises(UserError, match="precision=fp16 needs a CUDA GPU"):
-        engine.choose_precision("fp16", "cpu")
+        choose_precision("fp16", "cpu")
 
 
 def test_training_learns_and_resumes_with_the_same_state(tmp_path):
     torch.manual_seed(0)
-    precision = engine.choose_precision("fp32", "cpu")
+    precision = choose_precision("fp32", "cpu")
     loader = toy_loader()
-    trainer = engine.Trainer(UNet(features=(4, 8)), 1e-2, 8, precision, tmp_path / "last.pt")
+    schedule = Schedule(lr=2e-2, epochs=8, steps_per_epoch=4, warmup_steps=2)
+    trainer = engine.Trainer(UNet(features=(4, 8)), schedule, precision, tmp_path / "last.pt")
     results = []
     fit = trainer.fit(loader, loader)
     results.append(next(fit))
@@ -37,7 +43,7 @@ def test_training_learns_and_resumes_with_the_same_state(tmp_path):
 
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["best_dice"] == trainer.best_dice
-    resumed = engine.Trainer(UNet(features=(4, 8)), 1e-2, 8, precision, tmp_path / "resumed.pt")
+    resumed = engine.Trainer(UNet(features=(4, 8)), schedule, precision, tmp_path / "resumed.pt")
     resumed.load_state(state)
     assert resumed.epoch == 2
     assert resumed.scheduler.get_last_lr() == trainer.scheduler.get_last_lr()
@@ -66,8 +72,78 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_resuming_another_architecture_is_a_clear_error(tmp_path):
-    precision = engine.choose_precision("fp32", "cpu")
-    small = engine.Trainer(UNet(features=(4, 8)), 1e-3, 1, precision, tmp_path / "a.pt")
-    other = engine.Trainer(UNet(features=(8, 16)), 1e-3, 1, precision, tmp_path / "b.pt")
+    precision = choose_precision("fp32", "cpu")
+    schedule = Schedule(lr=1e-3, epochs=1, steps_per_epoch=1)
+    small = engine.Trainer(UNet(features=(4, 8)), schedule, precision, tmp_path / "a.pt")
+    other = engine.Trainer(UNet(features=(8, 16)), schedule, precision, tmp_path / "b.pt")
     with pytest.raises(UserError, match="another architecture"):
         other.load_state(small.state())
+
+
+def test_lr_warms_up_linearly_then_follows_the_cosine_to_zero():
+    factors = [lr_factor(step, 10, 4, "cosine") for step in range(11)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    # after warm-up: 0.5 (1 + cos(pi (step - 4) / 6))
+    assert factors[4] == 1.0 and factors[7] == pytest.approx(0.5) and factors[10] == pytest.approx(0)
+    assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_epoch_sampler_sees_every_image_before_repeating_and_shares_out_processes():
+    small = EpochSampler(size=5, samples=8, seed=0)
+    small.set_epoch(1)
+    first = list(small)
+    assert len(first) == 8 and sorted(first[:5]) == [0, 1, 2, 3, 4]   # a whole pass first
+    large = EpochSampler(size=10, samples=4, seed=0)
+    seen = []
+    for epoch in (1, 2, 3):                       # 12 samples: one pass, then a new one
+        large.set_epoch(epoch)
+        seen += list(large)
+    assert sorted(seen[:10]) == list(range(10)) and len(set(seen[10:])) == 2
+    shares = []
+    for rank in (0, 1):
+        part = EpochSampler(size=5, samples=8, seed=0, rank=rank, world_size=2)
+        part.set_epoch(1)
+        shares.append(list(part))
+    assert shares[0] == first[0::2] and shares[1] == first[1::2] and len(shares[0]) == 4
+
+
+def test_soft_dice_loss_by_hand():
+    # one image of 4 pixels: truth [1, 1, 0, 0], probabilities [1, 0.5, 0.5, 0] (logits inf/0)
+    logits = torch.tensor([[[[100.0, 0.0], [0.0, -100.0]]]])
+    masks = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    # overlap 1.5, sum p 2, sum t 2: 1 - (2 * 1.5 + 1) / (4 + 1) = 0.2
+    assert soft_dice_loss(logits, masks).item() == pytest.approx(0.2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+    assert make_loss("bce_dice")(logits, masks).item() == pytest.approx(bce.item() + 0.2)
+    assert make_loss("bce")(logits, masks).item() == pytest.approx(bce.item())
+
+
+def test_bn_recalibration_equals_the_statistics_computed_on_the_same_batches():
+    torch.manual_seed(0)
+    model = UNet(features=(4, 8))
+    precision = choose_precision("fp32", "cpu")
+    model.train()
+    for _ in range(3):                   # running averages that lag behind, as after training
+        model(torch.rand(2, 3, 16, 16) * 5)
+    batches = [torch.rand(4, 3, 16, 16) for _ in range(3)]
+    assert batchnorm.recalibrate(model, batches, precision) == 12
+    assert not model.training
+    first_conv, first_bn = model.downs[0][0], model.downs[0][1]
+    with torch.no_grad():
+        outputs = [first_conv(b) for b in batches]           # what the first BN layer saw
+    mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
+    var = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outputs]).mean(0)
+    assert torch.allclose(first_bn.running_mean, mean, atol=1e-6)
+    assert torch.allclose(first_bn.running_var, var, atol=1e-6)
+    assert first_bn.momentum == 0.1                          # training goes on as before
+
+
+def test_early_stopping_ends_after_patience_rounds_without_a_better_dice(tmp_path):
+    precision = choose_precision("fp32", "cpu")
+    loader = toy_loader()
+    # lr 0: the weights never change, so the Dice of round 1 is never beaten
+    schedule = Schedule(lr=1e-12, epochs=10, steps_per_epoch=4, patience=2)
+    trainer = engine.Trainer(UNet(features=(4, 8)), schedule, precision, tmp_path / "last.pt")
+    epochs = [r.epoch for r in trainer.fit(loader, loader)]
+    assert epochs == [1, 2, 3] and trainer.stopped_early and trainer.best_epoch == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["stopped_early"] is True

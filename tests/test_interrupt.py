@@ -18,6 +18,8 @@ from test_bad_input import error_lines, run_step
 from unet import engine
 from unet.data import SegmentationDataset
 from unet.model import UNet
+from unet.precision import choose_precision
+from unet.schedule import EpochSampler, Schedule
 from unet.synthetic import generate
 from unet.validation import validate_folder
 from unet.transforms import eval_transform
@@ -160,9 +162,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     generate(tmp_path, 8, 32, 48, seed=1)
     pairs = validate_folder(tmp_path / "train", tmp_path / "train_masks").pairs
     data = SegmentationDataset(pairs, (32, 48), eval_transform())
-    precision = engine.choose_precision("fp32", "cpu")
-    loader = engine.make_loader(data, 4, True, 0, 0, precision)
-    trainer = engine.Trainer(UNet(features=(4, 8)), 1e-3, 3, precision, tmp_path / "last.pt")
+    precision = choose_precision("fp32", "cpu")
+    loader = engine.make_loader(data, 4, 0, 0, precision, EpochSampler(len(data), 8, seed=0))
+    trainer = engine.Trainer(UNet(features=(4, 8)), Schedule(1e-3, 3, len(loader)), precision,
+                             tmp_path / "last.pt")
     trainer.loss_fn = NaNAfter(calls=len(loader) + len(loader) + 1)   # epoch 1 + its val, then NaN
     epochs = []
     with pytest.raises(engine.NonFiniteLoss, match="loss is nan at epoch 2/3"):

@@ -8,11 +8,11 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import TINY, mlflow_run, only
+from conftest import TINY, first_version_aliases, mlflow_run, only
 from unet.config import read_params
 from unet.synthetic import generate
 
-PARAMS = read_params()
+RULES = read_params()["plan"]
 
 
 def runs_of(entry_point: str):
@@ -26,7 +26,7 @@ def artifact_names(run_id: str, path: str = "") -> list[str]:
     return sorted(f.path for f in MlflowClient().list_artifacts(run_id, path))
 
 
-def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
+def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
     first = mlflow_run("main", TINY, tracking_uri)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "=== pipeline summary ===" in first.stdout
@@ -52,9 +52,16 @@ def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
     assert "checkpoints/last.pt" in artifact_names(train.info.run_id, "checkpoints")
     assert "samples/epoch_002.png" in artifact_names(train.info.run_id, "samples")
     assert train.data.params["features"] == "4,8,16,32"        # given
-    assert train.data.params["lr"] == "auto"                   # not given: the builtin preset
-    assert float(train.data.params["effective.lr"]) == PARAMS["presets"]["builtin"]["lr"]
+    assert train.data.params["lr"] == "auto"                   # not given: the plan's rule
+    assert float(train.data.params["effective.lr"]) == RULES["lr"] * (4 / 8) ** 0.5
+    assert train.data.params["effective.loss"] == "bce_dice"
+    assert train.data.params["plan.train_images"] == str(len(record["train"]))
+    plan = mlflow.artifacts.load_dict(f"runs:/{train.info.run_id}/plan.json")
+    assert plan["values"]["steps_per_epoch"] == -(-len(record["train"]) // 4)   # one pass
+    assert plan["fingerprint"]["median_height"] == 48
     assert train.data.metrics["train_images_per_second"] > 0
+    assert train.data.tags["tta"] in ("none", "hflip", "flips")
+    assert {f"val_dice_tta_{m}" for m in ("none", "hflip", "flips")} <= set(train.data.metrics)
 
     # evaluate: metrics, per-image CSV and a mask per test image at the image's size
     test_count = len(record["test"])
@@ -68,15 +75,19 @@ def test_main_trains_registers_champion_and_reuses_finished_steps(tracking_uri):
                                                           artifact_path=masks[0]))
     assert mask.size == (72, 48)
 
-    # the registry: version 1 is the champion, tagged with its test metrics
-    version = MlflowClient().get_model_version_by_alias("unet-carvana", "champion")
-    assert str(version.version) == "1"
+    # the registry: version 1, tagged with its test metrics, the baselines and the floor
+    version = MlflowClient().get_model_version("unet-carvana", "1")
     assert version.tags["train_run_id"] == train.info.run_id
     assert float(version.tags["test_dice"]) == \
         round(evaluate.data.metrics["test_dice"], 6)
+    best_baseline = max(evaluate.data.metrics[f"baseline_dice_{name}"] for name in
+                        ("all_background", "all_foreground", "mean_mask"))
+    assert float(version.tags["floor_dice"]) == round(best_baseline + 0.05, 6)
+    assert list(version.aliases) == first_version_aliases(version.tags)
+    assert version.tags["promotion"] in first.stdout
 
-    # the champion loads and segments images of other sizes and batch sizes
-    model = mlflow.pyfunc.load_model("models:/unet-carvana@champion")
+    # the model loads and segments images of other sizes and batch sizes
+    model = mlflow.pyfunc.load_model("models:/unet-carvana/1")
     out = model.predict({"image": list(np.random.randint(0, 255, (3, 37, 53, 3), dtype=np.uint8))})
     masks = [np.asarray(Image.open(io.BytesIO(png))) for png in out["mask"]]
     assert [m.shape for m in masks] == [(37, 53)] * 3
@@ -104,8 +115,8 @@ def test_each_entry_point_runs_alone_and_main_reuses_them(tracking_uri):
     result = mlflow_run("evaluate", {"train_run_id": train.info.run_id, "model_name": "cars"},
                         tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "cars version 1 -> @champion" in result.stdout
-    assert str(MlflowClient().get_model_version_by_alias("cars", "champion").version) == "1"
+    version = MlflowClient().get_model_version("cars", "1")
+    assert list(version.aliases) == first_version_aliases(version.tags)
 
     # main with the same split settings finds the finished split_data run
     result = mlflow_run("main", {**TINY, "lr": "1e-3", "model_name": "cars"}, tracking_uri)
@@ -115,15 +126,39 @@ def test_each_entry_point_runs_alone_and_main_reuses_them(tracking_uri):
 
 
 def test_carvana_layout_at_full_size_needs_only_data_dir(tracking_uri, tmp_path):
-    """1918x1280 photos in train/ and train_masks/; the real-data preset (the seed U-Net)."""
+    """1918x1280 photos in train/ and train_masks/: the plan scales them to the pixel budget."""
     generate(tmp_path / "carvana", 12, 1280, 1918, seed=5)
     result = mlflow_run("main", {"data_dir": str(tmp_path / "carvana"), "epochs": "1"},
                         tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "=== training plan ===" in result.stdout
     train = runs_of("train")[0]
-    assert train.data.params.get("effective.features") == "64,128,256,512"
+    assert train.data.params.get("effective.features") == RULES["cpu"]["features"]
+    assert (train.data.params["effective.image_height"],
+            train.data.params["effective.image_width"]) == ("128", "192")
     evaluate = runs_of("evaluate")[0]
     mask_path = artifact_names(evaluate.info.run_id, "predictions/masks")[0]
     mask = Image.open(mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
                                                           artifact_path=mask_path))
     assert mask.size == (1918, 1280)
+
+
+def test_a_useless_model_is_registered_but_never_champion(tracking_uri):
+    """lr=1e-12 leaves the network as initialized: below the floor on a fresh store, and on a
+    store that has a champion (which it keeps)."""
+    useless = {**TINY, "lr": "1e-12"}
+    result = mlflow_run("main", useless, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = MlflowClient().get_model_version("unet-carvana", "1")
+    assert list(version.aliases) == []
+    assert version.tags["promotion"].startswith("not promoted: test Dice")
+    assert "aliases: none" in result.stdout and version.tags["promotion"] in result.stdout
+
+    # A store with a champion: make version 1 champion by hand, as a user may.
+    MlflowClient().set_registered_model_alias("unet-carvana", "champion", "1")
+    result = mlflow_run("main", {**useless, "seed": "7"}, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = MlflowClient().get_model_version("unet-carvana", "2")
+    assert list(version.aliases) == [] and version.tags["promotion"].startswith("not promoted")
+    champion = MlflowClient().get_model_version_by_alias("unet-carvana", "champion")
+    assert str(champion.version) == "1"

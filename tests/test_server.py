@@ -7,7 +7,7 @@ import sys
 import urllib.parse
 import urllib.request
 
-from conftest import TINY, answers, background, free_port, mlflow_run
+from conftest import TINY, answers, background, first_version_aliases, free_port, mlflow_run
 
 
 def rest(url: str, body: dict | None = None) -> dict:
@@ -31,10 +31,10 @@ def test_main_against_a_tracking_server(tmp_path):
         assert "=== pipeline summary ===" in result.stdout
         assert f"open the UI: {url} " in result.stdout
 
-        query = urllib.parse.urlencode({"name": "unet-carvana", "alias": "champion"})
-        version = rest(f"{url}/api/2.0/mlflow/registered-models/alias?{query}")["model_version"]
-        assert version["version"] == "1" and version["aliases"] == ["champion"]
+        query = urllib.parse.urlencode({"name": "unet-carvana", "version": "1"})
+        version = rest(f"{url}/api/2.0/mlflow/model-versions/get?{query}")["model_version"]
         tags = {t["key"]: t["value"] for t in version["tags"]}
+        assert version.get("aliases", []) == first_version_aliases(tags)
         runs = rest(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": ["0"]})["runs"]
         steps = {tag["value"]: r for r in runs for tag in r["data"]["tags"] if tag["key"] == "step"}
         assert sorted(steps) == ["evaluate", "main", "split_data", "train"]

@@ -1,9 +1,8 @@
 """One typed config per entry point: defaults from params.yaml, overridden by `-P name=value`.
 
 Every value is read as the text MLflow passes on the command line, then parsed by the field's
-type, so a bad value is reported by parameter name. A value of "auto" takes the preset for the
-kind of data the split holds (params.yaml `presets`: `builtin` for the generated set, `real`
-otherwise).
+type, so a bad value is reported by parameter name. A train value of "auto" is filled in by the
+training plan (unet.planning), or by a named preset (`-P preset=seed`: params.yaml `presets`).
 """
 from __future__ import annotations
 
@@ -18,6 +17,8 @@ from unet.errors import UserError
 
 PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
 AUTO = "auto"
+LOSSES = ("bce_dice", "bce")              # unet.losses
+TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +58,23 @@ class SplitConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     split_run_id: str
+    preset: str              # auto (the training plan) | a name in params.yaml presets
+    time_budget_min: float   # minutes the plan sizes training to (when epochs is auto)
     lr: float
     lr_schedule: str         # cosine | constant
+    warmup_steps: int        # optimizer steps of linear lr warm-up
     batch_size: int
-    epochs: int
-    image_height: int
+    epochs: int              # validation rounds
+    steps_per_epoch: int     # optimizer steps per round
+    image_height: int        # images are resized to this size (and predicted at it)
     image_width: int
+    patch_height: int        # training crops of the resized images
+    patch_width: int
     features: tuple[int, ...]
+    loss: str                # bce_dice | bce
+    color_jitter: float      # augmentation: brightness/contrast/saturation strength
+    patience: int            # stop after this many rounds without a better val Dice; 0 never
+    bn_recalibration: int    # training images BatchNorm statistics are recomputed on; 0 off
     rotate_limit: float      # augmentation: max rotation in degrees
     hflip: float             # augmentation: probability of a horizontal flip
     vflip: float             # augmentation: probability of a vertical flip
@@ -92,10 +103,26 @@ class TrainConfig:
         if not self.features or min(self.features) < 1:
             raise UserError(f"parameter features={self.features}: give positive widths, e.g. 64,128,256,512")
         min_size = 2 ** len(self.features)
-        for name in ("image_height", "image_width"):
+        for name in ("image_height", "image_width", "patch_height", "patch_width"):
             if getattr(self, name) < min_size:
                 raise UserError(f"parameter {name}={getattr(self, name)}: too small for "
                                 f"{len(self.features)} levels; use at least {min_size}")
+        for side in ("height", "width"):
+            if getattr(self, f"patch_{side}") > getattr(self, f"image_{side}"):
+                raise UserError(f"parameter patch_{side}={getattr(self, f'patch_{side}')}: "
+                                f"larger than image_{side}={getattr(self, f'image_{side}')}")
+        for name in ("warmup_steps", "patience", "bn_recalibration"):
+            if getattr(self, name) < 0:
+                raise UserError(f"parameter {name}={getattr(self, name)}: must be >= 0")
+        if self.steps_per_epoch < 1:
+            raise UserError(f"parameter steps_per_epoch={self.steps_per_epoch}: must be >= 1")
+        if self.time_budget_min <= 0:
+            raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 "
+                            f"(minutes)")
+        if self.loss not in LOSSES:
+            raise UserError(f"parameter loss={self.loss}: use {' or '.join(LOSSES)}")
+        if not 0 <= self.color_jitter <= 1:
+            raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"parameter lr_schedule={self.lr_schedule}: use cosine or constant")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -113,6 +140,8 @@ class EvaluateConfig:
     model_name: str
     threshold: float
     eval_batch_size: int
+    tta: str                 # auto (the model's own) | none | hflip | flips
+    floor_margin: float      # test Dice must beat the best trivial baseline by this much
 
     def validate(self) -> None:
         if not self.train_run_id:
@@ -123,6 +152,9 @@ class EvaluateConfig:
             raise UserError("parameter model_name is empty")
         if self.eval_batch_size < 1:
             raise UserError(f"parameter eval_batch_size={self.eval_batch_size}: must be >= 1")
+        check_tta(self.tta)
+        if not 0 <= self.floor_margin < 1:
+            raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +165,10 @@ class PredictConfig:
     threshold: float
     overlay: bool
     batch_size: int
+    tta: str                 # auto (the model's own) | none | hflip | flips
 
     def validate(self) -> None:
+        check_tta(self.tta)
         for name in ("model_uri", "input_dir", "output_dir"):
             if not getattr(self, name).strip():
                 raise UserError(f"parameter {name} is missing")
@@ -155,6 +189,11 @@ class UiConfig:
             raise UserError(f"parameter port={self.port}: must be in 1..65535")
         if self.tunnel not in TUNNELS:
             raise UserError(f"parameter tunnel={self.tunnel}: use {' or '.join(TUNNELS)}")
+
+
+def check_tta(tta: str) -> None:
+    if tta != AUTO and tta not in TTA_MODES:
+        raise UserError(f"parameter tta={tta}: use auto, {', '.join(TTA_MODES)}")
 
 
 TUNNELS = ("none", "ngrok")
@@ -187,24 +226,55 @@ def parse_value(name: str, text: Any, kind: Any) -> Any:
         raise UserError(f"parameter {name}={text!r}: expected {expected}") from None
 
 
-def load(step: str, overrides: dict[str, str] | None = None, preset: str | None = None,
-         params: dict[str, Any] | None = None):
-    """The typed, validated config of `step`: params.yaml < overrides; "auto" < presets[preset]."""
-    cls = STEPS[step]
+def raw_values(step: str, overrides: dict[str, str] | None = None,
+               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """params.yaml's values of `step` < overrides, unparsed; UserError for an unknown name."""
     params = params if params is not None else read_params()
     raw = dict(params[step])
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - {f.name for f in dataclasses.fields(STEPS[step])}
     if unknown:
         raise UserError(f"unknown parameter(s) for {step}: {', '.join(sorted(unknown))}")
-    for name, value in raw.items():
-        if str(value) == AUTO and name in params.get("presets", {}).get(preset or "", {}):
-            raw[name] = params["presets"][preset][name]
+    return raw
+
+
+def given(step: str, overrides: dict[str, str] | None = None,
+          params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parsed values of `step` that are not "auto" (what the user or params.yaml fixed)."""
+    hints = get_type_hints(STEPS[step])
+    return {name: parse_value(name, value, hints[name])
+            for name, value in raw_values(step, overrides, params).items()
+            if str(value) != AUTO}
+
+
+def preset(step: str, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parsed values of a named preset of params.yaml (e.g. "seed": the tutorial's
+    settings); {} for "auto"."""
+    if name == AUTO:
+        return {}
+    params = params if params is not None else read_params()
+    presets = params.get("presets", {})
+    if name not in presets:
+        raise UserError(f"parameter preset={name}: use auto or {' or '.join(sorted(presets))}")
+    hints = get_type_hints(STEPS[step])
+    return {k: parse_value(k, v, hints[k]) for k, v in presets[name].items()}
+
+
+def load(step: str, overrides: dict[str, str] | None = None, auto: dict[str, Any] | None = None,
+         params: dict[str, Any] | None = None):
+    """The typed, validated config of `step`: params.yaml < overrides; a value "auto" takes
+    auto[name] (the plan's or a preset's)."""
+    cls = STEPS[step]
+    raw = raw_values(step, overrides, params)
     hints = get_type_hints(cls)
     values = {}
     for name, value in raw.items():
-        if str(value) == AUTO and hints[name] is not str:
-            raise UserError(f"parameter {name}=auto: no preset gives it a value here; pass a value")
+        if str(value) == AUTO and name in (auto or {}):
+            value = auto[name]
+            if isinstance(value, (tuple, list)):
+                value = ",".join(map(str, value))
+        elif str(value) == AUTO and hints[name] is not str:
+            raise UserError(f"parameter {name}=auto: nothing gives it a value here; pass a value")
         values[name] = parse_value(name, value, hints[name])
     config = cls(**values)
     config.validate()

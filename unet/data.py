@@ -118,6 +118,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def with_transform(self, transform: Callable) -> "SegmentationDataset":
+        """The same pairs and resized arrays (shared, not copied) under another transform."""
+        view = SegmentationDataset(self.pairs, self.size, transform, self.disk_cache)
+        view._cache = self._cache
+        return view
+
     def resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The index-th pair at the training size: ((H, W, 3) uint8, (H, W) uint8 0/1)."""
         if index not in self._cache:

@@ -104,14 +104,6 @@ def wrap(model: nn.Module, sync_bn: bool) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def train_sampler(dataset, seed: int) -> torch.utils.data.Sampler | None:
-    """Shuffles `dataset` the same way in every process and deals each its share (the trainer
-    calls set_epoch, so the order changes every epoch). One process: None (plain shuffling)."""
-    if not dist.is_initialized():
-        return None
-    return torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed)
-
-
 def shard(dataset) -> torch.utils.data.Dataset:
     """This process's share of an evaluation set: every world_size-th item, each item in exactly
     one share (DistributedSampler would repeat items to even the shares out, scoring them
@@ -129,6 +121,16 @@ def sum_over_ranks(*values: float) -> list[float]:
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return total.tolist()
+
+
+def average_buffers(tensors: list[torch.Tensor]) -> None:
+    """Replaces each tensor, in place, by its mean over all processes (e.g. BatchNorm
+    statistics each process computed on its own share of the data)."""
+    if not dist.is_initialized():
+        return
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor /= world_size()
 
 
 def gather_over_ranks(rows: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training and validation loops, mixed precision and checkpoints. Knows nothing of MLflow."""
+"""Training and validation loops and checkpoints. Knows nothing of MLflow."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,6 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,56 +16,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unet import distributed
+from unet import batchnorm, distributed
 from unet.errors import UserError
+from unet.losses import make_loss
+from unet.precision import Precision, prepare
+from unet.schedule import Schedule, lr_factor
 from unet.metrics import SegmentationMetrics
-
-
-@dataclasses.dataclass(frozen=True)
-class Precision:
-    """How the model runs: device, autocast dtype (None = fp32), memory format, loss scaling."""
-    device: torch.device
-    autocast: torch.dtype | None
-    channels_last: bool
-    grad_scaler: bool
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]
-
-    def context(self):
-        if self.autocast is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """Moves an input batch (B, C, H, W) to the device in the model's memory format."""
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def choose_precision(requested: str = "auto", device: str | None = None) -> Precision:
-    """CUDA: bf16 autocast where supported, else fp16 with a GradScaler. CPU: bf16 autocast when
-    the processor has bf16 instructions (several times faster than fp32 there), else fp32.
-    channels_last everywhere: oneDNN and cuDNN both run convolutions fastest in NHWC."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda":
-        if requested == "auto":
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif requested == "auto":
-        requested = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    elif requested == "fp16":
-        raise UserError("parameter precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
-    return Precision(dev, dtype, channels_last=True, grad_scaler=dtype is torch.float16)
-
-
-def prepare(model: nn.Module, precision: Precision) -> nn.Module:
-    if precision.device.type == "cuda":
-        # Fixed input sizes: let cuDNN time its convolution algorithms once and keep the fastest.
-        torch.backends.cudnn.benchmark = True
-    model = model.to(precision.device)
-    return model.to(memory_format=torch.channels_last) if precision.channels_last else model
 
 
 def seed_everything(seed: int) -> None:
@@ -85,16 +40,24 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                precision: Precision, sampler=None) -> torch.utils.data.DataLoader:
-    """Batches of (images (B, 3, H, W), masks (B, H, W)), shuffled reproducibly from `seed`
-    (or in the order of `sampler`, e.g. a process's share under DistributedDataParallel)."""
+def make_loader(dataset, batch_size: int, num_workers: int, seed: int, precision: Precision,
+                sampler=None) -> torch.utils.data.DataLoader:
+    """Batches of (images (B, 3, H, W), masks (B, H, W)), in the order of `sampler` (training:
+    an EpochSampler), else in dataset order (validation)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=precision.device.type == "cuda")
+
+
+def calibration_batches(dataset, images: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Image batches (B, 3, H, W) of `images` items of `dataset` drawn with `seed` (this
+    process's share of them under several processes), for BatchNorm recalibration."""
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    chosen = chosen[:images][distributed.rank()::distributed.world_size()].tolist()
+    return [torch.stack([dataset[i][0] for i in chosen[start:start + batch_size]])
+            for start in range(0, len(chosen), batch_size)]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -102,10 +65,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module, precision: Precision,
-                    scaler: torch.amp.GradScaler, desc: str = "train") -> dict[str, float]:
-    """One pass over loader of (images (B, 3, H, W), masks (B, H, W)); returns mean loss,
-    images seen and images per second, over all processes when there are several."""
+                    loss_fn: nn.Module, precision: Precision, scaler: torch.amp.GradScaler,
+                    scheduler=None, desc: str = "train") -> dict[str, float]:
+    """One pass over loader of (images (B, 3, H, W), masks (B, H, W)), one optimizer (and
+    scheduler) step per batch; returns mean loss, images seen and images per second, over all
+    processes when there are several."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
@@ -126,6 +90,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if scheduler is not None:
+            scheduler.step()
         total_loss += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -186,36 +152,44 @@ class EpochResult:
 
 
 class Trainer:
-    """Adam + BCE-with-logits over `epochs`; keeps the best-by-validation-Dice weights.
+    """Adam over `schedule`, loss `loss` ("bce_dice" or "bce"); keeps the best-by-validation-Dice
+    weights.
 
-    lr_schedule "cosine" decays the learning rate from lr towards 0 over the epochs (the last
-    epochs fine-tune instead of bouncing around); "constant" keeps it, as the seed tutorial did.
+    Before every validation the BatchNorm statistics are recalibrated on `calibration` (a list
+    of un-augmented training image batches (B, 3, H, W); empty = keep the running averages), so
+    that validation, the best weights and the exported model see statistics that match the
+    weights (unet.batchnorm).
 
     `fit()` yields an EpochResult after every epoch, once the checkpoint `checkpoint_path`
-    (model, optimizer, scaler, epoch, best score) is on disk, so callers log as they go. The
-    checkpoint always holds the state at the end of a completed epoch (the starting state
-    before the first): an interrupted epoch is lost, never half-saved, and a state whose
-    validation loss is not finite raises NonFiniteLoss instead of replacing it.
+    (model, optimizer, scaler, scheduler, epoch, best score and weights) is on disk, so callers
+    log as they go. The checkpoint always holds the state at the end of a completed epoch (the
+    starting state before the first): an interrupted epoch is lost, never half-saved, and a state
+    whose validation loss is not finite raises NonFiniteLoss instead of replacing it.
 
     `wrap(model)` gives the module that trains (e.g. DistributedDataParallel around it);
     `model` itself holds the weights for checkpoints, validation and inference. Under several
     processes only the main one writes the checkpoint.
     """
 
-    def __init__(self, model: nn.Module, lr: float, epochs: int, precision: Precision,
-                 checkpoint_path: Path, lr_schedule: str = "cosine", wrap=None):
+    def __init__(self, model: nn.Module, schedule: Schedule, precision: Precision,
+                 checkpoint_path: Path, loss: str = "bce_dice", calibration=(), wrap=None,
+                 seed: int = 0):
         self.precision = precision
+        self.seed = seed
         self.model = prepare(model, precision)
         self.train_module = wrap(self.model) if wrap else self.model
-        self.epochs = epochs
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
-                          if lr_schedule == "cosine" else
-                          torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0))
+        self.schedule = schedule
+        self.epochs = schedule.epochs
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=schedule.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, schedule.total_steps,
+                                                   schedule.warmup_steps, schedule.lr_schedule))
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = make_loss(loss)
+        self.calibration = list(calibration)
         self.checkpoint_path = Path(checkpoint_path)
         self.epoch = 0
+        self.stopped_early = False
         self.best_dice = -1.0
         self.best_epoch = 0
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -223,7 +197,7 @@ class Trainer:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch,
+                "epoch": self.epoch, "stopped_early": self.stopped_early,
                 "best_dice": self.best_dice, "best_epoch": self.best_epoch,
                 "best_model": self.best_state}
 
@@ -238,22 +212,33 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_dice = state["epoch"], state["best_dice"]
+        self.stopped_early = state.get("stopped_early", False)
         self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
 
+    def validate(self, val_loader) -> dict[str, float]:
+        """Recalibrates BatchNorm, then validates the current weights in eval mode."""
+        batchnorm.recalibrate(self.model, self.calibration, self.precision)
+        return validate(self.model, val_loader, self.loss_fn, self.precision)
+
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
-        epochs = self.epochs
+        epochs, patience = self.epochs, self.schedule.patience
         if distributed.is_main() and not self.checkpoint_path.exists():
             save_checkpoint(self.state(), self.checkpoint_path)
-        while self.epoch < epochs:
+        while self.epoch < epochs and not self.stopped_early:
             epoch = self.epoch + 1
             sampler = getattr(train_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+            # Augmentation drawn from (seed, epoch), like the sampler: a resumed run draws what
+            # the uninterrupted one drew (loader workers reseed themselves, see _seed_worker).
+            transform = getattr(getattr(train_loader, "dataset", None), "transform", None)
+            if hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(self.seed * 100_003 + epoch)
             train = train_one_epoch(self.train_module, train_loader, self.optimizer, self.loss_fn,
-                                    self.precision, self.scaler, desc=f"epoch {epoch}/{epochs}")
+                                    self.precision, self.scaler, self.scheduler,
+                                    desc=f"epoch {epoch}/{epochs}")
             train["lr"] = self.scheduler.get_last_lr()[0]
-            self.scheduler.step()
-            val = validate(self.model, val_loader, self.loss_fn, self.precision)
+            val = self.validate(val_loader)
             if not math.isfinite(val["loss"]):
                 raise NonFiniteLoss(f"validation loss is {val['loss']} after epoch {epoch}: "
                                     f"lower lr or check the data")
@@ -262,6 +247,10 @@ class Trainer:
                 self.best_dice, self.best_epoch = val["dice"], epoch
                 self.best_state = copy.deepcopy(self.model.state_dict())
             self.epoch = epoch
+            # Early stopping: the best weights are kept, so rounds that do not beat them
+            # only cost time.
+            self.stopped_early = bool(patience) and epoch < epochs and \
+                epoch - self.best_epoch >= patience
             if distributed.is_main():
                 save_checkpoint(self.state(), self.checkpoint_path)
             yield EpochResult(epoch, train, val, improved)

@@ -5,13 +5,14 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from unet.data import Pair, load_image, load_mask
-from unet.metrics import SegmentationMetrics, scores
-from unet.predict import Segmenter
+from unet.metrics import SegmentationMetrics, confusion, scores
+from unet.predict import TTA_FLIPS, Segmenter
 from unet.visualize import overlay, panel
 
 
@@ -58,3 +59,19 @@ def write_per_image_csv(path: Path, pairs: Sequence[Pair], counts: torch.Tensor)
         for i, pair in enumerate(pairs):
             writer.writerow([pair.stem] + [f"{per_image[k][i].item():.6f}" for k in
                                            ("accuracy", "dice", "iou")] + counts[i].tolist())
+
+
+def choose_tta(segmenter: Segmenter, dataset, min_gain: float = 0.002,
+               threshold: float = 0.5) -> tuple[str, dict[str, float]]:
+    """The test-time augmentation to keep: the mode of TTA_FLIPS with the best per-image Dice
+    on `dataset`'s pairs at the training size, if it beats no augmentation by min_gain (each
+    flip costs a forward pass: keep them only where they help). Returns (mode, Dice per mode)."""
+    pairs = [dataset.resized(i) for i in range(len(dataset))]
+    truth = torch.from_numpy(np.stack([mask for _, mask in pairs]))
+    dice = {}
+    for mode in TTA_FLIPS:
+        probs = segmenter.with_tta(mode).probabilities(image for image, _ in pairs)
+        pred = torch.from_numpy(np.stack([p > threshold for p in probs]))
+        dice[mode] = scores(confusion(pred, truth))["dice"].mean().item()
+    best = max(dice, key=dice.get)
+    return (best if dice[best] >= dice["none"] + min_gain else "none"), dice

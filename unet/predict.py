@@ -11,42 +11,66 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unet.data import rgb_array
-from unet.engine import Precision, choose_precision, prepare
+from unet.precision import Precision, choose_precision, prepare
 from unet.model import UNet
 from unet.transforms import resize_image, to_input
+
+
+# Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
+TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
 
 
 class Segmenter:
     """A trained UNet plus the preprocessing it was trained with.
 
     Images (H, W, 3) uint8 of any size are resized to the training size, normalized as in
-    training, segmented, and the probabilities are resized back to (H, W).
+    training, segmented, and the probabilities are resized back to (H, W). With `tta` "hflip"
+    (or "flips": horizontal, vertical and both) the probabilities are averaged over the flipped
+    images, each flipped back; the train step keeps TTA only where it measured a gain.
     """
 
-    def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None):
+    def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
+                 tta: str = "none"):
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
         self.model = prepare(model, self.precision).eval()
         self.image_size = tuple(image_size)
+        self.tta = tta
 
     @classmethod
     def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
-        """From {"features", "image_size", "model"} as written by `to_state`."""
+        """From {"features", "image_size", "model", "tta"} as written by `to_state`."""
         model = UNet(features=state["features"])
         model.load_state_dict(state["model"])
-        return cls(model, state["image_size"], precision)
+        return cls(model, state["image_size"], precision, state.get("tta", "none"))
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
+                "tta": self.tta,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    def with_tta(self, tta: str) -> "Segmenter":
+        """The same weights with another test-time augmentation ("auto": this one's)."""
+        if tta == "auto" or tta == self.tta:
+            return self
+        return Segmenter(self.model, self.image_size, self.precision, tta)
 
     @torch.no_grad()
     def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
         """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities."""
         self.model.eval()   # the model may be shared with a Trainer that set train mode
         x = self.precision.to_device(torch.from_numpy(to_input(batch)))
-        with self.precision.context():
-            logits = self.model(x)
-        return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
+        flips = TTA_FLIPS[self.tta]
+        total = None
+        for dims in flips:
+            with self.precision.context():
+                logits = self.model(x.flip(dims) if dims else x)
+            probs = torch.sigmoid(logits[:, 0].float())
+            # Flip back: dims of (B, C, H, W) are dims - 1 of (B, H, W).
+            probs = probs.flip([d - 1 for d in dims]) if dims else probs
+            total = probs if total is None else total + probs
+        return (total / len(flips)).cpu().numpy()
 
     def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
                       ) -> Iterator[np.ndarray]:

@@ -65,6 +65,25 @@ def log_effective_params(params: dict[str, str]) -> None:
         mlflow.log_params(new)
 
 
+def log_plan(plan) -> None:
+    """The training plan as `plan.json` and `plan.txt`, and its measurements as `plan.<name>`
+    params (the values it chose are logged with the config, as `effective.<name>`)."""
+    mlflow.log_dict(plan.to_dict(), "plan.json")
+    mlflow.log_text(plan.to_text() + "\n", "plan.txt")
+    fp = plan.fingerprint
+    mlflow.log_params({
+        "plan.train_images": fp.train_images, "plan.val_images": fp.val_images,
+        "plan.median_size": f"{fp.median_height}x{fp.median_width}",
+        "plan.small_object_px": "none" if fp.small_object_px is None else f"{fp.small_object_px:.1f}",
+        "plan.machine": f"{plan.machine.device}{' bf16' if plan.machine.bf16 else ''} "
+                        f"{plan.machine.cores} cores",
+        "plan.budget_minutes": plan.budget_minutes,
+        "plan.estimated_minutes": ("n/a" if plan.estimated_minutes is None
+                                   else f"{plan.estimated_minutes:.1f}"),
+        "plan.seconds_per_step": ("n/a" if plan.speed is None
+                                  else f"{plan.speed.seconds_per_step:.4f}")})
+
+
 # --- the store ------------------------------------------------------------------------------
 
 def store_uri() -> str:
@@ -295,8 +314,24 @@ def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
 @dataclasses.dataclass
 class Promotion:
     version: str
-    alias: str                 # CHAMPION or CHALLENGER
+    alias: str | None            # CHAMPION, CHALLENGER, or None (below the floor)
     champion_dice: float | None  # the previous champion's test Dice on this split, if any
+    reason: str                  # one line, also the version's tag `promotion`
+
+
+@dataclasses.dataclass(frozen=True)
+class Floor:
+    """The test Dice a model must beat to be promoted: the best trivial baseline + margin."""
+    baselines: dict[str, float]  # baseline name -> its test Dice (unet.baselines)
+    margin: float
+
+    @property
+    def best(self) -> str:
+        return max(self.baselines, key=self.baselines.get)
+
+    @property
+    def dice(self) -> float:
+        return self.baselines[self.best] + self.margin
 
 
 def champion(name: str):
@@ -308,35 +343,53 @@ def champion(name: str):
 
 
 def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], split_run_id: str,
-                         train_run_id: str, score_champion) -> Promotion:
+                         train_run_id: str, score_champion, floor: Floor) -> Promotion:
     """Registers model_uri under `name`, tags the version with its test metrics, and gives it
-    alias champion only if its test Dice beats the current champion's on the same test split
-    (else alias challenger).
+    an alias: none if its test Dice is not above the floor (no better than a trivial guess,
+    even as the first version of its name); champion if it beats the current champion's
+    test Dice on the same test split (or there is none); else challenger.
 
     `score_champion(model_uri) -> dice` scores the current champion on this split when its tags
     hold no score for this split (it was tested on another one).
     """
     client = MlflowClient()
+    dice = round(metrics["dice"], 6)     # compared at the tags' precision
+    floor_dice = round(floor.dice, 6)
     current = champion(name)
     # Everything that can fail slowly (scoring the champion) happens before the registry is
     # touched; the alias moves last. A failure on the way leaves the champion as it was, and
     # at worst a version without alias, which a re-run finds and finishes (same aliases).
     champion_dice = None
-    if current is not None and current.source != model_uri:
+    if dice > floor_dice and current is not None and current.source != model_uri:
         if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
             champion_dice = float(current.tags["test_dice"])
         else:
             champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
-    version = str(_registered_version(name, model_uri) or mlflow.register_model(model_uri, name).version)
+    if dice <= floor_dice:
+        alias = None
+        reason = (f"not promoted: test Dice {dice:.4f} is not above the floor {floor.dice:.4f} "
+                  f"(trivial baseline {floor.best} {floor.baselines[floor.best]:.4f} + margin "
+                  f"{floor.margin})")
+    elif champion_dice is None or dice > champion_dice:
+        alias = CHAMPION
+        reason = (f"champion: test Dice {dice:.4f} above the floor {floor.dice:.4f}"
+                  + ("" if champion_dice is None else
+                     f" and the previous champion's {champion_dice:.4f}"))
+    else:
+        alias = CHALLENGER
+        reason = (f"challenger: test Dice {dice:.4f} does not beat the champion's "
+                  f"{champion_dice:.4f} on this split")
+    version = str(_registered_version(name, model_uri)
+                  or mlflow.register_model(model_uri, name).version)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
-    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
+    tags.update({f"baseline_dice_{k}": f"{v:.6f}" for k, v in floor.baselines.items()})
+    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id,
+                 "floor_dice": f"{floor.dice:.6f}", "promotion": reason})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    # Compared at the tags' precision: a tie (e.g. the same model re-registered) keeps the champion.
-    alias = (CHAMPION if champion_dice is None or round(metrics["dice"], 6) > champion_dice
-             else CHALLENGER)
-    client.set_registered_model_alias(name, alias, version)
-    return Promotion(version, alias, champion_dice)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version)
+    return Promotion(version, alias, champion_dice, reason)
 
 
 def aliases_of(name: str, version: str) -> list[str]:

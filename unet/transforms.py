@@ -1,6 +1,7 @@
 """Preprocessing presets (albumentations): resize once, then augment and normalize per read.
 
-Train: Resize -> Rotate(limit) -> HorizontalFlip -> VerticalFlip -> Normalize -> ToTensorV2.
+Train: Resize -> [RandomCrop] -> Rotate(limit) -> HorizontalFlip -> VerticalFlip -> ColorJitter -> Normalize
+       -> ToTensorV2.
 Eval:  Resize -> Normalize -> ToTensorV2, with the same normalization as training (the seed
 tutorial used mean 8.0 for validation, which shifted every validation input by -8).
 Resize is deterministic, so the Dataset applies it once (`resize_pair`) and caches the result.
@@ -47,12 +48,24 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
 
 
 def train_transform(rotate_limit: float = 35, hflip: float = 0.5, vflip: float = 0.1,
-                    seed: int | None = None) -> A.Compose:
-    """Augmentation on already-resized pairs; yields (3, H, W) float image, (H, W) mask."""
+                    color_jitter: float = 0.0, seed: int | None = None,
+                    patch: tuple[int, int] | None = None) -> A.Compose:
+    """Augmentation on already-resized pairs; yields (3, H, W) float image, (H, W) mask, or
+    with `patch` (h, w) a random crop of that size taken first.
+
+    color_jitter s > 0 varies brightness, contrast and saturation by up to +-s and hue by up
+    to +-s/4 of the colour circle (real photos differ in light and paint); 0 leaves colours.
+    """
+    colour = ([A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                             saturation=color_jitter, hue=min(0.5, color_jitter / 4), p=0.8)]
+              if color_jitter > 0 else [])
+    crop = [A.RandomCrop(*patch)] if patch else []
     return A.Compose([
+        *crop,
         A.Rotate(limit=rotate_limit, p=1.0),
         A.HorizontalFlip(p=hflip),
         A.VerticalFlip(p=vflip),
+        *colour,
         A.Normalize(**NORMALIZE),
         ToTensorV2(),
     ], seed=seed)

@@ -8,9 +8,9 @@ validation loader. Two departures, neither affecting speed: the model is the pro
 (the guide's bridge had the wrong width and does not run), so both sides train the same
 network, and validation is normalized with mean 0 like training (the guide's 8.0 is a typo).
 
-    python -m unet.tutorial TRAIN_IMG_DIR TRAIN_MASK_DIR VAL_IMG_DIR VAL_MASK_DIR [--epochs 1]
+    python -m tools.tutorial TRAIN_IMG_DIR TRAIN_MASK_DIR VAL_IMG_DIR VAL_MASK_DIR [--epochs 1]
 
-runs the guide's `main()`; unet.bench times its training step.
+runs the guide's `main()`; tools.bench times its training step.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def make_scaler():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="unet.tutorial", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tools.tutorial", description=__doc__.split("\n")[0])
     for name in ("train_img_dir", "train_mask_dir", "val_img_dir", "val_mask_dir"):
         parser.add_argument(name)
     parser.add_argument("--epochs", type=int, default=1)

@@ -2,7 +2,7 @@
 close the project's step comes to the processor's matmul peak, whether the data pipeline and
 inference keep up, and the peak memory of each.
 
-    python -m unet.bench [--quick] [--json FILE]
+    python -m tools.bench [--quick] [--json FILE]
 
 Training and inference each run in a process of their own (spawned, so each one's peak RSS is
 its own) that keeps its model between calls; the measurements alternate in rounds (matmul
@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from unet import config, engine, synthetic, transforms, tutorial  # noqa: E402
+from unet import config, engine, precision as precisions, schedule, synthetic, transforms  # noqa: E402
+from tools import tutorial  # noqa: E402
 from unet.cache import ArrayCache  # noqa: E402
 from unet.data import SegmentationDataset, load_image, load_mask  # noqa: E402
 from unet.validation import validate_folder  # noqa: E402
@@ -114,8 +115,8 @@ def _project_round(cfg: dict, steps: int) -> float:
     """Images/s of engine.train_one_epoch (the train step's loop) on `steps` batches."""
     if "model" not in _STATE:
         torch.manual_seed(0)
-        precision = engine.choose_precision("auto")
-        model = engine.prepare(UNet(features=cfg["features"]), precision)
+        precision = precisions.choose_precision("auto")
+        model = precisions.prepare(UNet(features=cfg["features"]), precision)
         _STATE.update(model=model, precision=precision,
                       optimizer=torch.optim.Adam(model.parameters(), lr=1e-4),
                       scaler=torch.amp.GradScaler(precision.device.type,
@@ -157,7 +158,7 @@ def _data_pipeline(cfg: dict, data_dir: str, num_workers: int) -> dict:
     """Decode + augment + collate throughput (img/s) of the training loader on full-size pairs:
     a first run (decoding, disk cache cold), a later run (disk cache warm) and later epochs."""
     pairs = validate_folder(Path(data_dir) / "train", Path(data_dir) / "train_masks").pairs
-    size, precision = cfg["size"], engine.choose_precision("auto")
+    size, precision = cfg["size"], precisions.choose_precision("auto")
     out: dict = {"images": len(pairs), "num_workers": num_workers}
     decode = {"jpeg_full": lambda p: load_image(p.image), "jpeg_draft": lambda p: load_image(p.image, size),
               "gif_mask": lambda p: load_mask(p.mask)}
@@ -172,7 +173,8 @@ def _data_pipeline(cfg: dict, data_dir: str, num_workers: int) -> dict:
         start = time.perf_counter()
         dataset = SegmentationDataset(pairs, size, transforms.train_transform(seed=0), cache).preload()
         loaded = time.perf_counter()
-        loader = engine.make_loader(dataset, cfg["batch"], True, num_workers, 0, precision)
+        sampler = schedule.EpochSampler(len(dataset), len(dataset), seed=0)
+        loader = engine.make_loader(dataset, cfg["batch"], num_workers, 0, precision, sampler)
         for _ in loader:
             pass
         return len(pairs) / (loaded - start), time.perf_counter() - loaded, loader
@@ -222,7 +224,7 @@ def machine() -> str:
 def run(cfg: dict, num_workers: int, log=print) -> dict:
     """Every measurement of the benchmark; returns the figures (see README "Speed")."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = engine.choose_precision("auto")
+    precision = precisions.choose_precision("auto")
     result: dict = {"machine": machine(), "torch": torch.__version__, "device": str(device),
                     "precision": precision.name,
                     "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
@@ -323,7 +325,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m unet.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="batch 4, fewer rounds and images (under 2 minutes on 2 cores)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")

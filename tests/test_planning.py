@@ -1,0 +1,129 @@
+"""The training plan: rules applied to fingerprints, values computed by hand."""
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from unet import config
+from unet.data import Pair
+from unet.planning import Fingerprint, Machine, Speed, fingerprint, make_plan
+
+RULES = config.read_params()["plan"]
+CPU = Machine("cpu", bf16=True, cores=2)
+SPEED = Speed(seconds_per_step=0.2, eval_images_per_second=40.0)
+
+
+def carvana(train: int, val: int) -> Fingerprint:
+    return Fingerprint(train, val, 1280, 1918, foreground_fraction=0.2, small_object_px=400.0)
+
+
+def plan(fp, given=None, machine=CPU, budget=5.0):
+    calls = []
+
+    def measure(features, patch, size, batch):
+        calls.append((features, patch, size, batch))
+        return SPEED
+    return make_plan(fp, machine, budget, given or {}, RULES, measure=measure), calls
+
+
+def test_rules_are_the_ones_params_yaml_states():
+    # The hand computations below use these values.
+    assert RULES["cpu"] == {"pixels": 24576, "features": "16,32,64,128", "batch_size": 8}
+    assert (RULES["lr"], RULES["min_steps"], RULES["max_passes"]) == (2e-3, 250, 100)
+    assert (RULES["min_rounds"], RULES["max_rounds"], RULES["round_overhead_seconds"]) == (10, 30, 1.0)
+    assert (RULES["warmup_fraction"], RULES["max_warmup"], RULES["min_patience"]) == (0.05, 100, 4)
+    assert RULES["bn_recalibration"] == 64
+
+
+def test_a_tiny_folder_repeats_epochs_up_to_100_passes():
+    p, calls = plan(carvana(train=40, val=12))
+    v = p.values
+    # sqrt(24576 / (1280 * 1918)) = 0.1000: 128.06 x 191.9 -> multiples of 16
+    assert (v["image_height"], v["image_width"]) == (128, 192)
+    assert v["features"] == (16, 32, 64, 128) and v["batch_size"] == 8 and v["lr"] == 2e-3
+    assert (v["patch_height"], v["patch_width"]) == (128, 192)     # fits: trained whole
+    assert calls == [((16, 32, 64, 128), (128, 192), (128, 192), 8)]
+    # 5 steps per pass; budget: (300 - 30 * ((12 + 64) / 40 + 1)) / 0.2 = 1065 > 100 passes = 500
+    # rounds: max(5, ceil(500 / 30) = 17) capped at ceil(500 / 10) = 50 -> 17; round(500/17) = 29
+    assert (v["steps_per_epoch"], v["epochs"]) == (17, 29)
+    assert v["warmup_steps"] == math.ceil(0.05 * 29 * 17) == 25
+    assert v["patience"] == 7                                       # 29 // 4
+    assert p.estimated_minutes == pytest.approx((493 * 0.2 + 29 * 2.9) / 60)
+    assert "100 passes over the data" in p.to_text()
+
+
+def test_a_mid_folder_fills_the_time_budget():
+    p, _ = plan(carvana(train=224, val=48))
+    v = p.values
+    # 28 steps per pass; (300 - 30 * ((48 + 64) / 40 + 1)) / 0.2 = 930 steps < 2800
+    assert (v["steps_per_epoch"], v["epochs"]) == (31, 30)        # max(28, ceil(930/30) = 31)
+    assert v["warmup_steps"] == 47 and v["patience"] == 7          # ceil(46.5), 30 // 4
+    assert p.estimated_minutes == pytest.approx((930 * 0.2 + 30 * 3.8) / 60)
+    assert p.estimated_minutes <= 5
+    assert "the time budget" in p.to_text()
+
+
+def test_a_large_folder_validates_within_a_pass_and_never_trains_a_handful_of_steps():
+    p, _ = plan(carvana(train=11200, val=2400))
+    v = p.values
+    # 1400 steps per pass; the budget leaves nothing after validation -> min_steps 250,
+    # validated 10 times: 25 steps (200 images) per round, less than a pass.
+    assert (v["steps_per_epoch"], v["epochs"]) == (25, 10)
+    assert v["warmup_steps"] == 13 and v["patience"] == 4
+    assert "over budget" in p.to_text()
+
+
+def test_explicit_values_win_and_given_epochs_need_no_measurement():
+    given = {"lr": 1e-4, "epochs": 3, "batch_size": 4, "features": (8, 16, 32, 64)}
+    p, calls = plan(carvana(train=40, val=12), given)
+    assert calls == [] and p.speed is None and p.estimated_minutes is None
+    v = p.values
+    assert (v["lr"], v["epochs"], v["batch_size"], v["features"]) == (1e-4, 3, 4, (8, 16, 32, 64))
+    assert v["steps_per_epoch"] == 10                  # one pass: ceil(40 / 4)
+
+
+def test_small_objects_keep_their_size_and_one_given_side_keeps_the_aspect():
+    cells = Fingerprint(64, 16, 256, 320, foreground_fraction=0.1, small_object_px=12.0)
+    p, _ = plan(cells)
+    # the pixel budget would give scale 0.548 (objects 6.6 px); 8 / 12 = 0.667 instead:
+    # 170.7 x 213.3 -> 176 x 208
+    assert (p.values["image_height"], p.values["image_width"]) == (176, 208)
+    # 36608 pixels > 24576: trained on crops of ~24576 pixels with the aspect 208 / 176:
+    # sqrt(24576 / 1.1818) = 144.2 -> 144; 144 * 1.1818 = 170.2 -> 176
+    assert (p.values["patch_height"], p.values["patch_width"]) == (144, 176)
+    p, calls = plan(carvana(40, 12), {"image_height": 256})
+    assert (p.values["image_height"], p.values["image_width"]) == (256, 384)
+    assert (p.values["patch_height"], p.values["patch_width"]) == (256, 384)   # as chosen
+    assert calls[0][1:3] == ((256, 384), (256, 384))
+
+
+def test_the_gpu_rules_and_the_batch_for_several_processes():
+    gpu = Machine("cuda", bf16=True, cores=16, gpu_memory_gb=80)
+    p, _ = plan(carvana(train=2000, val=400), machine=gpu)
+    assert p.values["features"] == (32, 64, 128, 256) and p.values["batch_size"] == 16
+    assert p.values["lr"] == pytest.approx(2e-3 * math.sqrt(2))
+    assert (p.values["image_height"], p.values["image_width"]) == (256, 384)
+    few = make_plan(carvana(train=9, val=3), CPU, 5.0, {"epochs": 1}, RULES, nproc=3)
+    assert few.values["batch_size"] == 6            # min(8, 9 // 2) = 4, up to a multiple of 3
+
+
+def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
+    pairs, shares = [], []
+    for i, (height, width) in enumerate([(100, 150), (120, 160), (140, 170)]):
+        image, mask = tmp_path / f"c_{i}.png", tmp_path / f"c_{i}_mask.png"
+        Image.new("RGB", (width, height)).save(image)
+        drawing = Image.new("L", (width, height), 0)
+        # discs of radius 10 (area ~ pi 10^2 -> diameter ~ 20) and one speck of 1 pixel
+        ImageDraw.Draw(drawing).ellipse([10, 10, 30, 30], fill=255)
+        ImageDraw.Draw(drawing).ellipse([50, 50, 70, 70], fill=255)
+        drawing.putpixel((90, 5), 255)
+        drawing.save(mask)
+        shares.append((np.asarray(drawing) > 0).mean())
+        pairs.append(Pair(f"c_{i}", image, mask))
+    fp = fingerprint(pairs, pairs[:1])
+    assert (fp.train_images, fp.val_images) == (3, 1)
+    assert (fp.median_height, fp.median_width) == (120, 160)
+    disc = (np.asarray(drawing)[:40, :40] > 0).sum()             # one disc's pixels
+    assert fp.small_object_px == pytest.approx(2 * math.sqrt(disc / math.pi))  # not the speck
+    assert fp.foreground_fraction == pytest.approx(np.mean(shares))

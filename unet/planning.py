@@ -1,0 +1,313 @@
+"""The training plan: settings derived from the data, the machine and a time budget.
+
+As nnU-Net does, in three stages with a file between the last two: a fingerprint of the data
+(how many images, their size, how small the objects are), a planner that turns fingerprint +
+machine + budget into settings by a few rules (each stated where it is applied), and the plan
+(`plan.json` in the train run) that the trainer only reads. Every value the user gave wins; the
+plan fills in the rest and sizes the number of optimizer steps to the values in effect.
+
+The rules' constants live in params.yaml (`plan:`), where they can be read and changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from unet import config
+from unet.data import Pair, load_mask
+from unet.losses import make_loss
+from unet.model import UNet
+from unet.precision import Precision
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What the plan needs to know of the data (measured on the training split)."""
+    train_images: int
+    val_images: int
+    median_height: int
+    median_width: int
+    foreground_fraction: float     # mean share of object pixels per mask
+    small_object_px: float | None  # 10th percentile of the objects' equivalent diameters
+    classes: int = 2
+
+
+def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
+    """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
+    masks, spread evenly over the training split, for object sizes."""
+    def spread(items, n):
+        step = max(1, len(items) // n)
+        return list(items)[::step][:n]
+
+    sizes = []
+    for pair in spread(train, 256):
+        with Image.open(pair.image) as image:
+            sizes.append(image.size[::-1])
+    diameters, fractions = [], []
+    for pair in spread(train, sample):
+        mask = load_mask(pair.mask)
+        fractions.append(float(mask.mean()))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        # Specks of a few pixels are label noise, not objects to resolve.
+        diameters += [2 * math.sqrt(a / math.pi) for a in areas if a >= 4]
+    heights, widths = zip(*sizes)
+    return Fingerprint(len(train), len(val), int(np.median(heights)), int(np.median(widths)),
+                       float(np.mean(fractions)),
+                       float(np.percentile(diameters, 10)) if diameters else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    device: str          # cpu | cuda
+    bf16: bool
+    cores: int
+    gpu_memory_gb: float = 0.0
+
+    @classmethod
+    def of(cls, precision: Precision) -> "Machine":
+        memory = 0.0
+        if precision.device.type == "cuda":
+            memory = torch.cuda.get_device_properties(precision.device).total_memory / 2**30
+        return cls(precision.device.type, precision.autocast is torch.bfloat16,
+                   len(os.sched_getaffinity(0)), round(memory, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Speed:
+    seconds_per_step: float       # one optimizer step at the planned batch and size
+    eval_images_per_second: float
+
+
+def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[int, int],
+                  batch_size: int, precision: Precision, steps: int = 3) -> Speed:
+    """Times a few training steps on `patch`-sized crops and forward passes on whole
+    `size` inputs of a fresh UNet on random images, after a warm-up (the first call of each
+    shape pays for kernel selection and allocation)."""
+    model = UNet(features=features).to(precision.device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = make_loss("bce_dice")
+    images = precision.to_device(torch.rand(batch_size, 3, *patch))
+    masks = (torch.rand(batch_size, 1, *patch, device=precision.device) > 0.5).float()
+    whole = precision.to_device(torch.rand(batch_size, 3, *size))
+
+    def sync():
+        if precision.device.type == "cuda":
+            torch.cuda.synchronize(precision.device)
+
+    def train_step():
+        with precision.context():
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed(fn, n):
+        fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / n
+
+    model.train()
+    per_step = timed(train_step, steps)
+    model.eval()
+    with torch.no_grad():
+        per_forward = timed(lambda: model(whole), steps)
+    return Speed(per_step, batch_size / per_forward)
+
+
+# Settings the plan fills in when the user leaves them "auto".
+PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",
+           "image_height", "image_width", "patch_height", "patch_width", "features", "loss", "color_jitter", "patience",
+           "bn_recalibration")
+
+
+@dataclasses.dataclass
+class Plan:
+    values: dict[str, Any]        # a value for every name in PLANNED
+    fingerprint: Fingerprint
+    machine: Machine
+    speed: Speed | None           # None when the number of steps was given
+    budget_minutes: float
+    estimated_minutes: float | None
+    notes: list[str]              # why each value is what it is
+
+    def to_dict(self) -> dict:
+        return {"values": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.values.items()},
+                "fingerprint": dataclasses.asdict(self.fingerprint),
+                "machine": dataclasses.asdict(self.machine),
+                "speed": dataclasses.asdict(self.speed) if self.speed else None,
+                "budget_minutes": self.budget_minutes,
+                "estimated_minutes": self.estimated_minutes, "notes": self.notes}
+
+    def to_text(self) -> str:
+        fp, m = self.fingerprint, self.machine
+        objects = f"{fp.small_object_px:.0f} px" if fp.small_object_px else "none found"
+        lines = ["=== training plan ===",
+                 f"  data     {fp.train_images} train / {fp.val_images} val images, median "
+                 f"{fp.median_height}x{fp.median_width}, foreground {fp.foreground_fraction:.0%},"
+                 f" small objects {objects}",
+                 f"  machine  {m.device}{' bf16' if m.bf16 else ''}, {m.cores} cores"
+                 + (f", {m.gpu_memory_gb} GB" if m.device == "cuda" else "")]
+        v = self.values
+        patch = ("" if (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
+                 else f" (trained on {v['patch_height']}x{v['patch_width']} crops)")
+        lines += [f"  input    {v['image_height']}x{v['image_width']}{patch}, features "
+                  f"{','.join(map(str, v['features']))}, batch {v['batch_size']}",
+                  f"  steps    {v['epochs']} epochs x {v['steps_per_epoch']} = "
+                  f"{v['epochs'] * v['steps_per_epoch']} (warm-up {v['warmup_steps']}, "
+                  f"early stop after {v['patience'] or 'never'})",
+                  f"  optim    Adam lr {v['lr']:.3g} {v['lr_schedule']}, loss {v['loss']}, "
+                  f"colour jitter {v['color_jitter']}, BN recalibration on "
+                  f"{v['bn_recalibration']} images"]
+        if self.estimated_minutes is not None:
+            lines.append(f"  time     ~{self.estimated_minutes:.1f} min of a "
+                         f"{self.budget_minutes:g} min budget "
+                         f"({self.speed.seconds_per_step * 1000:.0f} ms per step measured)")
+        lines += [f"  why      {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def plan_size(fp: Fingerprint, levels: int, rules: dict) -> tuple[tuple[int, int], str]:
+    """Input size: the median image scaled to the device's pixel budget, keeping its aspect,
+    but never so small that the small objects shrink below min_object_px, and never enlarged;
+    sides rounded to multiples of 2**levels (each level halves them)."""
+    height, width = fp.median_height, fp.median_width
+    scale = math.sqrt(rules["pixels"] / (height * width))
+    why = f"median image scaled to ~{rules['pixels']} pixels"
+    if fp.small_object_px and fp.small_object_px * scale < rules["min_object_px"]:
+        scale = rules["min_object_px"] / fp.small_object_px
+        why = (f"scaled so that small objects ({fp.small_object_px:.0f} px) keep "
+               f">= {rules['min_object_px']} px")
+    scale = min(1.0, scale)
+    multiple = 2 ** levels
+    return (round_to(height * scale, multiple), round_to(width * scale, multiple)), why
+
+
+def plan_patch(size: tuple[int, int], pixels: int, multiple: int) -> tuple[int, int]:
+    """The input itself if it holds at most `pixels`, else the largest crop of about `pixels`
+    with its aspect, sides multiples of `multiple` and no larger than the input's."""
+    height, width = size
+    if height * width <= pixels:
+        return size
+    aspect = width / height
+    crop_height = round_to(math.sqrt(pixels / aspect), multiple)
+    return min(height, crop_height), min(width, round_to(crop_height * aspect, multiple))
+
+
+def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: dict[str, Any],
+              rules: dict, nproc: int = 1,
+              measure: Callable[[tuple, tuple, tuple, int], Speed] | None = None) -> Plan:
+    """The settings in PLANNED: `given` (the user's explicit values) as they are, the rest by
+    the rules below. `measure(features, patch, size, batch)` times the machine (only called
+    when the number of steps is left to the budget)."""
+    device = rules["gpu"] if machine.device == "cuda" else rules["cpu"]
+    device = {**device, "min_object_px": rules["min_object_px"]}
+    v: dict[str, Any] = dict(given)
+    notes: list[str] = []
+    v.setdefault("features", tuple(int(f) for f in str(device["features"]).split(",")))
+    # A size the user chose (one side or both) is trained on whole; a planned one may be cropped.
+    planned_size = "image_height" not in v and "image_width" not in v
+    if "image_height" not in v or "image_width" not in v:
+        (height, width), why = plan_size(fp, len(v["features"]), device)
+        aspect = fp.median_width / fp.median_height
+        if "image_height" in v:          # one side given: the other keeps the aspect
+            width = round_to(v["image_height"] * aspect, 2 ** len(v["features"]))
+        elif "image_width" in v:
+            height = round_to(v["image_width"] / aspect, 2 ** len(v["features"]))
+        v.setdefault("image_height", height)
+        v.setdefault("image_width", width)
+        notes.append(f"input size: {why}")
+    # Training crops: the whole input when it fits the pixel budget, else crops of the budget's
+    # size and the input's aspect (the network is convolutional: it predicts whole inputs).
+    size = (v["image_height"], v["image_width"])
+    patch = (plan_patch(size, device["pixels"], 2 ** len(v["features"]))
+             if planned_size else size)
+    v.setdefault("patch_height", patch[0])
+    v.setdefault("patch_width", patch[1])
+    # Batch: the device's, at most half the training images (so an epoch has 2+ steps), a
+    # multiple of the processes sharing it.
+    if "batch_size" not in v:
+        batch = max(2, min(device["batch_size"], fp.train_images // 2))
+        v["batch_size"] = -(-batch // nproc) * nproc
+    # Adam's lr grows with the square root of the batch (the noise of a gradient estimate).
+    v.setdefault("lr", rules["lr"] * math.sqrt(v["batch_size"] / 8))
+    for name in ("lr_schedule", "loss", "color_jitter", "bn_recalibration"):
+        v.setdefault(name, rules[name])
+    natural = math.ceil(fp.train_images / v["batch_size"])    # steps in one pass over the data
+
+    speed, estimate = None, None
+    if "epochs" in v:
+        v.setdefault("steps_per_epoch", natural)
+    else:
+        speed = measure(v["features"], (v["patch_height"], v["patch_width"]), size,
+                        v["batch_size"])
+        # Each validation round costs a pass over the validation images, the BN
+        # recalibration images and about a second of checkpointing and logging.
+        round_seconds = ((fp.val_images + v["bn_recalibration"]) / speed.eval_images_per_second
+                         + rules["round_overhead_seconds"])
+        budget = budget_minutes * 60
+        steps = min((budget - rules["max_rounds"] * round_seconds) / speed.seconds_per_step,
+                    rules["max_passes"] * natural)
+        why = ("the time budget" if steps < rules["max_passes"] * natural
+               else f"{rules['max_passes']} passes over the data")
+        if steps < rules["min_steps"]:
+            steps, why = rules["min_steps"], f"the minimum of {rules['min_steps']} steps"
+        steps = int(steps)
+        # Validate after every pass over the data, but at least min_rounds and at most
+        # max_rounds times (a big folder validates within a pass).
+        if "steps_per_epoch" not in v:
+            v["steps_per_epoch"] = min(max(natural, math.ceil(steps / rules["max_rounds"])),
+                                       math.ceil(steps / rules["min_rounds"]))
+        v["epochs"] = max(1, round(steps / v["steps_per_epoch"]))
+        notes.append(f"steps: set by {why} ({natural} steps per pass over the data)")
+    total = v["epochs"] * v["steps_per_epoch"]
+    if speed is not None:
+        estimate = (total * speed.seconds_per_step + v["epochs"] * round_seconds) / 60
+        if estimate > budget_minutes:
+            notes.append(f"over budget: ~{estimate:.1f} min for the minimum of "
+                         f"{rules['min_steps']} steps and their validations; raise "
+                         f"time_budget_min or set epochs")
+    # Warm-up over 5% of the steps (at most max_warmup); patience a quarter of the rounds.
+    v.setdefault("warmup_steps", min(rules["max_warmup"],
+                                     math.ceil(rules["warmup_fraction"] * total)))
+    v.setdefault("patience", max(rules["min_patience"], v["epochs"] // 4))
+    return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
+                estimate, notes)
+
+
+def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pair],
+              precision: Precision, params: dict[str, Any] | None = None):
+    """The train config for this split: the user's values, then the preset's (if one is
+    named), then the plan's. Returns (TrainConfig, Plan)."""
+    params = params if params is not None else config.read_params()
+    explicit = config.given("train", overrides, params)
+    # Check the user's values before measuring anything (placeholders stand in for "auto").
+    placeholders = {**config.preset("train", "seed", params), "steps_per_epoch": 1,
+                    "batch_size": 8 * max(1, explicit["nproc"]), "patch_height": 16,
+                    "patch_width": 16}
+    config.load("train", overrides, auto=placeholders, params=params)
+    fixed = {**config.preset("train", explicit.get("preset", config.AUTO), params),
+             **{k: v for k, v in explicit.items() if k in PLANNED}}
+    plan = make_plan(fingerprint(train, val), Machine.of(precision), explicit["time_budget_min"],
+                     fixed, params["plan"], explicit["nproc"],
+                     measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision))
+    return config.load("train", overrides, auto=plan.values, params=params), plan
