@@ -1,58 +1,69 @@
-"""Entry point evaluate: test a train run's model, then register it and move the aliases."""
+"""Entry point evaluate: test a train run's model at full resolution next to the trivial
+baselines, then register it and move the aliases (unet/tracking/registry.py)."""
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 
-from unet import baselines, cli, config, tracking
+from unet import cli, config
 from unet.errors import UserError
 from unet.evaluation import evaluate_pairs
+from unet.tracking import models, registry, reports, runs, splits
 
 
 def evaluate() -> None:
-    cfg = config.load("evaluate", config.cli_overrides("evaluate"))
-    with tracking.step_run("evaluate") as run, tempfile.TemporaryDirectory() as tmp:
-        tracking.log_effective_params(config.as_params(cfg))
-        train_run = tracking.get_run(cfg.train_run_id, "train", "train_run_id")
-        split = tracking.load_split(train_run.data.params["split_run_id"], workdir=Path(tmp))
-        test = split.subsets["test"]
-        if not test:
+    cfg = config.load("evaluate", cli.overrides("evaluate"))
+    with runs.step_run("evaluate") as run, tempfile.TemporaryDirectory() as tmp:
+        runs.log_effective_params(config.as_params(cfg))
+        train_run = runs.get_run(cfg.train_run_id, "train", "train_run_id")
+        split = splits.load_split(train_run.data.params["split_run_id"], workdir=Path(tmp))
+        if not split.subsets["test"]:
             raise UserError(f"split run {split.run_id} has no test images: run split_data with "
                             f"test_fraction > 0")
         mlflow.set_tags({"split_run_id": split.run_id, "train_run_id": train_run.info.run_id})
-        tracking.log_split_inputs(split, ("test",))
-
+        splits.log_split_inputs(split, ("test",))
         model_uri = train_run.data.tags["model_uri"]
-        out_dir = Path(tmp) / "predictions"
-        segmenter = tracking.load_segmenter(model_uri).with_tta(cfg.tta)
-        mlflow.set_tag("tta", segmenter.tta)
-        start = time.perf_counter()
-        metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir)
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        # Full resolution end to end: decode, predict, score, write the prediction files.
-        mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
-        mlflow.log_artifacts(str(out_dir), "predictions")
-        floor = tracking.Floor(baselines.baseline_dice(
-            test, baselines.mean_mask(split.subsets["train"]), cfg.threshold), cfg.floor_margin)
-        mlflow.log_metrics({f"baseline_dice_{k}": v for k, v in floor.baselines.items()}
-                           | {"floor_dice": floor.dice})
+        metrics = test_model(cfg, model_uri, split.subsets["test"], Path(tmp) / "predictions")
+        floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin)
 
         # Registration comes last: a failure above leaves the registry as it was.
         def score_champion(uri: str) -> float:
-            return evaluate_pairs(tracking.load_segmenter(uri).with_tta(cfg.tta), test,
-                                  cfg.threshold, cfg.eval_batch_size)["dice"]
+            return evaluate_pairs(models.load_segmenter(uri).with_tta(cfg.tta),
+                                  split.subsets["test"], cfg.threshold,
+                                  cfg.eval_batch_size)["dice"]
 
-        promotion = tracking.register_and_promote(model_uri, cfg.model_name, metrics,
+        promotion = registry.register_and_promote(model_uri, cfg.model_name, metrics,
                                                   split.run_id, train_run.info.run_id,
                                                   score_champion, floor)
-        mlflow.set_tags({"model_name": cfg.model_name, "model_version": promotion.version,
-                         "model_alias": promotion.alias or "none",
-                         "promotion": promotion.reason})
-        print(f"evaluate run {run.info.run_id}: test Dice {metrics['dice']:.4f}, IoU "
-              f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}; {cfg.model_name} "
-              f"version {promotion.version} -> "
-              f"{'@' + promotion.alias if promotion.alias else 'no alias'}: {promotion.reason}")
+        registry.describe(cfg.model_name, promotion.version,
+                          reports.model_card(split, metrics, floor, promotion, train_run))
+        announce(run, cfg.model_name, metrics, promotion)
+
+
+def announce(run, name: str, metrics: dict, promotion: registry.Promotion) -> None:
+    """Names and tags the run after the version it made; prints one line."""
+    alias = "@" + promotion.alias if promotion.alias else "no alias"
+    runs.name_run(f"evaluate {name} v{promotion.version} Dice {metrics['dice']:.3f} {alias}")
+    mlflow.set_tags({"model_name": name, "model_version": promotion.version,
+                     "model_alias": promotion.alias or "none", "promotion": promotion.reason})
+    print(f"evaluate run {run.info.run_id}: test Dice {metrics['dice']:.4f}, IoU "
+          f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}; {name} version "
+          f"{promotion.version} -> {alias}: {promotion.reason}")
+
+
+def test_model(cfg: config.EvaluateConfig, model_uri: str, test: list, out_dir: Path) -> dict:
+    """Scores the model on the test pairs at full resolution and logs the metrics and the
+    predictions (masks, overlays, panels, per-image CSV)."""
+    segmenter = models.load_segmenter(model_uri).with_tta(cfg.tta)
+    mlflow.set_tag("tta", segmenter.tta)
+    start = time.perf_counter()
+    metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir)
+    mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+    # Full resolution end to end: decode, predict, score, write the prediction files.
+    mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
+    mlflow.log_artifacts(str(out_dir), "predictions")
+    return metrics
 
 
 if __name__ == "__main__":

@@ -2,17 +2,18 @@
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from unet import cli, config, tracking
+from unet import cli, config
 from unet.errors import UserError
+from unet.tracking import registry, runs
 
 CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from the step before
 
 
 def main() -> None:
     params = config.read_params()
-    given = config.cli_overrides("main")
-    with tracking.step_run("main") as run:
-        runs, previous = {}, None
+    given = cli.overrides("main")
+    with runs.step_run("main") as run:
+        done, previous = {}, None
         for step in config.PIPELINE:
             # Every parameter is passed as text, defaults included, so a later run with the
             # same settings finds this one by comparing the strings MLflow stored.
@@ -20,28 +21,31 @@ def main() -> None:
             if step in CHAINED:
                 step_params[CHAINED[step]] = previous.info.run_id
             try:
-                previous, reused = tracking.run_step(step, step_params)
+                previous, reused = runs.run_step(step, step_params)
             except ExecutionException:
                 raise UserError(f"step {step} failed (its error is printed above)") from None
-            runs[step] = (previous, reused)
-        summary(runs, run)
+            done[step] = (previous, reused)
+        summary(done, run)
 
 
-def summary(runs: dict, main_run) -> None:
-    evaluate = runs["evaluate"][0]
+def summary(done: dict, main_run) -> None:
+    """Prints what ran or was reused, the test metrics and the model; tags the main run."""
+    evaluate = done["evaluate"][0]
     tags, metrics = evaluate.data.tags, evaluate.data.metrics
     name, version = tags["model_name"], tags["model_version"]
-    aliases = tracking.aliases_of(name, version)
-    mlflow.set_tags({f"{step}_run_id": r.info.run_id for step, (r, _) in runs.items()})
+    aliases = registry.aliases_of(name, version)
+    mlflow.set_tags({f"{step}_run_id": r.info.run_id for step, (r, _) in done.items()})
     mlflow.set_tags({"model_name": name, "model_version": version})
     mlflow.log_metrics({k: v for k, v in metrics.items() if k.startswith("test_")})
+    runs.name_run(f"main: {name} v{version} Dice {metrics['test_dice']:.3f} "
+                  f"{'@' + aliases[0] if aliases else 'no alias'}")
     print("\n=== pipeline summary ===")
-    for step, (r, reused) in runs.items():
+    for step, (r, reused) in done.items():
         print(f"  {step:<11} {'reused' if reused else 'ran':<7} run {r.info.run_id}")
     print(f"  test Dice {metrics['test_dice']:.4f} per image, {metrics['test_dice_micro']:.4f} "
           f"pooled; IoU {metrics['test_iou']:.4f}; accuracy {metrics['test_accuracy']:.4f}")
     print(f"  model {name} version {version}, aliases: {', '.join(aliases) or 'none'}"
-          f" (load it as models:/{name}@{tracking.CHAMPION})")
+          f" (load it as models:/{name}@{registry.CHAMPION})")
     print(f"  {tags.get('promotion', '')}")
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):     # a tracking server serves the UI itself

@@ -3,15 +3,16 @@ import tempfile
 from pathlib import Path
 
 
-from unet import cli, config, data, synthetic, tracking, validation
+from unet import cli, config, data, synthetic, validation
 from unet.errors import UserError
+from unet.tracking import reports, runs, splits
 
 
 def split_data() -> None:
-    cfg = config.load("split_data", config.cli_overrides("split_data"))
+    cfg = config.load("split_data", cli.overrides("split_data"))
     builtin = cfg.data_dir == "synthetic"
-    with tracking.step_run("split_data") as run, tempfile.TemporaryDirectory() as tmp:
-        tracking.log_effective_params(config.as_params(cfg))
+    with runs.step_run("split_data") as run, tempfile.TemporaryDirectory() as tmp:
+        runs.log_effective_params(config.as_params(cfg))
         if builtin:
             data_dir = Path(tmp)
             synthetic.generate(data_dir, cfg.num_images, cfg.synthetic_height,
@@ -21,7 +22,7 @@ def split_data() -> None:
         report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
                                             cfg.mask_suffix, cfg.mask_ext,
                                             multiclass_ok=cfg.multiclass_masks == "threshold")
-        report_uri = tracking.log_data_report(report)
+        report_uri = reports.log_data_report(report)
         bad = report.counts["bad_files"]
         if bad and cfg.on_bad_data == "fail":
             raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}. Every problem "
@@ -35,8 +36,11 @@ def split_data() -> None:
         pairs = report.pairs
         subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
-        tracking.log_split(subsets, layout, data_dir, builtin)
+        splits.log_split(subsets, layout, data_dir, builtin)
         sizes = ", ".join(f"{name} {len(p)}" for name, p in subsets.items())
+        groups = len({pair.group for pair in pairs})
+        runs.name_run(f"split_data {'built-in' if builtin else data_dir.name}: {groups} cars, "
+                      f"{len(pairs)} images")
         print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
               f"{'the built-in set' if builtin else data_dir}: {sizes}")
 

@@ -3,12 +3,13 @@ at a public URL (token from the NGROK_AUTHTOKEN environment variable)."""
 import signal
 import sys
 
-from unet import cli, config, tracking, ui
+from unet import cli, config, ui
+from unet.tracking import runs
 
 
 def serve_ui() -> None:
-    cfg = config.load("ui", config.cli_overrides("ui"))
-    store = tracking.store_uri()
+    cfg = config.load("ui", cli.overrides("ui"))
+    store = runs.store_uri()
     # SIGTERM (a test, a notebook stopping the cell) ends like Ctrl-C, through `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     tunnel = ui.Tunnel(cfg.port) if cfg.tunnel == "ngrok" else None   # fails before starting

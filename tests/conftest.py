@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from unet.ui import stop_server
+from unet.tracking import models, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))    # tools/ (benchmarks, generators) is not part of the package
@@ -81,17 +82,16 @@ def register_untrained_champion(name: str = "unet-carvana") -> str:
     import torch
     from mlflow import MlflowClient
 
-    from unet import tracking
     from unet.model import UNet
     from unet.predict import Segmenter
 
     torch.manual_seed(0)
     with mlflow.start_run():
         segmenter = Segmenter(UNet(features=(4, 8, 16, 32)), (32, 48))
-        model_uri = tracking.log_model(segmenter, np.full((16, 24, 3), 128, np.uint8))
+        model_uri = models.log_model(segmenter, np.full((16, 24, 3), 128, np.uint8))
     version = mlflow.register_model(model_uri, name).version
-    MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
-    return f"models:/{name}@{tracking.CHAMPION}"
+    MlflowClient().set_registered_model_alias(name, registry.CHAMPION, version)
+    return f"models:/{name}@{registry.CHAMPION}"
 
 
 def answers(url: str) -> Callable[[], bool]:

@@ -90,3 +90,23 @@ def test_a_crash_mid_write_leaves_no_entry_and_a_broken_entry_is_recomputed(tmp_
     assert calls == [1] and image.shape == (2, 2, 3)
     with np.load(entry) as stored:
         np.testing.assert_array_equal(stored["mask"], arrays[1])
+
+
+def test_truncated_entries_are_rebuilt_and_named(tmp_path):
+    """Five entries cut short (a real archive's first half, as a full disk leaves it): the
+    dataset loads and the cache names the five it made again."""
+    pairs = [write_pair(tmp_path, f"car_{i:02d}", shade=100 + i) for i in range(5)]
+    cache = ArrayCache(tmp_path / "cache")
+    first = SegmentationDataset(pairs, (20, 30), eval_transform(), cache).preload()
+    entries = [cache.path(cache.key(p.image, p.mask, (20, 30))) for p in pairs]
+    for entry in entries:
+        data = entry.read_bytes()
+        entry.write_bytes(data[: len(data) // 2])
+    again = ArrayCache(tmp_path / "cache")
+    second = SegmentationDataset(pairs, (20, 30), eval_transform(), again).preload()
+    assert sorted(again.rebuilt) == sorted(entries) and again.misses == 5
+    for i in range(5):
+        np.testing.assert_array_equal(second.resized(i)[0], first.resized(i)[0])
+    third = ArrayCache(tmp_path / "cache")
+    SegmentationDataset(pairs, (20, 30), eval_transform(), third).preload()
+    assert third.hits == 5 and third.rebuilt == []

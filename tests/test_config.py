@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from unet import config
+from unet import cli, config
 from unet.errors import UserError
 
 from conftest import ROOT
@@ -83,8 +83,8 @@ def test_bad_parameters_are_named(step, overrides, message):
 
 
 def test_cli_overrides_parse_only_given_values():
-    assert config.cli_overrides("train", ["--lr", "1e-4", "--epochs", "3"]) == {"lr": "1e-4", "epochs": "3"}
-    main = config.cli_overrides("main", ["--data_dir", "/x", "--threshold", "0.4"])
+    assert cli.overrides("train", ["--lr", "1e-4", "--epochs", "3"]) == {"lr": "1e-4", "epochs": "3"}
+    main = cli.overrides("main", ["--data_dir", "/x", "--threshold", "0.4"])
     assert main == {"data_dir": "/x", "threshold": "0.4"}
     with pytest.raises(SystemExit):
-        config.cli_overrides("main", ["--split_run_id", "abc"])   # main chains run ids itself
+        cli.overrides("main", ["--split_run_id", "abc"])   # main chains run ids itself

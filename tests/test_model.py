@@ -41,5 +41,6 @@ def test_double_conv_has_no_conv_bias_and_two_bn_relu():
 
 def test_input_smaller_than_the_depth_fails():
     model = UNet(features=(4, 8, 16, 32)).eval()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"input 8x8: smaller than 16x16, the least this "
+                                         r"4-level U-Net accepts"):
         model(torch.randn(1, 3, 8, 8))

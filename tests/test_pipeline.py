@@ -1,10 +1,12 @@
 """End to end: the real `mlflow run` of every entry point against a private sqlite store."""
 from __future__ import annotations
 
+import csv
 import io
 
 import mlflow
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -26,7 +28,8 @@ def artifact_names(run_id: str, path: str = "") -> list[str]:
     return sorted(f.path for f in MlflowClient().list_artifacts(run_id, path))
 
 
-def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
+def test_main_trains_registers_and_reuses_finished_steps(tracking_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")   # a short train run
     first = mlflow_run("main", TINY, tracking_uri)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "=== pipeline summary ===" in first.stdout
@@ -41,7 +44,7 @@ def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
 
     # split: the generated data and the split travel as artifacts; subsets are logged inputs
     assert artifact_names(split.info.run_id) == \
-        ["data", "data_report.json", "data_report.txt", "split.json"]
+        ["data", "data_report.json", "data_report.txt", "data_report_table.json", "split.json"]
     record = mlflow.artifacts.load_dict(f"runs:/{split.info.run_id}/split.json")
     assert len(record["train"]) + len(record["val"]) + len(record["test"]) == 24
     assert {d.dataset.name for d in split.inputs.dataset_inputs} == {"train", "val", "test"}
@@ -50,7 +53,9 @@ def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
     history = MlflowClient().get_metric_history(train.info.run_id, "val_dice")
     assert [m.step for m in history] == [1, 2]
     assert "checkpoints/last.pt" in artifact_names(train.info.run_id, "checkpoints")
-    assert "samples/epoch_002.png" in artifact_names(train.info.run_id, "samples")
+    # sample panels step-indexed under one image key (the UI's slider)
+    assert {name.split("+")[2] for name in artifact_names(train.info.run_id, "images")
+            if name.startswith("images/samples+step+")} == {"1", "2"}
     assert train.data.params["features"] == "4,8,16,32"        # given
     assert train.data.params["lr"] == "auto"                   # not given: the plan's rule
     assert float(train.data.params["effective.lr"]) == RULES["lr"] * (4 / 8) ** 0.5
@@ -65,12 +70,19 @@ def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
 
     # evaluate: metrics, per-image CSV and a mask per test image at the image's size
     test_count = len(record["test"])
-    assert 0 <= evaluate.data.metrics["test_dice"] <= 1
     masks = artifact_names(evaluate.info.run_id, "predictions/masks")
     assert len(masks) == test_count
     local = mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
                                                 artifact_path="predictions/per_image.csv")
-    assert len(open(local).read().strip().splitlines()) == test_count + 1
+    rows = list(csv.DictReader(open(local)))
+    assert len(rows) == test_count
+    # test_dice is the mean of the per-image Dice, each 2TP / (2TP + FP + FN) of its counts
+    for row in rows:
+        tp, fp, fn = (int(row[k]) for k in ("tp", "fp", "fn"))
+        expected = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        assert float(row["dice"]) == pytest.approx(expected, abs=1e-6)
+    assert evaluate.data.metrics["test_dice"] == \
+        pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-5)
     mask = Image.open(mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
                                                           artifact_path=masks[0]))
     assert mask.size == (72, 48)
@@ -85,6 +97,22 @@ def test_main_trains_registers_and_reuses_finished_steps(tracking_uri):
     assert float(version.tags["floor_dice"]) == round(best_baseline + 0.05, 6)
     assert list(version.aliases) == first_version_aliases(version.tags)
     assert version.tags["promotion"] in first.stdout
+
+    # what a person sees in the UI: the experiment opens as model training, runs say what
+    # they are, the train run has system metrics, the version and the model have descriptions
+    experiment = MlflowClient().get_experiment(train.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert train.data.tags["mlflow.runName"] == \
+        f"train lr={float(train.data.params['effective.lr']):.3g} 6 cars 32x48"
+    assert split.data.tags["mlflow.runName"] == "split_data built-in: 6 cars, 24 images"
+    assert any(name.startswith("system/cpu_utilization") for name in train.data.metrics)
+    card = version.description
+    assert f"Dice {float(version.tags['test_dice']):.4f}" in card and "built-in" in card
+    assert f"{len(record['train'])} train, {len(record['val'])} val, {test_count} test" in card
+    assert "mean mask" in card and "samples" in card and "32x48" in card
+    assert "binary segmentation" in MlflowClient().get_registered_model("unet-carvana").description
+    table = mlflow.load_table("plan_table.json", run_ids=[train.info.run_id])
+    assert dict(zip(table["setting"], table["value"]))["features"] == "4,8,16,32"
 
     # the model loads and segments images of other sizes and batch sizes
     model = mlflow.pyfunc.load_model("models:/unet-carvana/1")

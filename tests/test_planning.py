@@ -1,13 +1,11 @@
 """The training plan: rules applied to fingerprints, values computed by hand."""
 import math
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from unet import config
-from unet.data import Pair
-from unet.planning import Fingerprint, Machine, Speed, fingerprint, make_plan
+from unet.fingerprint import Fingerprint, Machine, Speed
+from unet.planning import make_plan
 
 RULES = config.read_params()["plan"]
 CPU = Machine("cpu", bf16=True, cores=2)
@@ -74,6 +72,15 @@ def test_a_large_folder_validates_within_a_pass_and_never_trains_a_handful_of_st
     assert "over budget" in p.to_text()
 
 
+def test_a_1600_image_folder_validates_10_times_and_spends_the_rest_on_steps():
+    p, _ = plan(carvana(train=1120, val=240))
+    v = p.values
+    # a round: (240 + 64) / 40 + 1 = 8.6 s. With 30 rounds nothing would be left, but a folder
+    # this size validates 10 times: (300 - 10 * 8.6) / 0.2 = 1070 steps, 107 per round.
+    assert (v["steps_per_epoch"], v["epochs"]) == (107, 10)
+    assert p.estimated_minutes == pytest.approx((1070 * 0.2 + 10 * 8.6) / 60)
+
+
 def test_explicit_values_win_and_given_epochs_need_no_measurement():
     given = {"lr": 1e-4, "epochs": 3, "batch_size": 4, "features": (8, 16, 32, 64)}
     p, calls = plan(carvana(train=40, val=12), given)
@@ -106,24 +113,3 @@ def test_the_gpu_rules_and_the_batch_for_several_processes():
     assert (p.values["image_height"], p.values["image_width"]) == (256, 384)
     few = make_plan(carvana(train=9, val=3), CPU, 5.0, {"epochs": 1}, RULES, nproc=3)
     assert few.values["batch_size"] == 6            # min(8, 9 // 2) = 4, up to a multiple of 3
-
-
-def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
-    pairs, shares = [], []
-    for i, (height, width) in enumerate([(100, 150), (120, 160), (140, 170)]):
-        image, mask = tmp_path / f"c_{i}.png", tmp_path / f"c_{i}_mask.png"
-        Image.new("RGB", (width, height)).save(image)
-        drawing = Image.new("L", (width, height), 0)
-        # discs of radius 10 (area ~ pi 10^2 -> diameter ~ 20) and one speck of 1 pixel
-        ImageDraw.Draw(drawing).ellipse([10, 10, 30, 30], fill=255)
-        ImageDraw.Draw(drawing).ellipse([50, 50, 70, 70], fill=255)
-        drawing.putpixel((90, 5), 255)
-        drawing.save(mask)
-        shares.append((np.asarray(drawing) > 0).mean())
-        pairs.append(Pair(f"c_{i}", image, mask))
-    fp = fingerprint(pairs, pairs[:1])
-    assert (fp.train_images, fp.val_images) == (3, 1)
-    assert (fp.median_height, fp.median_width) == (120, 160)
-    disc = (np.asarray(drawing)[:40, :40] > 0).sum()             # one disc's pixels
-    assert fp.small_object_px == pytest.approx(2 * math.sqrt(disc / math.pi))  # not the speck
-    assert fp.foreground_fraction == pytest.approx(np.mean(shares))

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, only
+from unet.tracking import registry
 from test_bad_input import run_step
-from unet import tracking
 
 NAME = "cars"
 
@@ -48,7 +48,7 @@ def test_a_failed_promotion_keeps_the_champion_and_a_rerun_is_idempotent(trackin
     for target in ("register_model", "score"):       # before and after the version exists
         with monkeypatch.context() as patch:
             if target == "register_model":
-                patch.setattr(tracking.mlflow, "register_model", fail)
+                patch.setattr(registry.mlflow, "register_model", fail)
             else:
                 patch.setattr(MlflowClient, "set_registered_model_alias", fail)
             with pytest.raises(RuntimeError, match="registry down"):

@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from conftest import free_port, register_untrained_champion
-from unet import tracking, ui
+from unet import ui
 from unet.predict import read_image
 from unet.serving import decode_mask
+from unet.tracking import models
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -75,10 +76,10 @@ def served(tmp_path_factory):
         mlflow.set_tracking_uri(None)
 
 
-def in_process(model_uri: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+def in_process(model_uri: str, image: np.ndarray, tta: str = "auto") -> tuple[np.ndarray, float]:
     """(mask, threshold) from the model loaded here; the threshold is the median probability,
     so that the mask holds both values even though the model is untrained."""
-    segmenter = tracking.load_segmenter(model_uri)
+    segmenter = models.load_segmenter(model_uri).with_tta(tta)
     probs = next(segmenter.probabilities([image]))
     threshold = float(np.median(probs))
     return next(segmenter.masks([image], threshold)), threshold
@@ -98,6 +99,19 @@ def test_served_mask_has_the_image_size_and_matches_in_process(served, height, w
     mask = decode_mask(base64.b64decode(prediction["mask"]))
     assert mask.shape == (height, width)
     assert np.array_equal(mask, expected)
+
+
+def test_test_time_flips_are_a_param_and_match_in_process(served):
+    url, model_uri = served
+    data = encoded(photo(120, 180), "PNG")
+    flipped, threshold = in_process(model_uri, read_image(data), tta="flips")
+    plain, _ = in_process(model_uri, read_image(data), tta="none")
+    assert not np.array_equal(flipped, plain)       # the untrained model is not symmetric
+    status, answer = post(url, request_for(data, threshold=threshold, tta="flips"))
+    assert status == 200, answer
+    assert np.array_equal(decode_mask(base64.b64decode(answer["predictions"][0]["mask"])), flipped)
+    status, answer = post(url, request_for(data, tta="rot90"))
+    assert status == 400 and "param tta=rot90: use auto, none, hflip, flips" in answer["message"]
 
 
 def test_a_batch_with_probabilities_and_the_inputs_format(served):
@@ -138,10 +152,12 @@ def test_latency_of_one_160x240_image(served):
     """Not a timed assertion: prints the p50 so that it can be reported."""
     url, _ = served
     body = request_for(encoded(photo(160, 240), "JPEG"))
-    times = []
+    times, masks = [], set()
     for _ in range(20):
         start = time.perf_counter()
-        status, _ = post(url, body)
+        status, answer = post(url, body)
         times.append(time.perf_counter() - start)
         assert status == 200
+        masks.add(answer["predictions"][0]["mask"])
+    assert len(masks) == 1                  # the same answer every time
     print(f"\np50 latency, one 160x240 JPEG, tiny model: {1000 * statistics.median(times):.1f} ms")

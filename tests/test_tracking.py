@@ -5,22 +5,23 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from unet import baselines, tracking
+from unet import baselines
 from unet.data import Pair
 from unet.evaluation import evaluate_pairs
 from unet.model import UNet
 from unet.predict import Segmenter
 from unet.synthetic import generate
+from unet.tracking import models, registry
 
 # A floor every model of these tests clears (the floor has tests of its own below).
-LOW = tracking.Floor({"all_background": 0.0, "mean_mask": 0.1}, margin=0.05)
+LOW = registry.Floor({"all_background": 0.0, "mean_mask": 0.1}, margin=0.05)
 
 
 def logged_model(seed: int) -> str:
     import torch
     torch.manual_seed(seed)
     with mlflow.start_run():
-        return tracking.log_model(Segmenter(UNet(features=(4, 8)), (16, 16)),
+        return models.log_model(Segmenter(UNet(features=(4, 8)), (16, 16)),
                                   np.zeros((8, 12, 3), np.uint8))
 
 
@@ -34,19 +35,19 @@ def test_promotion_only_when_test_dice_beats_the_champion(tracking_uri):
         raise AssertionError("the champion was scored on this split already")
 
     first, worse, better = logged_model(0), logged_model(1), logged_model(2)
-    p = tracking.register_and_promote(first, "cars", {"dice": 0.90}, "split-a", "t1", never, LOW)
+    p = registry.register_and_promote(first, "cars", {"dice": 0.90}, "split-a", "t1", never, LOW)
     assert (p.version, p.alias, p.champion_dice) == ("1", "champion", None)
 
-    p = tracking.register_and_promote(worse, "cars", {"dice": 0.80}, "split-a", "t2", never, LOW)
+    p = registry.register_and_promote(worse, "cars", {"dice": 0.80}, "split-a", "t2", never, LOW)
     assert (p.version, p.alias, p.champion_dice) == ("2", "challenger", 0.90)
     assert aliases("cars") == {"champion": "1", "challenger": "2"}
 
     # a tie does not take the title; re-running registers nothing new
-    p = tracking.register_and_promote(worse, "cars", {"dice": 0.90}, "split-a", "t2", never, LOW)
+    p = registry.register_and_promote(worse, "cars", {"dice": 0.90}, "split-a", "t2", never, LOW)
     assert (p.version, p.alias) == ("2", "challenger")
     assert len(MlflowClient().search_model_versions("name = 'cars'")) == 2
 
-    p = tracking.register_and_promote(better, "cars", {"dice": 0.95}, "split-a", "t3", never, LOW)
+    p = registry.register_and_promote(better, "cars", {"dice": 0.95}, "split-a", "t3", never, LOW)
     assert (p.version, p.alias) == ("3", "champion")
     assert aliases("cars") == {"champion": "3", "challenger": "2"}
     tags = MlflowClient().get_model_version("cars", "3").tags
@@ -56,14 +57,14 @@ def test_promotion_only_when_test_dice_beats_the_champion(tracking_uri):
 
 def test_a_champion_from_another_split_is_scored_again_on_this_one(tracking_uri):
     first, second = logged_model(0), logged_model(1)
-    tracking.register_and_promote(first, "cars", {"dice": 0.99}, "split-a", "t1", None, LOW)
+    registry.register_and_promote(first, "cars", {"dice": 0.99}, "split-a", "t1", None, LOW)
     scored = []
 
     def rescore(uri):
         scored.append(uri)
         return 0.70          # the champion's Dice on split-b, lower than its 0.99 on split-a
 
-    p = tracking.register_and_promote(second, "cars", {"dice": 0.75}, "split-b", "t2", rescore, LOW)
+    p = registry.register_and_promote(second, "cars", {"dice": 0.75}, "split-b", "t2", rescore, LOW)
     assert scored == ["models:/cars@champion"]
     assert (p.alias, p.champion_dice) == ("champion", pytest.approx(0.70))
     assert aliases("cars") == {"champion": "2"}
@@ -83,14 +84,14 @@ def test_a_constant_output_model_is_registered_but_never_champion(tracking_uri, 
     pairs = [Pair(s, tmp_path / "train" / f"{s}.jpg", tmp_path / "train_masks" / f"{s}_mask.gif")
              for s in stems]
     train, test = pairs[:8], pairs[8:]
-    floor = tracking.Floor(baselines.baseline_dice(test, baselines.mean_mask(train)), 0.05)
+    floor = registry.Floor(baselines.baseline_dice(test, baselines.mean_mask(train)), 0.05)
     for logit, name in ((5.0, "all_foreground"), (-5.0, "all_background")):
         # the constant model scores exactly its baseline, so it never clears the floor
         dice = evaluate_pairs(constant_model(logit), test)["dice"]
         assert dice == pytest.approx(floor.baselines[name])
     with mlflow.start_run():
-        uri = tracking.log_model(constant_model(5.0), np.zeros((8, 12, 3), np.uint8))
-    p = tracking.register_and_promote(uri, "cars", {"dice": dice}, "split-a", "t1", None, floor)
+        uri = models.log_model(constant_model(5.0), np.zeros((8, 12, 3), np.uint8))
+    p = registry.register_and_promote(uri, "cars", {"dice": dice}, "split-a", "t1", None, floor)
     assert (p.version, p.alias) == ("1", None)                 # even as the first version
     assert aliases("cars") == {}
     tags = MlflowClient().get_model_version("cars", "1").tags
@@ -100,8 +101,8 @@ def test_a_constant_output_model_is_registered_but_never_champion(tracking_uri, 
 
     # and with a champion in place, a model under the floor does not even become challenger
     good = logged_model(1)
-    tracking.register_and_promote(good, "cars", {"dice": 0.95}, "split-a", "t2", None, floor)
+    registry.register_and_promote(good, "cars", {"dice": 0.95}, "split-a", "t2", None, floor)
     assert aliases("cars") == {"champion": "2"}
-    p = tracking.register_and_promote(logged_model(2), "cars", {"dice": floor.dice}, "split-a",
+    p = registry.register_and_promote(logged_model(2), "cars", {"dice": floor.dice}, "split-a",
                                       "t3", None, floor)
     assert p.alias is None and aliases("cars") == {"champion": "2"}

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -27,18 +28,27 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"plan": {}, "seed": {"preset": "seed"}}
 
 
+def generated(path: Path, make) -> Path:
+    """`path`, made by make(folder) into a temporary folder renamed when complete (an
+    interrupted generation is made again, never used half-written)."""
+    if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make(partial)
+        partial.rename(path)
+    return path
+
+
 def folders(out: Path, carvana: list[int], cells: int, seed: int) -> dict[str, tuple[Path, dict]]:
     """name -> (folder, layout parameters); generated where missing."""
     made = {}
     for n in carvana:
-        path = out / "data" / f"carvana-{n}"
-        if not path.exists():
-            datasets.carvana_folder(path, n, seed)
+        path = generated(out / "data" / f"carvana-{n}",
+                         lambda folder: datasets.carvana_folder(folder, n, seed))
         made[f"carvana-{n}"] = (path, datasets.CARVANA_LAYOUT)
     if cells:
-        path = out / "data" / f"cells-{cells}"
-        if not path.exists():
-            datasets.cells_folder(path, cells, seed)
+        path = generated(out / "data" / f"cells-{cells}",
+                         lambda folder: datasets.cells_folder(folder, cells, seed))
         made[f"cells-{cells}"] = (path, datasets.CELLS_LAYOUT)
     return made
 
@@ -47,12 +57,14 @@ def run(name: str, folder: Path, layout: dict, setting: str, store: str, log: Pa
     params = {"data_dir": str(folder), **layout, **SETTINGS[setting],
               "model_name": f"{name}-{setting}"}
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local"]
+    # `mlflow run` starts the steps with the `python` on PATH: this interpreter's.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
     start = time.perf_counter()
     with open(log, "w") as f:
-        done = subprocess.run(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": store},
-                              stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         return {"folder": name, "setting": setting, "error": f"exit {done.returncode}, see {log}"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ArrayCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory).expanduser()
         self.hits = self.misses = 0
+        self.rebuilt: list[Path] = []     # entries that existed but could not be read
 
     def key(self, image: Path, mask: Path, size: tuple[int, int]) -> str:
         """Hex digest of the image's and the mask's bytes, the target size and FORMAT."""
@@ -53,8 +55,11 @@ class ArrayCache:
                 arrays = entry["image"], entry["mask"]
             self.hits += 1
             return arrays
-        except (OSError, KeyError, ValueError):
+        except FileNotFoundError:
             pass
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            # Truncated or foreign (a crash of another writer, a damaged disk): made again.
+            self.rebuilt.append(path)
         self.misses += 1
         arrays = compute()
         self._write(path, *arrays)

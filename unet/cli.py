@@ -1,11 +1,14 @@
 """How every step starts and fails: one line for a user's mistake, never a traceback."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Callable
 
+from unet import config
 from unet.errors import UserError
 
 
@@ -33,3 +36,17 @@ def main(step: Callable[[], None]) -> None:
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'stopped by a signal'}", file=sys.stderr)
         sys.exit(130)
+
+
+def overrides(step: str, argv: list[str] | None = None) -> dict[str, str]:
+    """Parses `--name value` for every field of `step`'s config (for "main": of the PIPELINE
+    steps but the run ids that chain them); returns only those given."""
+    parser = argparse.ArgumentParser(prog=f"steps.{step}")
+    if step == "main":
+        fields = [f for name in config.PIPELINE for f in dataclasses.fields(config.STEPS[name])
+                  if not f.name.endswith("_run_id")]
+    else:
+        fields = dataclasses.fields(config.STEPS[step])
+    for name in dict.fromkeys(f.name for f in fields):
+        parser.add_argument(f"--{name}", default=None)
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}

@@ -6,7 +6,6 @@ training plan (unet.planning), or by a named preset (`-P preset=seed`: params.ya
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -15,10 +14,24 @@ import yaml
 
 from unet.errors import UserError
 
-PARAMS_FILE = Path(__file__).resolve().parent.parent / "params.yaml"
+# The project's params.yaml, which the package carries (unet/params.yaml links to it in a
+# checkout; an installed package holds a copy made when it was built).
+PARAMS_FILE = Path(__file__).parent / "params.yaml"
 AUTO = "auto"
 LOSSES = ("bce_dice", "bce")              # unet.losses
 TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
+
+
+def at_least(config, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        if getattr(config, name) < low:
+            raise UserError(f"parameter {name}={getattr(config, name)}: must be >= {low}")
+
+
+def one_of(config, name: str, options: tuple[str, ...]) -> None:
+    if getattr(config, name) not in options:
+        raise UserError(f"parameter {name}={getattr(config, name)}: use "
+                        f"{', '.join(options[:-1])} or {options[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +51,8 @@ class SplitConfig:
     multiclass_masks: str    # error | threshold (binarize masks of several classes at half)
 
     def validate(self) -> None:
-        if self.on_bad_data not in ("fail", "skip"):
-            raise UserError(f"parameter on_bad_data={self.on_bad_data}: use fail or skip")
-        if self.multiclass_masks not in ("error", "threshold"):
-            raise UserError(f"parameter multiclass_masks={self.multiclass_masks}: use error or "
-                            f"threshold")
+        one_of(self, "on_bad_data", ("fail", "skip"))
+        one_of(self, "multiclass_masks", ("error", "threshold"))
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: must be in [0, 1)")
@@ -86,20 +96,18 @@ class TrainConfig:
     sync_bn: bool            # BatchNorm statistics over all processes (CUDA only)
     cache_dir: str           # "" (off) or a folder for resized arrays shared across runs
     compile: bool            # torch.compile the model
+    system_metrics: bool     # MLflow records CPU/memory/GPU use (system/... metrics)
 
     def validate(self) -> None:
         if not self.split_run_id:
             raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
         if self.lr <= 0:
             raise UserError(f"parameter lr={self.lr}: must be > 0 (e.g. 1e-4)")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise UserError(f"parameter {name}={getattr(self, name)}: must be >= 1")
+        at_least(self, ("batch_size", "epochs"), 1)
         for name in ("hflip", "vflip"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: a probability, in [0, 1]")
-        if self.num_workers < 0:
-            raise UserError(f"parameter num_workers={self.num_workers}: must be >= 0")
+        at_least(self, ("num_workers",), 0)
         if not self.features or min(self.features) < 1:
             raise UserError(f"parameter features={self.features}: give positive widths, e.g. 64,128,256,512")
         min_size = 2 ** len(self.features)
@@ -111,24 +119,16 @@ class TrainConfig:
             if getattr(self, f"patch_{side}") > getattr(self, f"image_{side}"):
                 raise UserError(f"parameter patch_{side}={getattr(self, f'patch_{side}')}: "
                                 f"larger than image_{side}={getattr(self, f'image_{side}')}")
-        for name in ("warmup_steps", "patience", "bn_recalibration"):
-            if getattr(self, name) < 0:
-                raise UserError(f"parameter {name}={getattr(self, name)}: must be >= 0")
-        if self.steps_per_epoch < 1:
-            raise UserError(f"parameter steps_per_epoch={self.steps_per_epoch}: must be >= 1")
+        at_least(self, ("warmup_steps", "patience", "bn_recalibration"), 0)
+        at_least(self, ("steps_per_epoch", "nproc"), 1)
         if self.time_budget_min <= 0:
             raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 "
                             f"(minutes)")
-        if self.loss not in LOSSES:
-            raise UserError(f"parameter loss={self.loss}: use {' or '.join(LOSSES)}")
         if not 0 <= self.color_jitter <= 1:
             raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"parameter lr_schedule={self.lr_schedule}: use cosine or constant")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UserError(f"parameter precision={self.precision}: use auto, fp32, bf16 or fp16")
-        if self.nproc < 1:
-            raise UserError(f"parameter nproc={self.nproc}: must be >= 1")
+        one_of(self, "loss", LOSSES)
+        one_of(self, "lr_schedule", ("cosine", "constant"))
+        one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
         if self.batch_size % self.nproc:
             raise UserError(f"parameters batch_size={self.batch_size}, nproc={self.nproc}: the "
                             f"batch is shared out among the processes; make it a multiple of nproc")
@@ -284,17 +284,6 @@ def load(step: str, overrides: dict[str, str] | None = None, auto: dict[str, Any
 def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """Every parameter of `step` as text: the given value, else params.yaml's."""
     return {name: str(given.get(name, default)) for name, default in params[step].items()}
-
-
-def cli_overrides(step: str, argv: list[str] | None = None) -> dict[str, str]:
-    """Parses `--name value` for every field of `step`'s config (for "main": of the PIPELINE
-    steps but the run ids that chain them); returns only those given."""
-    parser = argparse.ArgumentParser(prog=f"steps.{step}")
-    fields = ([f for name in PIPELINE for f in dataclasses.fields(STEPS[name])
-               if not f.name.endswith("_run_id")] if step == "main" else dataclasses.fields(STEPS[step]))
-    for name in dict.fromkeys(f.name for f in fields):
-        parser.add_argument(f"--{name}", default=None)
-    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
 def as_params(config) -> dict[str, str]:

@@ -21,7 +21,7 @@ from unet.errors import UserError
 from unet.losses import make_loss
 from unet.precision import Precision, prepare
 from unet.schedule import Schedule, lr_factor
-from unet.metrics import SegmentationMetrics
+from unet.metrics import SegmentationMetrics, summarize
 
 
 def seed_everything(seed: int) -> None:
@@ -117,10 +117,9 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
         total_loss += loss_fn(logits, masks.unsqueeze(1)).item() * len(images)
         seen += len(images)
         metrics.update(torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5)
-    counts = torch.cat([torch.zeros(0, 4, dtype=torch.long), *metrics.counts])
-    metrics.counts = [distributed.gather_over_ranks(counts)]
+    # Every process's counts: the scores of the whole validation set, each image once.
+    result = summarize(distributed.gather_over_ranks(metrics.all_counts()))
     total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
-    result = metrics.compute()
     result["loss"] = total_loss / max(seen, 1)
     result["images_per_second"] = seen / (time.perf_counter() - start)
     return result

@@ -47,7 +47,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
         bar.update(len(chunk))
     bar.close()
     if out_dir is not None:
-        write_per_image_csv(out_dir / "per_image.csv", pairs, torch.cat(metrics.counts))
+        write_per_image_csv(out_dir / "per_image.csv", pairs, metrics.all_counts())
     return metrics.compute()
 
 

@@ -53,16 +53,24 @@ class SegmentationMetrics:
         self.counts.append(counts)
         return counts
 
+    def all_counts(self) -> torch.Tensor:
+        """(N, 4) counts of every image seen so far (N may be 0)."""
+        return torch.cat([torch.zeros(0, 4, dtype=torch.long), *self.counts])
+
     def per_image(self) -> dict[str, torch.Tensor]:
         """Scores of every image seen so far, each of shape (N,)."""
-        return scores(torch.cat(self.counts))
+        return scores(self.all_counts())
 
     def compute(self) -> dict[str, float]:
         """{"accuracy", "dice", "iou"} averaged over images, plus "<name>_micro" pooled."""
-        if not self.counts:
-            raise ValueError("no images were scored")
-        all_counts = torch.cat(self.counts)
-        result = {name: value.mean().item() for name, value in scores(all_counts).items()}
-        pooled = scores(all_counts.sum(0))
-        result.update({f"{name}_micro": value.item() for name, value in pooled.items()})
-        return result
+        return summarize(self.all_counts())
+
+
+def summarize(counts: torch.Tensor) -> dict[str, float]:
+    """(N, 4) per-image counts -> {"accuracy", "dice", "iou"} averaged over the N images, plus
+    "<name>_micro" of the pooled counts."""
+    if len(counts) == 0:
+        raise ValueError("no images were scored")
+    result = {name: value.mean().item() for name, value in scores(counts).items()}
+    result.update({f"{name}_micro": value.item() for name, value in scores(counts.sum(0)).items()})
+    return result

@@ -69,6 +69,10 @@ class UNet(nn.Module):
         return 2 ** len(self.features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"input {x.shape[-2]}x{x.shape[-1]}: smaller than "
+                             f"{self.min_size}x{self.min_size}, the least this "
+                             f"{len(self.features)}-level U-Net accepts")
         skips = []
         for down in self.downs:
             x = down(x)

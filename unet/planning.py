@@ -1,7 +1,7 @@
 """The training plan: settings derived from the data, the machine and a time budget.
 
 As nnU-Net does, in three stages with a file between the last two: a fingerprint of the data
-(how many images, their size, how small the objects are), a planner that turns fingerprint +
+(how many images, their size, how small the objects are; unet/fingerprint.py), a planner that turns fingerprint +
 machine + budget into settings by a few rules (each stated where it is applied), and the plan
 (`plan.json` in the train run) that the trainer only reads. Every value the user gave wins; the
 plan fills in the rest and sizes the number of optimizer steps to the values in effect.
@@ -12,121 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cv2
-import numpy as np
-import torch
-from PIL import Image
-
 from unet import config
-from unet.data import Pair, load_mask
-from unet.losses import make_loss
-from unet.model import UNet
+from unet.data import Pair
+from unet.fingerprint import Fingerprint, Machine, Speed, fingerprint, measure_speed
 from unet.precision import Precision
-
-
-@dataclasses.dataclass(frozen=True)
-class Fingerprint:
-    """What the plan needs to know of the data (measured on the training split)."""
-    train_images: int
-    val_images: int
-    median_height: int
-    median_width: int
-    foreground_fraction: float     # mean share of object pixels per mask
-    small_object_px: float | None  # 10th percentile of the objects' equivalent diameters
-    classes: int = 2
-
-
-def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
-    """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
-    masks, spread evenly over the training split, for object sizes."""
-    def spread(items, n):
-        step = max(1, len(items) // n)
-        return list(items)[::step][:n]
-
-    sizes = []
-    for pair in spread(train, 256):
-        with Image.open(pair.image) as image:
-            sizes.append(image.size[::-1])
-    diameters, fractions = [], []
-    for pair in spread(train, sample):
-        mask = load_mask(pair.mask)
-        fractions.append(float(mask.mean()))
-        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        # Specks of a few pixels are label noise, not objects to resolve.
-        diameters += [2 * math.sqrt(a / math.pi) for a in areas if a >= 4]
-    heights, widths = zip(*sizes)
-    return Fingerprint(len(train), len(val), int(np.median(heights)), int(np.median(widths)),
-                       float(np.mean(fractions)),
-                       float(np.percentile(diameters, 10)) if diameters else None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Machine:
-    device: str          # cpu | cuda
-    bf16: bool
-    cores: int
-    gpu_memory_gb: float = 0.0
-
-    @classmethod
-    def of(cls, precision: Precision) -> "Machine":
-        memory = 0.0
-        if precision.device.type == "cuda":
-            memory = torch.cuda.get_device_properties(precision.device).total_memory / 2**30
-        return cls(precision.device.type, precision.autocast is torch.bfloat16,
-                   len(os.sched_getaffinity(0)), round(memory, 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class Speed:
-    seconds_per_step: float       # one optimizer step at the planned batch and size
-    eval_images_per_second: float
-
-
-def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[int, int],
-                  batch_size: int, precision: Precision, steps: int = 3) -> Speed:
-    """Times a few training steps on `patch`-sized crops and forward passes on whole
-    `size` inputs of a fresh UNet on random images, after a warm-up (the first call of each
-    shape pays for kernel selection and allocation)."""
-    model = UNet(features=features).to(precision.device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = make_loss("bce_dice")
-    images = precision.to_device(torch.rand(batch_size, 3, *patch))
-    masks = (torch.rand(batch_size, 1, *patch, device=precision.device) > 0.5).float()
-    whole = precision.to_device(torch.rand(batch_size, 3, *size))
-
-    def sync():
-        if precision.device.type == "cuda":
-            torch.cuda.synchronize(precision.device)
-
-    def train_step():
-        with precision.context():
-            logits = model(images)
-        loss = loss_fn(logits.float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def timed(fn, n):
-        fn()
-        sync()
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        return (time.perf_counter() - start) / n
-
-    model.train()
-    per_step = timed(train_step, steps)
-    model.eval()
-    with torch.no_grad():
-        per_forward = timed(lambda: model(whole), steps)
-    return Speed(per_step, batch_size / per_forward)
 
 
 # Settings the plan fills in when the user leaves them "auto".
@@ -213,6 +105,34 @@ def plan_patch(size: tuple[int, int], pixels: int, multiple: int) -> tuple[int, 
     return min(height, crop_height), min(width, round_to(crop_height * aspect, multiple))
 
 
+def rounds_of(steps: int, natural: int, rules: dict) -> tuple[int, int]:
+    """(rounds, steps per round): validate after every pass over the data (`natural` steps),
+    but at least min_rounds and at most max_rounds times (a big folder validates within a
+    pass)."""
+    per_round = min(max(natural, math.ceil(steps / rules["max_rounds"])),
+                    math.ceil(steps / rules["min_rounds"]))
+    return max(1, round(steps / per_round)), per_round
+
+
+def budget_steps(budget: float, seconds_per_step: float, round_seconds: float, natural: int,
+                 rules: dict, per_round: int | None = None) -> tuple[int, str]:
+    """(optimizer steps, why): what fills `budget` seconds once the validation rounds are paid
+    for, at most max_passes over the data, never fewer than min_steps. The rounds depend on the
+    steps and the steps on the rounds: a few substitutions settle both."""
+    rounds = rules["max_rounds"]
+    for _ in range(3):
+        steps = min((budget - rounds * round_seconds) / seconds_per_step,
+                    rules["max_passes"] * natural)
+        why = ("the time budget" if steps < rules["max_passes"] * natural
+               else f"{rules['max_passes']} passes over the data")
+        if steps < rules["min_steps"]:
+            steps, why = rules["min_steps"], f"the minimum of {rules['min_steps']} steps"
+        steps = int(steps)
+        rounds = (max(1, round(steps / per_round)) if per_round
+                  else rounds_of(steps, natural, rules)[0])
+    return steps, why
+
+
 def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: dict[str, Any],
               rules: dict, nproc: int = 1,
               measure: Callable[[tuple, tuple, tuple, int], Speed] | None = None) -> Plan:
@@ -264,19 +184,9 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
         # recalibration images and about a second of checkpointing and logging.
         round_seconds = ((fp.val_images + v["bn_recalibration"]) / speed.eval_images_per_second
                          + rules["round_overhead_seconds"])
-        budget = budget_minutes * 60
-        steps = min((budget - rules["max_rounds"] * round_seconds) / speed.seconds_per_step,
-                    rules["max_passes"] * natural)
-        why = ("the time budget" if steps < rules["max_passes"] * natural
-               else f"{rules['max_passes']} passes over the data")
-        if steps < rules["min_steps"]:
-            steps, why = rules["min_steps"], f"the minimum of {rules['min_steps']} steps"
-        steps = int(steps)
-        # Validate after every pass over the data, but at least min_rounds and at most
-        # max_rounds times (a big folder validates within a pass).
-        if "steps_per_epoch" not in v:
-            v["steps_per_epoch"] = min(max(natural, math.ceil(steps / rules["max_rounds"])),
-                                       math.ceil(steps / rules["min_rounds"]))
+        steps, why = budget_steps(budget_minutes * 60, speed.seconds_per_step, round_seconds,
+                                  natural, rules, v.get("steps_per_epoch"))
+        v.setdefault("steps_per_epoch", rounds_of(steps, natural, rules)[1])
         v["epochs"] = max(1, round(steps / v["steps_per_epoch"]))
         notes.append(f"steps: set by {why} ({natural} steps per pass over the data)")
     total = v["epochs"] * v["steps_per_epoch"]

@@ -7,6 +7,7 @@ type is binary) or, from Python, an (H, W, 3) uint8 RGB array.
 Output: a DataFrame, one row per image: `mask` (PNG bytes, (H, W), 0 background / 255 object,
 at the image's own size; base64 text over HTTP), `height`, `width`, and with
 params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
+Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from unet.predict import Segmenter, UnreadableImage, encode_png, read_image
+from unet.predict import TTA_FLIPS, Segmenter, UnreadableImage, encode_png, read_image
 
 INPUT_COLUMN = "image"
 DEFAULT_THRESHOLD = 0.5
@@ -69,11 +70,15 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         if not 0 < threshold < 1:
             raise invalid(f"param threshold={threshold}: must be in (0, 1)")
         with_probabilities = bool(params.get("return_probabilities", False))
+        tta = str(params.get("tta", "auto"))
+        if tta != "auto" and tta not in TTA_FLIPS:
+            raise invalid(f"param tta={tta}: use auto, {', '.join(TTA_FLIPS)}")
+        segmenter = self.segmenter.with_tta(tta)
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
         images = [as_image(i, cell) for i, cell in enumerate(model_input[INPUT_COLUMN])]
         rows = []
-        for image, probs in zip(images, self.segmenter.probabilities(images)):
+        for image, probs in zip(images, segmenter.probabilities(images)):
             row = {"mask": encode_png((probs > threshold).astype(np.uint8) * 255),
                    "height": image.shape[0], "width": image.shape[1]}
             if with_probabilities:

@@ -1,0 +1,1 @@
+"""U-Net binary segmentation: model, data, training, evaluation, and MLflow tracking."""

@@ -1,0 +1,154 @@
+"""Image/mask pairs on disk: discovery, decoding, the split by car, and the training Dataset."""
+from __future__ import annotations
+
+import dataclasses
+import random
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from unet.cache import ArrayCache
+from unet.errors import UserError
+from unet.transforms import resize_pair
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    stem: str          # e.g. "0cdf5b5d0ce1_01"
+    image: Path
+    mask: Path
+
+    @property
+    def group(self) -> str:
+        """The car id: "<car>_<view>" -> "<car>"; a stem without "_" is its own group."""
+        return self.stem.rsplit("_", 1)[0]
+
+
+def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
+                seed: int) -> dict[str, list[Pair]]:
+    """Splits by car (all views of a car on one side) -> {"train", "val", "test"}.
+
+    Cars are shuffled with `seed` and dealt to test, then val, until each holds its fraction of
+    the images; the rest train. A fraction > 0 always gets at least one car.
+    """
+    groups: dict[str, list[Pair]] = {}
+    for pair in sorted(pairs, key=lambda p: p.stem):
+        groups.setdefault(pair.group, []).append(pair)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    wanted = [f for f in (test_fraction, val_fraction) if f > 0]
+    if len(names) < len(wanted) + 1:
+        raise UserError(f"only {len(names)} car id(s) in the data: too few to split into train, "
+                        f"val and test; add images or set val_fraction/test_fraction to 0")
+    split: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+    total = len(pairs)
+    for part, fraction in (("test", test_fraction), ("val", val_fraction)):
+        while fraction > 0 and (not split[part] or len(split[part]) < fraction * total) \
+                and len(names) > 1:
+            split[part].extend(groups[names.pop()])
+    for name in names:
+        split["train"].extend(groups[name])
+    return split
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # how PIL opens 16-bit greys
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """A decoded image of any mode -> (H, W, 3) uint8: grey and palette images are expanded,
+    an alpha channel is dropped, 16-bit values are scaled to 8 bits (PIL's convert("RGB")
+    would clip them at 255, turning most of a 16-bit photo white)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def grey_array(image: Image.Image) -> np.ndarray:
+    """A decoded mask of any mode -> (H, W) integer levels: the luminance (palette looked up),
+    or the raw values of a 16-bit mask."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.asarray(image)
+    return np.asarray(image.convert("L"))
+
+
+def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Image -> (H, W, 3) uint8 (see rgb_array). With size=(H, W), JPEGs decode at a reduced
+    scale no smaller than that (PIL draft mode), several times faster on large photos."""
+    with Image.open(path) as image:
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB", (size[1], size[0]))
+        return rgb_array(image)
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Mask -> (H, W) uint8 in {0, 1}.
+
+    Palette GIFs (Carvana) hold indices 0/1 whose palette maps to black/white, grey masks hold
+    0/255 (or 0/65535 in 16 bits), antialiased masks hold values in between, and some masks hold
+    0/1 directly: taking the luminance and thresholding at half its maximum handles all of them.
+    """
+    with Image.open(path) as mask:
+        grey = grey_array(mask)
+    top = int(grey.max())
+    return (grey > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(grey)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs, resized once to size=(H, W) and kept in memory.
+
+    Resizing is the deterministic first step of every preset, so it runs once per pair;
+    `transform` (augmentation, normalization, ToTensorV2) runs on every read. Items are
+    (float image (3, H, W), float 0/1 mask (H, W)). With `cache`, the resized arrays are also
+    kept on disk across runs (see unet.cache).
+    """
+
+    def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable,
+                 cache: ArrayCache | None = None):
+        self.pairs = list(pairs)
+        self.size, self.transform, self.disk_cache = size, transform, cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def with_transform(self, transform: Callable) -> "SegmentationDataset":
+        """The same pairs and resized arrays (shared, not copied) under another transform."""
+        view = SegmentationDataset(self.pairs, self.size, transform, self.disk_cache)
+        view._cache = self._cache
+        return view
+
+    def resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index-th pair at the training size: ((H, W, 3) uint8, (H, W) uint8 0/1)."""
+        if index not in self._cache:
+            self._cache[index] = self._load(index)
+        return self._cache[index]
+
+    def preload(self, threads: int = 2) -> "SegmentationDataset":
+        """Decodes and resizes every pair now (PIL and OpenCV release the GIL), so that loader
+        workers forked afterwards share the arrays instead of each decoding its own copy."""
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for index, arrays in zip(range(len(self)), pool.map(self._load, range(len(self)))):
+                self._cache[index] = arrays
+        return self
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+
+        def decode():
+            return resize_pair(load_image(pair.image, self.size), load_mask(pair.mask), self.size)
+
+        if self.disk_cache is None:
+            return decode()
+        return self.disk_cache.get_or_compute(pair.image, pair.mask, self.size, decode)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.resized(index)
+        out = self.transform(image=image, mask=mask)
+        return out["image"], out["mask"].float()

@@ -1,0 +1,255 @@
+"""Training and validation loops and checkpoints. Knows nothing of MLflow."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from unet import batchnorm, distributed
+from unet.errors import UserError
+from unet.losses import make_loss
+from unet.precision import Precision, prepare
+from unet.schedule import Schedule, lr_factor
+from unet.metrics import SegmentationMetrics, summarize
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch generators (augmentation is seeded per loader worker)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets a copy of the transform with the same seed: without reseeding, every
+    # worker would draw the same augmentation sequence. torch gives each worker (and each
+    # epoch) a distinct seed derived from the loader's generator, so this stays reproducible.
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, seed: int, precision: Precision,
+                sampler=None) -> torch.utils.data.DataLoader:
+    """Batches of (images (B, 3, H, W), masks (B, H, W)), in the order of `sampler` (training:
+    an EpochSampler), else in dataset order (validation)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=precision.device.type == "cuda")
+
+
+def calibration_batches(dataset, images: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Image batches (B, 3, H, W) of `images` items of `dataset` drawn with `seed` (this
+    process's share of them under several processes), for BatchNorm recalibration."""
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    chosen = chosen[:images][distributed.rank()::distributed.world_size()].tolist()
+    return [torch.stack([dataset[i][0] for i in chosen[start:start + batch_size]])
+            for start in range(0, len(chosen), batch_size)]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: training can't go on from here."""
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
+                    loss_fn: nn.Module, precision: Precision, scaler: torch.amp.GradScaler,
+                    scheduler=None, desc: str = "train") -> dict[str, float]:
+    """One pass over loader of (images (B, 3, H, W), masks (B, H, W)), one optimizer (and
+    scheduler) step per batch; returns mean loss, images seen and images per second, over all
+    processes when there are several."""
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None)
+    for images, masks in bar:
+        images = precision.to_device(images)
+        masks = masks.to(precision.device, non_blocking=True).unsqueeze(1)
+        with precision.context():
+            logits = model(images)
+        # The loss in fp32: BCE on bf16 logits loses precision near 0 and 1.
+        loss = loss_fn(logits.float(), masks)
+        if not torch.isfinite(loss):
+            # Every process raises (torchrun then stops them all); skipping the batch on one
+            # process only would leave the others waiting in DDP's gradient exchange. Overflow
+            # in fp16 gradients is another matter: the GradScaler skips those steps itself.
+            raise NonFiniteLoss(f"loss is {loss.item()} at {desc}: lower lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    seconds = time.perf_counter() - start
+    total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
+    return {"loss": total_loss / max(seen, 1), "images": int(seen),
+            "images_per_second": seen / seconds if seconds > 0 else math.nan}
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
+             threshold: float = 0.5) -> dict[str, float]:
+    """Mean loss, accuracy/Dice/IoU (per image and micro) at the loader's resolution; over
+    all processes' images when there are several (each validates its share)."""
+    model.eval()
+    metrics, total_loss, seen, start = SegmentationMetrics(), 0.0, 0, time.perf_counter()
+    for images, masks in tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
+                disable=None):
+        images = precision.to_device(images)
+        masks = masks.to(precision.device, non_blocking=True)
+        with precision.context():
+            logits = model(images).float()
+        total_loss += loss_fn(logits, masks.unsqueeze(1)).item() * len(images)
+        seen += len(images)
+        metrics.update(torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5)
+    # Every process's counts: the scores of the whole validation set, each image once.
+    result = summarize(distributed.gather_over_ranks(metrics.all_counts()))
+    total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
+    result["loss"] = total_loss / max(seen, 1)
+    result["images_per_second"] = seen / (time.perf_counter() - start)
+    return result
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then an atomic rename: a crash mid-write
+    leaves the previous checkpoint intact, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclasses.dataclass
+class EpochResult:
+    epoch: int                    # 1-based, completed
+    train: dict[str, float]
+    val: dict[str, float]
+    improved: bool                # val Dice beat every earlier epoch's
+
+
+class Trainer:
+    """Adam over `schedule`, loss `loss` ("bce_dice" or "bce"); keeps the best-by-validation-Dice
+    weights.
+
+    Before every validation the BatchNorm statistics are recalibrated on `calibration` (a list
+    of un-augmented training image batches (B, 3, H, W); empty = keep the running averages), so
+    that validation, the best weights and the exported model see statistics that match the
+    weights (unet.batchnorm).
+
+    `fit()` yields an EpochResult after every epoch, once the checkpoint `checkpoint_path`
+    (model, optimizer, scaler, scheduler, epoch, best score and weights) is on disk, so callers
+    log as they go. The checkpoint always holds the state at the end of a completed epoch (the
+    starting state before the first): an interrupted epoch is lost, never half-saved, and a state
+    whose validation loss is not finite raises NonFiniteLoss instead of replacing it.
+
+    `wrap(model)` gives the module that trains (e.g. DistributedDataParallel around it);
+    `model` itself holds the weights for checkpoints, validation and inference. Under several
+    processes only the main one writes the checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, schedule: Schedule, precision: Precision,
+                 checkpoint_path: Path, loss: str = "bce_dice", calibration=(), wrap=None,
+                 seed: int = 0):
+        self.precision = precision
+        self.seed = seed
+        self.model = prepare(model, precision)
+        self.train_module = wrap(self.model) if wrap else self.model
+        self.schedule = schedule
+        self.epochs = schedule.epochs
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=schedule.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, schedule.total_steps,
+                                                   schedule.warmup_steps, schedule.lr_schedule))
+        self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
+        self.loss_fn = make_loss(loss)
+        self.calibration = list(calibration)
+        self.checkpoint_path = Path(checkpoint_path)
+        self.epoch = 0
+        self.stopped_early = False
+        self.best_dice = -1.0
+        self.best_epoch = 0
+        self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "stopped_early": self.stopped_early,
+                "best_dice": self.best_dice, "best_epoch": self.best_epoch,
+                "best_model": self.best_state}
+
+    def load_state(self, state: dict) -> None:
+        """Resumes from a checkpoint written by `fit` (training continues at epoch + 1)."""
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError):
+            raise UserError("the checkpoint to resume from holds another architecture: pass the "
+                            "same features as the run that wrote it") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_dice = state["epoch"], state["best_dice"]
+        self.stopped_early = state.get("stopped_early", False)
+        self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
+
+    def validate(self, val_loader) -> dict[str, float]:
+        """Recalibrates BatchNorm, then validates the current weights in eval mode."""
+        batchnorm.recalibrate(self.model, self.calibration, self.precision)
+        return validate(self.model, val_loader, self.loss_fn, self.precision)
+
+    def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
+        epochs, patience = self.epochs, self.schedule.patience
+        if distributed.is_main() and not self.checkpoint_path.exists():
+            save_checkpoint(self.state(), self.checkpoint_path)
+        while self.epoch < epochs and not self.stopped_early:
+            epoch = self.epoch + 1
+            sampler = getattr(train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            # Augmentation drawn from (seed, epoch), like the sampler: a resumed run draws what
+            # the uninterrupted one drew (loader workers reseed themselves, see _seed_worker).
+            transform = getattr(getattr(train_loader, "dataset", None), "transform", None)
+            if hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(self.seed * 100_003 + epoch)
+            train = train_one_epoch(self.train_module, train_loader, self.optimizer, self.loss_fn,
+                                    self.precision, self.scaler, self.scheduler,
+                                    desc=f"epoch {epoch}/{epochs}")
+            train["lr"] = self.scheduler.get_last_lr()[0]
+            val = self.validate(val_loader)
+            if not math.isfinite(val["loss"]):
+                raise NonFiniteLoss(f"validation loss is {val['loss']} after epoch {epoch}: "
+                                    f"lower lr or check the data")
+            improved = val["dice"] > self.best_dice
+            if improved:
+                self.best_dice, self.best_epoch = val["dice"], epoch
+                self.best_state = copy.deepcopy(self.model.state_dict())
+            self.epoch = epoch
+            # Early stopping: the best weights are kept, so rounds that do not beat them
+            # only cost time.
+            self.stopped_early = bool(patience) and epoch < epochs and \
+                epoch - self.best_epoch >= patience
+            if distributed.is_main():
+                save_checkpoint(self.state(), self.checkpoint_path)
+            yield EpochResult(epoch, train, val, improved)

@@ -1,0 +1,77 @@
+"""Testing a Segmenter on image/mask pairs at their original resolution."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from unet.data import Pair, load_image, load_mask
+from unet.metrics import SegmentationMetrics, confusion, scores
+from unet.predict import TTA_FLIPS, Segmenter
+from unet.visualize import overlay, panel
+
+
+def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float = 0.5,
+                   batch_size: int = 16, out_dir: Path | None = None) -> dict[str, float]:
+    """Accuracy/Dice/IoU per image and micro (see unet.metrics), masks scored at full size.
+
+    With out_dir, writes masks/<stem>_mask.png (0/255), overlays/<stem>_overlay.jpg,
+    panels/<stem>.jpg (image | truth | prediction | overlay) for the first 8, and
+    per_image.csv (stem, accuracy, dice, iou, tp, fp, fn, tn).
+    """
+    metrics = SegmentationMetrics()
+    if out_dir is not None:
+        for sub in ("masks", "overlays", "panels"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(pairs), desc="test", leave=False, dynamic_ncols=True,
+                disable=None)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        images = [load_image(p.image) for p in chunk]
+        for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
+                                            segmenter.masks(images, threshold, batch_size)):
+            truth = load_mask(pair.mask)
+            metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
+            if out_dir is not None:
+                Image.fromarray(pred * 255).save(out_dir / "masks" / f"{pair.stem}_mask.png")
+                Image.fromarray(overlay(image, pred)).save(
+                    out_dir / "overlays" / f"{pair.stem}_overlay.jpg")
+                if index < 8:
+                    Image.fromarray(panel(image, truth, pred)).save(
+                        out_dir / "panels" / f"{pair.stem}.jpg")
+        bar.update(len(chunk))
+    bar.close()
+    if out_dir is not None:
+        write_per_image_csv(out_dir / "per_image.csv", pairs, metrics.all_counts())
+    return metrics.compute()
+
+
+def write_per_image_csv(path: Path, pairs: Sequence[Pair], counts: torch.Tensor) -> None:
+    per_image = scores(counts)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["stem", "accuracy", "dice", "iou", "tp", "fp", "fn", "tn"])
+        for i, pair in enumerate(pairs):
+            writer.writerow([pair.stem] + [f"{per_image[k][i].item():.6f}" for k in
+                                           ("accuracy", "dice", "iou")] + counts[i].tolist())
+
+
+def choose_tta(segmenter: Segmenter, dataset, min_gain: float = 0.002,
+               threshold: float = 0.5) -> tuple[str, dict[str, float]]:
+    """The test-time augmentation to keep: the mode of TTA_FLIPS with the best per-image Dice
+    on `dataset`'s pairs at the training size, if it beats no augmentation by min_gain (each
+    flip costs a forward pass: keep them only where they help). Returns (mode, Dice per mode)."""
+    pairs = [dataset.resized(i) for i in range(len(dataset))]
+    truth = torch.from_numpy(np.stack([mask for _, mask in pairs]))
+    dice = {}
+    for mode in TTA_FLIPS:
+        probs = segmenter.with_tta(mode).probabilities(image for image, _ in pairs)
+        pred = torch.from_numpy(np.stack([p > threshold for p in probs]))
+        dice[mode] = scores(confusion(pred, truth))["dice"].mean().item()
+    best = max(dice, key=dice.get)
+    return (best if dice[best] >= dice["none"] + min_gain else "none"), dice

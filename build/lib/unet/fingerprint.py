@@ -1,0 +1,124 @@
+"""What the training plan measures: the data (a fingerprint of the training split) and the
+machine (its device and the speed of a few training steps)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from unet.data import Pair, load_mask
+from unet.losses import make_loss
+from unet.model import UNet
+from unet.precision import Precision
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """What the plan needs to know of the data (measured on the training split)."""
+    train_images: int
+    val_images: int
+    median_height: int
+    median_width: int
+    foreground_fraction: float     # mean share of object pixels per mask
+    small_object_px: float | None  # 10th percentile of the objects' equivalent diameters
+    classes: int = 2
+
+
+def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
+    """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
+    masks, spread evenly over the training split, for object sizes."""
+    def spread(items, n):
+        step = max(1, len(items) // n)
+        return list(items)[::step][:n]
+
+    sizes = []
+    for pair in spread(train, 256):
+        with Image.open(pair.image) as image:
+            sizes.append(image.size[::-1])
+    diameters, fractions = [], []
+    for pair in spread(train, sample):
+        mask = load_mask(pair.mask)
+        fractions.append(float(mask.mean()))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        # Specks of a few pixels are label noise, not objects to resolve.
+        diameters += [2 * math.sqrt(a / math.pi) for a in areas if a >= 4]
+    heights, widths = zip(*sizes)
+    return Fingerprint(len(train), len(val), int(np.median(heights)), int(np.median(widths)),
+                       float(np.mean(fractions)),
+                       float(np.percentile(diameters, 10)) if diameters else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    device: str          # cpu | cuda
+    bf16: bool
+    cores: int
+    gpu_memory_gb: float = 0.0
+
+    @classmethod
+    def of(cls, precision: Precision) -> "Machine":
+        memory = 0.0
+        if precision.device.type == "cuda":
+            memory = torch.cuda.get_device_properties(precision.device).total_memory / 2**30
+        return cls(precision.device.type, precision.autocast is torch.bfloat16,
+                   len(os.sched_getaffinity(0)), round(memory, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Speed:
+    seconds_per_step: float       # one optimizer step at the planned batch and size
+    eval_images_per_second: float
+
+
+def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[int, int],
+                  batch_size: int, precision: Precision, steps: int = 2) -> Speed:
+    """Times a few training steps on `patch`-sized crops and forward passes on whole
+    `size` inputs of a fresh UNet on random images, after a warm-up (the first call of each
+    shape pays for kernel selection and allocation)."""
+    model = UNet(features=features).to(precision.device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = make_loss("bce_dice")
+    images = precision.to_device(torch.rand(batch_size, 3, *patch))
+    masks = (torch.rand(batch_size, 1, *patch, device=precision.device) > 0.5).float()
+    whole = precision.to_device(torch.rand(batch_size, 3, *size))
+
+    def sync():
+        if precision.device.type == "cuda":
+            torch.cuda.synchronize(precision.device)
+
+    def train_step():
+        with precision.context():
+            logits = model(images)
+        loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed(fn, n):
+        """Seconds per call: the best of 3 repetitions of n calls, after a warm-up (a
+        neighbour's burst of load slows one repetition, not all three)."""
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            best = min(best, (time.perf_counter() - start) / n)
+        return best
+
+    model.train()
+    per_step = timed(train_step, steps)
+    model.eval()
+    with torch.no_grad():
+        per_forward = timed(lambda: model(whole), steps)
+    return Speed(per_step, batch_size / per_forward)

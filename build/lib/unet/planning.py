@@ -1,0 +1,223 @@
+"""The training plan: settings derived from the data, the machine and a time budget.
+
+As nnU-Net does, in three stages with a file between the last two: a fingerprint of the data
+(how many images, their size, how small the objects are; unet/fingerprint.py), a planner that turns fingerprint +
+machine + budget into settings by a few rules (each stated where it is applied), and the plan
+(`plan.json` in the train run) that the trainer only reads. Every value the user gave wins; the
+plan fills in the rest and sizes the number of optimizer steps to the values in effect.
+
+The rules' constants live in params.yaml (`plan:`), where they can be read and changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from unet import config
+from unet.data import Pair
+from unet.fingerprint import Fingerprint, Machine, Speed, fingerprint, measure_speed
+from unet.precision import Precision
+
+
+# Settings the plan fills in when the user leaves them "auto".
+PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",
+           "image_height", "image_width", "patch_height", "patch_width", "features", "loss", "color_jitter", "patience",
+           "bn_recalibration")
+
+
+@dataclasses.dataclass
+class Plan:
+    values: dict[str, Any]        # a value for every name in PLANNED
+    fingerprint: Fingerprint
+    machine: Machine
+    speed: Speed | None           # None when the number of steps was given
+    budget_minutes: float
+    estimated_minutes: float | None
+    notes: list[str]              # why each value is what it is
+
+    def to_dict(self) -> dict:
+        return {"values": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.values.items()},
+                "fingerprint": dataclasses.asdict(self.fingerprint),
+                "machine": dataclasses.asdict(self.machine),
+                "speed": dataclasses.asdict(self.speed) if self.speed else None,
+                "budget_minutes": self.budget_minutes,
+                "estimated_minutes": self.estimated_minutes, "notes": self.notes}
+
+    def to_text(self) -> str:
+        fp, m = self.fingerprint, self.machine
+        objects = f"{fp.small_object_px:.0f} px" if fp.small_object_px else "none found"
+        lines = ["=== training plan ===",
+                 f"  data     {fp.train_images} train / {fp.val_images} val images, median "
+                 f"{fp.median_height}x{fp.median_width}, foreground {fp.foreground_fraction:.0%},"
+                 f" small objects {objects}",
+                 f"  machine  {m.device}{' bf16' if m.bf16 else ''}, {m.cores} cores"
+                 + (f", {m.gpu_memory_gb} GB" if m.device == "cuda" else "")]
+        v = self.values
+        patch = ("" if (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
+                 else f" (trained on {v['patch_height']}x{v['patch_width']} crops)")
+        lines += [f"  input    {v['image_height']}x{v['image_width']}{patch}, features "
+                  f"{','.join(map(str, v['features']))}, batch {v['batch_size']}",
+                  f"  steps    {v['epochs']} epochs x {v['steps_per_epoch']} = "
+                  f"{v['epochs'] * v['steps_per_epoch']} (warm-up {v['warmup_steps']}, "
+                  f"early stop after {v['patience'] or 'never'})",
+                  f"  optim    Adam lr {v['lr']:.3g} {v['lr_schedule']}, loss {v['loss']}, "
+                  f"colour jitter {v['color_jitter']}, BN recalibration on "
+                  f"{v['bn_recalibration']} images"]
+        if self.estimated_minutes is not None:
+            lines.append(f"  time     ~{self.estimated_minutes:.1f} min of a "
+                         f"{self.budget_minutes:g} min budget "
+                         f"({self.speed.seconds_per_step * 1000:.0f} ms per step measured)")
+        lines += [f"  why      {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def plan_size(fp: Fingerprint, levels: int, rules: dict) -> tuple[tuple[int, int], str]:
+    """Input size: the median image scaled to the device's pixel budget, keeping its aspect,
+    but never so small that the small objects shrink below min_object_px, and never enlarged;
+    sides rounded to multiples of 2**levels (each level halves them)."""
+    height, width = fp.median_height, fp.median_width
+    scale = math.sqrt(rules["pixels"] / (height * width))
+    why = f"median image scaled to ~{rules['pixels']} pixels"
+    if fp.small_object_px and fp.small_object_px * scale < rules["min_object_px"]:
+        scale = rules["min_object_px"] / fp.small_object_px
+        why = (f"scaled so that small objects ({fp.small_object_px:.0f} px) keep "
+               f">= {rules['min_object_px']} px")
+    scale = min(1.0, scale)
+    multiple = 2 ** levels
+    return (round_to(height * scale, multiple), round_to(width * scale, multiple)), why
+
+
+def plan_patch(size: tuple[int, int], pixels: int, multiple: int) -> tuple[int, int]:
+    """The input itself if it holds at most `pixels`, else the largest crop of about `pixels`
+    with its aspect, sides multiples of `multiple` and no larger than the input's."""
+    height, width = size
+    if height * width <= pixels:
+        return size
+    aspect = width / height
+    crop_height = round_to(math.sqrt(pixels / aspect), multiple)
+    return min(height, crop_height), min(width, round_to(crop_height * aspect, multiple))
+
+
+def rounds_of(steps: int, natural: int, rules: dict) -> tuple[int, int]:
+    """(rounds, steps per round): validate after every pass over the data (`natural` steps),
+    but at least min_rounds and at most max_rounds times (a big folder validates within a
+    pass)."""
+    per_round = min(max(natural, math.ceil(steps / rules["max_rounds"])),
+                    math.ceil(steps / rules["min_rounds"]))
+    return max(1, round(steps / per_round)), per_round
+
+
+def budget_steps(budget: float, seconds_per_step: float, round_seconds: float, natural: int,
+                 rules: dict, per_round: int | None = None) -> tuple[int, str]:
+    """(optimizer steps, why): what fills `budget` seconds once the validation rounds are paid
+    for, at most max_passes over the data, never fewer than min_steps. The rounds depend on the
+    steps and the steps on the rounds: a few substitutions settle both."""
+    rounds = rules["max_rounds"]
+    for _ in range(3):
+        steps = min((budget - rounds * round_seconds) / seconds_per_step,
+                    rules["max_passes"] * natural)
+        why = ("the time budget" if steps < rules["max_passes"] * natural
+               else f"{rules['max_passes']} passes over the data")
+        if steps < rules["min_steps"]:
+            steps, why = rules["min_steps"], f"the minimum of {rules['min_steps']} steps"
+        steps = int(steps)
+        rounds = (max(1, round(steps / per_round)) if per_round
+                  else rounds_of(steps, natural, rules)[0])
+    return steps, why
+
+
+def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: dict[str, Any],
+              rules: dict, nproc: int = 1,
+              measure: Callable[[tuple, tuple, tuple, int], Speed] | None = None) -> Plan:
+    """The settings in PLANNED: `given` (the user's explicit values) as they are, the rest by
+    the rules below. `measure(features, patch, size, batch)` times the machine (only called
+    when the number of steps is left to the budget)."""
+    device = rules["gpu"] if machine.device == "cuda" else rules["cpu"]
+    device = {**device, "min_object_px": rules["min_object_px"]}
+    v: dict[str, Any] = dict(given)
+    notes: list[str] = []
+    v.setdefault("features", tuple(int(f) for f in str(device["features"]).split(",")))
+    # A size the user chose (one side or both) is trained on whole; a planned one may be cropped.
+    planned_size = "image_height" not in v and "image_width" not in v
+    if "image_height" not in v or "image_width" not in v:
+        (height, width), why = plan_size(fp, len(v["features"]), device)
+        aspect = fp.median_width / fp.median_height
+        if "image_height" in v:          # one side given: the other keeps the aspect
+            width = round_to(v["image_height"] * aspect, 2 ** len(v["features"]))
+        elif "image_width" in v:
+            height = round_to(v["image_width"] / aspect, 2 ** len(v["features"]))
+        v.setdefault("image_height", height)
+        v.setdefault("image_width", width)
+        notes.append(f"input size: {why}")
+    # Training crops: the whole input when it fits the pixel budget, else crops of the budget's
+    # size and the input's aspect (the network is convolutional: it predicts whole inputs).
+    size = (v["image_height"], v["image_width"])
+    patch = (plan_patch(size, device["pixels"], 2 ** len(v["features"]))
+             if planned_size else size)
+    v.setdefault("patch_height", patch[0])
+    v.setdefault("patch_width", patch[1])
+    # Batch: the device's, at most half the training images (so an epoch has 2+ steps), a
+    # multiple of the processes sharing it.
+    if "batch_size" not in v:
+        batch = max(2, min(device["batch_size"], fp.train_images // 2))
+        v["batch_size"] = -(-batch // nproc) * nproc
+    # Adam's lr grows with the square root of the batch (the noise of a gradient estimate).
+    v.setdefault("lr", rules["lr"] * math.sqrt(v["batch_size"] / 8))
+    for name in ("lr_schedule", "loss", "color_jitter", "bn_recalibration"):
+        v.setdefault(name, rules[name])
+    natural = math.ceil(fp.train_images / v["batch_size"])    # steps in one pass over the data
+
+    speed, estimate = None, None
+    if "epochs" in v:
+        v.setdefault("steps_per_epoch", natural)
+    else:
+        speed = measure(v["features"], (v["patch_height"], v["patch_width"]), size,
+                        v["batch_size"])
+        # Each validation round costs a pass over the validation images, the BN
+        # recalibration images and about a second of checkpointing and logging.
+        round_seconds = ((fp.val_images + v["bn_recalibration"]) / speed.eval_images_per_second
+                         + rules["round_overhead_seconds"])
+        steps, why = budget_steps(budget_minutes * 60, speed.seconds_per_step, round_seconds,
+                                  natural, rules, v.get("steps_per_epoch"))
+        v.setdefault("steps_per_epoch", rounds_of(steps, natural, rules)[1])
+        v["epochs"] = max(1, round(steps / v["steps_per_epoch"]))
+        notes.append(f"steps: set by {why} ({natural} steps per pass over the data)")
+    total = v["epochs"] * v["steps_per_epoch"]
+    if speed is not None:
+        estimate = (total * speed.seconds_per_step + v["epochs"] * round_seconds) / 60
+        if estimate > budget_minutes:
+            notes.append(f"over budget: ~{estimate:.1f} min for the minimum of "
+                         f"{rules['min_steps']} steps and their validations; raise "
+                         f"time_budget_min or set epochs")
+    # Warm-up over 5% of the steps (at most max_warmup); patience a quarter of the rounds.
+    v.setdefault("warmup_steps", min(rules["max_warmup"],
+                                     math.ceil(rules["warmup_fraction"] * total)))
+    v.setdefault("patience", max(rules["min_patience"], v["epochs"] // 4))
+    return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
+                estimate, notes)
+
+
+def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pair],
+              precision: Precision, params: dict[str, Any] | None = None):
+    """The train config for this split: the user's values, then the preset's (if one is
+    named), then the plan's. Returns (TrainConfig, Plan)."""
+    params = params if params is not None else config.read_params()
+    explicit = config.given("train", overrides, params)
+    # Check the user's values before measuring anything (placeholders stand in for "auto").
+    placeholders = {**config.preset("train", "seed", params), "steps_per_epoch": 1,
+                    "batch_size": 8 * max(1, explicit["nproc"]), "patch_height": 16,
+                    "patch_width": 16}
+    config.load("train", overrides, auto=placeholders, params=params)
+    fixed = {**config.preset("train", explicit.get("preset", config.AUTO), params),
+             **{k: v for k, v in explicit.items() if k in PLANNED}}
+    plan = make_plan(fingerprint(train, val), Machine.of(precision), explicit["time_budget_min"],
+                     fixed, params["plan"], explicit["nproc"],
+                     measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision))
+    return config.load("train", overrides, auto=plan.values, params=params), plan

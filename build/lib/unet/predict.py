@@ -1,0 +1,130 @@
+"""Inference on images of any size: what `evaluate`, the logged model and serving all run."""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from unet.data import rgb_array
+from unet.precision import Precision, choose_precision, prepare
+from unet.model import UNet
+from unet.transforms import resize_image, to_input
+
+
+# Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
+TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
+
+
+class Segmenter:
+    """A trained UNet plus the preprocessing it was trained with.
+
+    Images (H, W, 3) uint8 of any size are resized to the training size, normalized as in
+    training, segmented, and the probabilities are resized back to (H, W). With `tta` "hflip"
+    (or "flips": horizontal, vertical and both) the probabilities are averaged over the flipped
+    images, each flipped back; the train step keeps TTA only where it measured a gain.
+    """
+
+    def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
+                 tta: str = "none"):
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
+        self.precision = precision or choose_precision("auto")
+        self.model = prepare(model, self.precision).eval()
+        self.image_size = tuple(image_size)
+        self.tta = tta
+
+    @classmethod
+    def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
+        """From {"features", "image_size", "model", "tta"} as written by `to_state`."""
+        model = UNet(features=state["features"])
+        model.load_state_dict(state["model"])
+        return cls(model, state["image_size"], precision, state.get("tta", "none"))
+
+    def to_state(self) -> dict:
+        return {"features": list(self.model.features), "image_size": list(self.image_size),
+                "tta": self.tta,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    def with_tta(self, tta: str) -> "Segmenter":
+        """The same weights with another test-time augmentation ("auto": this one's)."""
+        if tta == "auto" or tta == self.tta:
+            return self
+        return Segmenter(self.model, self.image_size, self.precision, tta)
+
+    @torch.no_grad()
+    def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
+        """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities."""
+        self.model.eval()   # the model may be shared with a Trainer that set train mode
+        x = self.precision.to_device(torch.from_numpy(to_input(batch)))
+        flips = TTA_FLIPS[self.tta]
+        total = None
+        for dims in flips:
+            with self.precision.context():
+                logits = self.model(x.flip(dims) if dims else x)
+            probs = torch.sigmoid(logits[:, 0].float())
+            # Flip back: dims of (B, C, H, W) are dims - 1 of (B, H, W).
+            probs = probs.flip([d - 1 for d in dims]) if dims else probs
+            total = probs if total is None else total + probs
+        return (total / len(flips)).cpu().numpy()
+
+    def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
+                      ) -> Iterator[np.ndarray]:
+        """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size."""
+        batch: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
+
+        def flush():
+            probs = self.probabilities_resized(np.stack(batch))
+            for p, (h, w) in zip(probs, sizes):
+                yield p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+            batch.clear()
+            sizes.clear()
+
+        for image in images:
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+            sizes.append(image.shape[:2])
+            batch.append(resize_image(image, self.image_size))
+            if len(batch) == batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+    def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
+              batch_size: int = 16) -> Iterator[np.ndarray]:
+        """Yields one (H, W) uint8 0/1 mask per image, at the image's size."""
+        for probs in self.probabilities(images, batch_size):
+            yield (probs > threshold).astype(np.uint8)
+
+
+class UnreadableImage(ValueError):
+    """A file or byte string that is not a decodable image."""
+
+
+def read_image(source: bytes | Path) -> np.ndarray:
+    """JPEG/PNG bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation
+    says (phone photos), so that its mask lines up with the image as people see it.
+
+    Raises UnreadableImage saying why (not an image, truncated, ...).
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                        else source) as image:
+            return rgb_array(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"unreadable image ({e})") from None
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 -> PNG bytes (lossless, small for masks)."""
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()

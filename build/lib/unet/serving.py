@@ -1,0 +1,93 @@
+"""The logged model's interface (MLflow pyfunc): images in, masks out.
+
+Input: a DataFrame with one column `image`, one row per image of any size. A cell holds the
+bytes of a JPEG/PNG file (over HTTP: base64 text, which MLflow decodes because the column's
+type is binary) or, from Python, an (H, W, 3) uint8 RGB array.
+
+Output: a DataFrame, one row per image: `mask` (PNG bytes, (H, W), 0 background / 255 object,
+at the image's own size; base64 text over HTTP), `height`, `width`, and with
+params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
+Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from unet.predict import TTA_FLIPS, Segmenter, UnreadableImage, encode_png, read_image
+
+INPUT_COLUMN = "image"
+DEFAULT_THRESHOLD = 0.5
+
+
+def invalid(message: str) -> MlflowException:
+    """An error the scoring server answers with HTTP 400 and this message."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def as_image(index: int, cell: Any) -> np.ndarray:
+    """One input cell (image bytes or an (H, W, 3) uint8 array) -> (H, W, 3) uint8."""
+    if isinstance(cell, (bytes, bytearray)):
+        try:
+            return read_image(bytes(cell))
+        except UnreadableImage as e:
+            problem = e
+        try:   # {"inputs": ...} requests reach the model still base64-encoded (MLflow decodes
+            # only dataframe_split/dataframe_records for binary columns)
+            return read_image(base64.b64decode(cell))
+        except (binascii.Error, UnreadableImage):
+            raise invalid(f"image {index}: {problem}; send the base64 of a JPEG or PNG "
+                          f"file") from None
+    if isinstance(cell, np.ndarray) and cell.dtype == np.uint8 and cell.ndim == 3 \
+            and cell.shape[2] == 3:
+        return cell
+    kind = (f"an array of {cell.dtype} {cell.shape}" if isinstance(cell, np.ndarray)
+            else f"a {type(cell).__name__}")
+    raise invalid(f"image {index}: got {kind}; expected JPEG/PNG bytes (base64 over HTTP) "
+                  f"or an (H, W, 3) uint8 array")
+
+
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    """A Segmenter (UNet + its training preprocessing) behind the image interface above.
+    Params: `threshold` (default 0.5) cuts the probabilities; `return_probabilities`."""
+
+    def load_context(self, context) -> None:
+        state = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=True)
+        self.segmenter = Segmenter.from_state(state)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        params = params or {}
+        threshold = float(params.get("threshold", DEFAULT_THRESHOLD))
+        if not 0 < threshold < 1:
+            raise invalid(f"param threshold={threshold}: must be in (0, 1)")
+        with_probabilities = bool(params.get("return_probabilities", False))
+        tta = str(params.get("tta", "auto"))
+        if tta != "auto" and tta not in TTA_FLIPS:
+            raise invalid(f"param tta={tta}: use auto, {', '.join(TTA_FLIPS)}")
+        segmenter = self.segmenter.with_tta(tta)
+        if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
+            raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
+        images = [as_image(i, cell) for i, cell in enumerate(model_input[INPUT_COLUMN])]
+        rows = []
+        for image, probs in zip(images, segmenter.probabilities(images)):
+            row = {"mask": encode_png((probs > threshold).astype(np.uint8) * 255),
+                   "height": image.shape[0], "width": image.shape[1]}
+            if with_probabilities:
+                row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["mask", "height", "width"]
+                            + (["probabilities"] if with_probabilities else []))
+
+
+def decode_mask(png: bytes) -> np.ndarray:
+    """A `mask` cell of the model's output -> (H, W) uint8 0/1."""
+    return (read_image(png)[..., 0] > 127).astype(np.uint8)

@@ -1,0 +1,73 @@
+"""What a TrainConfig trains with: datasets, loaders and the Trainer, in this process (one of
+several under torchrun). Knows nothing of MLflow (unet/tracking/training.py logs the fit)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from unet import distributed, engine, transforms
+from unet.cache import ArrayCache
+from unet.config import TrainConfig
+from unet.data import Pair, SegmentationDataset
+from unet.errors import UserError
+from unet.model import UNet
+from unet.precision import Precision
+from unet.schedule import EpochSampler, Schedule
+
+
+@dataclasses.dataclass
+class TrainData:
+    train_set: SegmentationDataset     # resized once, augmented per read
+    val_set: SegmentationDataset       # resized once, normalized only
+    batch_size: int                    # this process's share of the global batch
+    seed: int                          # this process's augmentation seed
+    cache: ArrayCache | None
+
+
+def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]]) -> TrainData:
+    """Decodes and resizes the train and val pairs (through the disk cache when on)."""
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise UserError(f"parameter batch_size={cfg.batch_size}: the batch is shared out among "
+                        f"{world} processes; make it a multiple of that")
+    # Augmentation and loader workers draw differently in each process.
+    seed = cfg.seed + distributed.rank()
+    size, patch = (cfg.image_height, cfg.image_width), (cfg.patch_height, cfg.patch_width)
+    augment = transforms.train_transform(cfg.rotate_limit, cfg.hflip, cfg.vflip,
+                                         cfg.color_jitter, seed, patch if patch != size else None)
+    cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
+    train_set = SegmentationDataset(subsets["train"], size, augment, cache).preload()
+    val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
+                                  cache).preload()
+    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache)
+
+
+def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
+                 checkpoint: Path) -> engine.Trainer:
+    """The Trainer of cfg: its schedule, loss, BatchNorm calibration images and the model
+    wrapped for several processes."""
+    engine.seed_everything(cfg.seed)         # the same initial weights in every process
+    schedule = Schedule(cfg.lr, cfg.epochs, cfg.steps_per_epoch, cfg.warmup_steps,
+                        cfg.lr_schedule, cfg.patience)
+    calibration = engine.calibration_batches(
+        data.train_set.with_transform(transforms.eval_transform()), cfg.bn_recalibration,
+        data.batch_size, cfg.seed)
+    trainer = engine.Trainer(UNet(features=cfg.features), schedule, precision, checkpoint,
+                             cfg.loss, calibration,
+                             wrap=lambda model: distributed.wrap(model, cfg.sync_bn),
+                             seed=data.seed)
+    if cfg.compile:
+        trainer.model.compile()   # in place: state_dict keys stay those of the UNet
+    return trainer
+
+
+def make_loaders(cfg: TrainConfig, data: TrainData, precision: Precision):
+    """(train loader, val loader): every process draws the same global order of training
+    images (same seed) and takes its share; each validates its share of the val images."""
+    sampler = EpochSampler(len(data.train_set), cfg.steps_per_epoch * cfg.batch_size, cfg.seed,
+                           distributed.rank(), distributed.world_size())
+    train = engine.make_loader(data.train_set, data.batch_size, cfg.num_workers, data.seed,
+                               precision, sampler)
+    val = engine.make_loader(distributed.shard(data.val_set), data.batch_size, cfg.num_workers,
+                             data.seed, precision)
+    return train, val

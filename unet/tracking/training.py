@@ -1,0 +1,168 @@
+"""The train step around the engine: the inputs it fetches, the hand-off to torchrun, the fit
+loop with its logging, and the best model logged at the end.
+
+With nproc > 1 the step's process only launches: it fetches the split once, then runs the step
+again in nproc processes under torchrun (unet/distributed.py). Of those, rank 0 logs to the run
+(the one `mlflow run` made, found through MLFLOW_RUN_ID, or a new one); the others only train.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import mlflow
+
+from unet import config, distributed, engine, fitting, planning, transforms
+from unet.errors import UserError
+from unet.evaluation import choose_tta
+from unet.model import UNet
+from unet.planning import Plan
+from unet.precision import Precision, choose_precision
+from unet.predict import Segmenter
+from unet.tracking import models, reports, runs, splits
+from unet.visualize import sample_grid
+
+CHECKPOINTS = Path("checkpoints")   # <run id>/last.pt: the latest completed epoch of each run
+HANDOFF = "UNET_TRAIN_INPUTS"       # set by `launch`: where the pickled TrainInputs are
+
+
+@dataclasses.dataclass
+class TrainInputs:
+    cfg: config.TrainConfig
+    plan: Plan
+    split: splits.Split
+    resume: dict | None                # the checkpoint to continue from
+
+
+def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
+    """The config (its "auto" values from the plan for this split and machine), the plan, the
+    split (a generated data set downloaded into workdir) and the checkpoint to resume from."""
+    if not overrides.get("split_run_id"):
+        raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
+    split = splits.load_split(overrides["split_run_id"], workdir=workdir)
+    if not split.subsets["val"]:
+        raise UserError(f"split run {split.run_id} has no validation images: run split_data "
+                        f"with val_fraction > 0")
+    precision = choose_precision(config.given("train", overrides).get("precision", config.AUTO))
+    cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
+                                   precision)
+    resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
+              if cfg.resume_from else None)
+    return TrainInputs(cfg, plan, split, resume)
+
+
+def handed_off() -> TrainInputs | None:
+    """In a process `launch` started: the inputs it fetched; else None."""
+    path = os.environ.get(HANDOFF)
+    return pickle.loads(Path(path).read_bytes()) if path else None
+
+
+def launch(inputs: TrainInputs, module: str, workdir: Path) -> None:
+    """Runs `python -m module` in cfg.nproc processes under torchrun, handing them the inputs
+    fetched here once (the split's data stays in workdir until they finish)."""
+    handoff = workdir / "inputs.pickle"
+    handoff.write_bytes(pickle.dumps(inputs))
+    nproc = inputs.cfg.nproc
+    status = distributed.launch(nproc, module, {HANDOFF: str(handoff)})
+    if status != 0:
+        raise UserError(f"training in {nproc} processes failed (torchrun exit status "
+                        f"{status}): see the processes' errors above")
+
+
+def log_inputs(inputs: TrainInputs, precision: Precision) -> None:
+    """The plan, the effective config, the split and the machine, on the active run."""
+    print(inputs.plan.to_text(), flush=True)
+    cfg, split = inputs.cfg, inputs.split
+    cars = len({pair.group for pairs in split.subsets.values() for pair in pairs})
+    runs.name_run(f"train lr={cfg.lr:.3g} {cars} cars {cfg.image_height}x{cfg.image_width}"
+                  + (f" preset={cfg.preset}" if cfg.preset != config.AUTO else ""))
+    reports.log_plan(inputs.plan)
+    runs.log_effective_params(config.as_params(inputs.cfg))
+    mlflow.set_tag("split_run_id", inputs.split.run_id)
+    splits.log_split_inputs(inputs.split, ("train", "val"))
+    mlflow.set_tags({"precision": precision.name, "device": str(precision.device),
+                     "world_size": distributed.world_size()})
+
+
+def fit(inputs: TrainInputs, precision: Precision, run) -> None:
+    """Trains in this process (one of several under torchrun); `run` is None but in rank 0,
+    which logs every epoch and, at the end, the best model."""
+    cfg = inputs.cfg
+    if run is not None:
+        log_inputs(inputs, precision)
+    data = fitting.load_data(cfg, inputs.split.subsets)
+    if data.cache is not None and run is not None:
+        print(f"resized arrays: {data.cache.hits} from {data.cache.directory}, "
+              f"{data.cache.misses} decoded")
+        if data.cache.rebuilt:
+            print(f"rebuilt {len(data.cache.rebuilt)} unreadable cache entries: "
+                  + ", ".join(p.name for p in data.cache.rebuilt))
+    # Only rank 0 (which has the run) writes the checkpoint.
+    checkpoint = CHECKPOINTS / (run.info.run_id if run else "-") / "last.pt"
+    trainer = fitting.make_trainer(cfg, data, precision, checkpoint)
+    if inputs.resume is not None:
+        # A new run continues the old one's last completed epoch (a killed run can't be
+        # reopened: its status is KILLED, or RUNNING forever after a kill -9).
+        trainer.load_state(inputs.resume)
+        if run is not None:
+            mlflow.set_tag("resumed_from", cfg.resume_from)
+            print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
+    train_loader, val_loader = fitting.make_loaders(cfg, data, precision)
+    if run is not None:
+        print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
+              f"{len(data.val_set)} val images, {cfg.epochs} epochs, {precision.name} on "
+              f"{precision.device}", flush=True)
+    run_epochs(trainer, train_loader, val_loader, data.val_set, run)
+    if run is not None:
+        log_best_model(cfg, trainer, data.val_set, precision, run)
+
+
+def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) -> None:
+    """The fit loop: logs and prints each epoch (rank 0); an interruption logs the last
+    completed epoch's checkpoint and says how to resume; a non-finite loss is one line."""
+    live = Segmenter(trainer.model, val_set.size, trainer.precision)   # the weights in training
+    try:
+        for result in trainer.fit(train_loader, val_loader):
+            if run is None:
+                continue
+            reports.log_epoch(result, trainer.checkpoint_path, sample_grid(live, val_set))
+            print(f"epoch {result.epoch}/{trainer.epochs}: train loss "
+                  f"{result.train['loss']:.4f}, val loss {result.val['loss']:.4f}, val Dice "
+                  f"{result.val['dice']:.4f}, lr {result.train['lr']:.2e}, "
+                  f"{result.train['images_per_second']:.1f} img/s"
+                  + (" (best)" if result.improved else ""), flush=True)
+    except KeyboardInterrupt:
+        if run is None:
+            raise
+        # The epoch under way is dropped; the checkpoint on disk is the last completed one.
+        runs.log_checkpoint(trainer.checkpoint_path)
+        raise KeyboardInterrupt(
+            f"train run {run.info.run_id} stopped during epoch {trainer.epoch + 1}/"
+            f"{trainer.epochs} (marked KILLED); the checkpoint of epoch {trainer.epoch} is "
+            f"logged as {runs.CHECKPOINT_ARTIFACT}: continue with -P resume_from="
+            f"{run.info.run_id}") from None
+    except engine.NonFiniteLoss as e:
+        raise UserError(f"training stopped: {e}. The checkpoint of epoch {trainer.epoch}, "
+                        f"the last good one, is kept in {trainer.checkpoint_path}") from None
+
+
+def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
+    """Logs the best-by-validation-Dice weights as the run's model, with the test-time
+    augmentation that validation measured to help, and an input example."""
+    best = UNet(features=cfg.features)
+    best.load_state_dict(trainer.best_state)
+    segmenter = Segmenter(best, (cfg.image_height, cfg.image_width), precision)
+    segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
+    mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
+    image, _ = val_set.resized(0)
+    example = transforms.resize_image(image, (cfg.image_height // 2, cfg.image_width // 2))
+    model_uri = models.log_model(segmenter, example)
+    mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch})
+    mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower()})
+    stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
+            f"{cfg.patience} epochs); " if trainer.stopped_early else "")
+    print(f"train run {run.info.run_id}: {stop}best val Dice {trainer.best_dice:.4f} "
+          f"(epoch {trainer.best_epoch}), test-time augmentation {segmenter.tta}; "
+          f"model {model_uri}")
