@@ -36,8 +36,15 @@ def test_tools_are_outside_the_package():
 
 def test_the_installed_package_carries_the_defaults_of_params_yaml(tmp_path):
     """`pip install .` (a wheel, not the checkout) gives `import unet` the same params.yaml."""
+    import shutil
     import yaml
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+    source = tmp_path / "source"          # a copy: building writes build/ next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "params.yaml"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "unet", source / "unet", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
                     "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel")], check=True)
     (wheel,) = (tmp_path / "wheel").glob("unet_mlflow-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",

@@ -1,1 +1,0 @@
-"""U-Net binary segmentation: model, data, training, evaluation, and MLflow tracking."""
