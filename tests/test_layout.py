@@ -1,7 +1,12 @@
 """The library's shape: module and function sizes, the torch-only core, tools outside it."""
 import ast
+import importlib.util
+import json
+import shutil
 import subprocess
 import sys
+
+import yaml
 
 from conftest import ROOT
 
@@ -36,16 +41,16 @@ def test_tools_are_outside_the_package():
 
 def test_the_installed_package_carries_the_defaults_of_params_yaml(tmp_path):
     """`pip install .` (a wheel, not the checkout) gives `import unet` the same params.yaml."""
-    import shutil
-    import yaml
     source = tmp_path / "source"          # a copy: building writes build/ next to the sources
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "params.yaml"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "unet", source / "unet", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel")], check=True)
+    # Build with this environment's setuptools when it has one (no download), else pip's own.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", *isolation,
+                    "-q", "-w", str(tmp_path / "wheel")], check=True)
     (wheel,) = (tmp_path / "wheel").glob("unet_mlflow-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True)
@@ -53,7 +58,6 @@ def test_the_installed_package_carries_the_defaults_of_params_yaml(tmp_path):
             "print(json.dumps([unet.__file__, c.read_params()]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")}, check=True)
-    import json
     where, params = json.loads(out.stdout)
     assert where.startswith(str(tmp_path / "site"))           # not this checkout
     assert params == yaml.safe_load((ROOT / "params.yaml").read_text())

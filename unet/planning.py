@@ -1,10 +1,12 @@
 """The training plan: settings derived from the data, the machine and a time budget.
 
-As nnU-Net does, in three stages with a file between the last two: a fingerprint of the data
-(how many images, their size, how small the objects are; unet/fingerprint.py), a planner that turns fingerprint +
-machine + budget into settings by a few rules (each stated where it is applied), and the plan
-(`plan.json` in the train run) that the trainer only reads. Every value the user gave wins; the
-plan fills in the rest and sizes the number of optimizer steps to the values in effect.
+As nnU-Net does, in three stages: a fingerprint of the data (how many images, their size, how
+small the objects are) and of the machine (unet/fingerprint.py); a planner that turns them and
+the budget into settings by a few rules, each stated where it is applied; and the plan, printed
+and logged (`plan.json`, `plan.txt`) before training, whose values become the train config.
+Every value the user gave wins; the plan fills in the rest and sizes the number of optimizer
+steps to the values in effect (passing a plan's values with -P trains with the same settings
+without measuring anything).
 
 The rules' constants live in params.yaml (`plan:`), where they can be read and changed.
 """
@@ -23,8 +25,8 @@ from unet.precision import Precision
 
 # Settings the plan fills in when the user leaves them "auto".
 PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",
-           "image_height", "image_width", "patch_height", "patch_width", "features", "loss", "color_jitter", "patience",
-           "bn_recalibration")
+           "image_height", "image_width", "patch_height", "patch_width", "features", "loss",
+           "color_jitter", "patience", "bn_recalibration")
 
 
 @dataclasses.dataclass
@@ -56,8 +58,8 @@ class Plan:
                  f"  machine  {m.device}{' bf16' if m.bf16 else ''}, {m.cores} cores"
                  + (f", {m.gpu_memory_gb} GB" if m.device == "cuda" else "")]
         v = self.values
-        patch = ("" if (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
-                 else f" (trained on {v['patch_height']}x{v['patch_width']} crops)")
+        whole = (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
+        patch = "" if whole else f" (trained on {v['patch_height']}x{v['patch_width']} crops)"
         lines += [f"  input    {v['image_height']}x{v['image_width']}{patch}, features "
                   f"{','.join(map(str, v['features']))}, batch {v['batch_size']}",
                   f"  steps    {v['epochs']} epochs x {v['steps_per_epoch']} = "
@@ -174,7 +176,7 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
         v.setdefault(name, rules[name])
     natural = math.ceil(fp.train_images / v["batch_size"])    # steps in one pass over the data
 
-    speed, estimate = None, None
+    speed, estimate, why = None, None, "the epochs given"
     if "epochs" in v:
         v.setdefault("steps_per_epoch", natural)
     else:
@@ -192,7 +194,7 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
     total = v["epochs"] * v["steps_per_epoch"]
     if speed is not None:
         estimate = (total * speed.seconds_per_step + v["epochs"] * round_seconds) / 60
-        if estimate > budget_minutes:
+        if why.startswith("the minimum") and estimate > budget_minutes:
             notes.append(f"over budget: ~{estimate:.1f} min for the minimum of "
                          f"{rules['min_steps']} steps and their validations; raise "
                          f"time_budget_min or set epochs")
@@ -211,9 +213,10 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     params = params if params is not None else config.read_params()
     explicit = config.given("train", overrides, params)
     # Check the user's values before measuring anything (placeholders stand in for "auto").
-    placeholders = {**config.preset("train", "seed", params), "steps_per_epoch": 1,
-                    "batch_size": 8 * max(1, explicit["nproc"]), "patch_height": 16,
-                    "patch_width": 16}
+    seed = config.preset("train", "seed", params)
+    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"]),
+                    "patch_height": explicit.get("image_height", seed["image_height"]),
+                    "patch_width": explicit.get("image_width", seed["image_width"])}
     config.load("train", overrides, auto=placeholders, params=params)
     fixed = {**config.preset("train", explicit.get("preset", config.AUTO), params),
              **{k: v for k, v in explicit.items() if k in PLANNED}}

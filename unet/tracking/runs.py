@@ -59,8 +59,8 @@ def step_run(step: str, system_metrics: bool = False):
     GPU) use as `system/...` metrics while it runs. It ends FINISHED, FAILED on an error, or
     KILLED when interrupted (Ctrl-C, SIGTERM)."""
     if system_metrics:
-        # A sample every 5 s, logged at once (MLflow's default, 10 samples of 10 s, would
-        # record nothing for a run shorter than 100 s). The environment variables win.
+        # A sample every 5 s (MLflow's default is 10 s: a few points for a short run); the
+        # environment variables, when set, win.
         os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")
         os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     with mlflow.start_run(log_system_metrics=system_metrics) as run:
