@@ -22,7 +22,7 @@ from unet import ui
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--hide-scrollbars", "--window-size=1440,900",
-            "--virtual-time-budget=20000"]
+            "--virtual-time-budget=90000"]   # charts load lazily
 
 
 def free_port() -> int:
