@@ -11,7 +11,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from unet.data import Pair, load_image, load_mask
-from unet.metrics import SegmentationMetrics, confusion, scores
+from unet.metrics import SegmentationMetrics, confusion, scores, summarize
 from unet.predict import TTA_FLIPS, Segmenter
 from unet.visualize import overlay, panel
 
@@ -72,6 +72,6 @@ def choose_tta(segmenter: Segmenter, dataset, min_gain: float = 0.002,
     for mode in TTA_FLIPS:
         probs = segmenter.with_tta(mode).probabilities(image for image, _ in pairs)
         pred = torch.from_numpy(np.stack([p > threshold for p in probs]))
-        dice[mode] = scores(confusion(pred, truth))["dice"].mean().item()
+        dice[mode] = summarize(confusion(pred, truth))["dice"]
     best = max(dice, key=dice.get)
     return (best if dice[best] >= dice["none"] + min_gain else "none"), dice

@@ -16,7 +16,7 @@ from PIL import Image
 from unet.data import Pair, load_mask
 from unet.losses import make_loss
 from unet.model import UNet
-from unet.precision import Precision
+from unet.precision import Precision, prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[i
     """Times a few training steps on `patch`-sized crops and forward passes on whole
     `size` inputs of a fresh UNet on random images, after a warm-up (the first call of each
     shape pays for kernel selection and allocation)."""
-    model = UNet(features=features).to(precision.device).to(memory_format=torch.channels_last)
+    model = prepare(UNet(features=features), precision)   # as the Trainer places it
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = make_loss("bce_dice")
     images = precision.to_device(torch.rand(batch_size, 3, *patch))

@@ -213,10 +213,14 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     params = params if params is not None else config.read_params()
     explicit = config.given("train", overrides, params)
     # Check the user's values before measuring anything (placeholders stand in for "auto").
+    # A placeholder must not fail a check that the plan's own value would pass (or name a
+    # value the user never saw): sizes agree with the sizes given.
     seed = config.preset("train", "seed", params)
-    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"]),
-                    "patch_height": explicit.get("image_height", seed["image_height"]),
-                    "patch_width": explicit.get("image_width", seed["image_width"])}
+    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"])}
+    for side in ("height", "width"):
+        image = explicit.get(f"image_{side}",
+                             max(seed[f"image_{side}"], explicit.get(f"patch_{side}", 0)))
+        placeholders.update({f"image_{side}": image, f"patch_{side}": image})
     config.load("train", overrides, auto=placeholders, params=params)
     fixed = {**config.preset("train", explicit.get("preset", config.AUTO), params),
              **{k: v for k, v in explicit.items() if k in PLANNED}}
