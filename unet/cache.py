@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,12 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = 1   # bump when what an entry holds changes (e.g. another resize interpolation)
+
+# np.load parses each array's header with ast.literal_eval, and CPython 3.11 corrupts its AST
+# recursion counter when two threads do that at once ("SystemError: AST constructor recursion
+# depth mismatch", python/cpython#106905). Preload reads entries from a thread pool, so reads
+# take turns; an entry is ~150 KB of uncompressed bytes, so the lock costs next to nothing.
+_READ_LOCK = threading.Lock()
 
 
 class ArrayCache:
@@ -51,7 +58,7 @@ class ArrayCache:
         compute() stored under the pair's key. An unreadable entry counts as a miss."""
         path = self.path(self.key(image, mask, size))
         try:
-            with np.load(path) as entry:
+            with _READ_LOCK, np.load(path) as entry:
                 arrays = entry["image"], entry["mask"]
             self.hits += 1
             return arrays
