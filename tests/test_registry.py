@@ -2,12 +2,14 @@
 leaves the champion as it was, and re-running the promotion ends with the same aliases."""
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, only
+from conftest import ROOT, TINY, only
 from unet.tracking import registry
 from test_bad_input import run_step
 
@@ -65,3 +67,63 @@ def test_a_failed_promotion_keeps_the_champion_and_a_rerun_is_idempotent(trackin
     evaluate(monkeypatch, second)                            # and again: nothing changes
     assert aliases() == after
     assert len(MlflowClient().search_model_versions(f"name = '{NAME}'")) == 2
+
+
+# One evaluation's registration, as its own process: imports first, then waits for "go" so
+# that all of them reach the registry together.
+PROMOTE = """
+import pathlib, sys, time
+from unet.tracking import registry
+uri, dice, name, ready, go = sys.argv[1:]
+pathlib.Path(ready).touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+p = registry.register_and_promote(uri, name, {"dice": float(dice)}, "split-a", "t", None,
+                                  registry.Floor({"all_background": 0.30}, margin=0.05))
+print(p.version, p.alias)
+"""
+
+
+def test_concurrent_evaluations_leave_champion_on_the_best(tracking_uri, tmp_path):
+    from test_tracking import logged_model
+    client = MlflowClient()
+    best_so_far, seen = None, {}                  # model uri -> its Dice
+    # Each round: two models, each evaluated by two processes at once (four in all). Round 1
+    # holds a model under the floor (0.30 + 0.05), round 3 two that don't beat round 2's best.
+    for n, dices in enumerate([(0.84, 0.00), (0.80, 0.90), (0.88, 0.86)]):
+        uris = [logged_model(10 * n + i) for i in range(len(dices))]
+        seen.update(zip(uris, dices))
+        go = tmp_path / f"go{n}"
+        procs, ready = [], []
+        for k, (uri, dice) in enumerate(2 * list(zip(uris, dices))):
+            ready.append(tmp_path / f"ready{n}-{k}")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", PROMOTE, uri, str(dice), "race", str(ready[-1]), str(go)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+        deadline = time.monotonic() + 120
+        while not all(p.exists() for p in ready):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        go.touch()
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-3000:]
+
+        versions = client.search_model_versions("name = 'race'")
+        by_source = {}
+        for v in versions:
+            by_source.setdefault(v.source, []).append(v)
+        assert all(len(vs) == 1 for vs in by_source.values()), "a model was registered twice"
+        assert len(versions) == len(seen)
+        best_so_far = max(d for d in seen.values())
+        holder = client.get_model_version_by_alias("race", "champion")
+        assert float(holder.tags["test_dice"]) == best_so_far, f"round {n + 1}"
+        for v in versions:
+            assert v.tags["compared_with"] == "none" or v.tags["compared_with"].startswith("v")
+            if float(v.tags["test_dice"]) <= 0.35:
+                assert not v.aliases and v.tags["promotion"].startswith("not promoted")
+    challenger = client.get_model_version_by_alias("race", "challenger")
+    assert float(challenger.tags["test_dice"]) in (0.88, 0.86)
+    assert challenger.tags["promotion"].startswith("challenger:")
+    assert f"champion v{holder.version}'s 0.9000" in challenger.tags["promotion"]

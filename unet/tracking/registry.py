@@ -16,8 +16,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 class Promotion:
     version: str
     alias: str | None            # CHAMPION, CHALLENGER, or None (below the floor)
-    champion_dice: float | None  # the previous champion's test Dice on this split, if any
+    champion_dice: float | None  # the Dice on this split of the version it was compared with
     reason: str                  # one line, also the version's tag `promotion`
+    compared_with: tuple[str, float] | None = None   # (version, its Dice on this split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,62 +73,125 @@ def champion(name: str):
 
 def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], split_run_id: str,
                          train_run_id: str, score_champion, floor: Floor) -> Promotion:
-    """Registers model_uri under `name`, tags the version with its test metrics, and gives it
-    an alias: none if its test Dice is not above the floor (no better than a trivial guess,
-    even as the first version of its name); champion if it beats the current champion's
-    test Dice on the same test split (or there is none); else challenger.
+    """Registers model_uri under `name` (once, however many evaluations of it run at once),
+    tags the version with its test metrics, and gives it an alias: none if its test Dice is not
+    above the floor (no better than a trivial guess, even as the first version of its name);
+    champion if it beats the champion's test Dice on the same test split (or there is none);
+    else challenger.
 
-    `score_champion(model_uri) -> dice` scores the current champion on this split when its tags
-    hold no score for this split (it was tested on another one).
+    `score_champion(model_uri) -> dice` scores the current champion on this split when it was
+    tested on another one.
+
+    The registry has no transactions, so the champion is settled rather than set: after its
+    version is tagged, each evaluation re-reads every version of this split and moves the alias
+    to the best of them, and re-reads again after each write (see `settle`). Whatever order
+    concurrent evaluations finish in, the last write is made from a complete view.
     """
     client = MlflowClient()
     dice = round(metrics["dice"], 6)     # compared at the tags' precision
-    floor_dice = round(floor.dice, 6)
     current = champion(name)
     # Everything that can fail slowly (scoring the champion) happens before the registry is
     # touched; the alias moves last. A failure on the way leaves the champion as it was, and
     # at worst a version without alias, which a re-run finds and finishes (same aliases).
-    champion_dice = None
-    if dice > floor_dice and current is not None and current.source != model_uri:
-        if current.tags.get("split_run_id") == split_run_id and "test_dice" in current.tags:
-            champion_dice = float(current.tags["test_dice"])
-        else:
-            champion_dice = score_champion(f"models:/{name}@{CHAMPION}")
-    if dice <= floor_dice:
-        alias = None
-        reason = (f"not promoted: test Dice {dice:.4f} is not above the floor {floor.dice:.4f} "
-                  f"(trivial baseline {floor.best} {floor.baselines[floor.best]:.4f} + margin "
-                  f"{floor.margin})")
-    elif champion_dice is None or dice > champion_dice:
-        alias = CHAMPION
-        reason = (f"champion: test Dice {dice:.4f} above the floor {floor.dice:.4f}"
-                  + ("" if champion_dice is None else
-                     f" and the previous champion's {champion_dice:.4f}"))
-    else:
-        alias = CHALLENGER
-        reason = (f"challenger: test Dice {dice:.4f} does not beat the champion's "
-                  f"{champion_dice:.4f} on this split")
-    version = str(_registered_version(name, model_uri)
-                  or mlflow.register_model(model_uri, name).version)
+    outside = None                       # (version, its Dice on this split), if tested elsewhere
+    if dice > round(floor.dice, 6) and current is not None and current.source != model_uri \
+            and current.tags.get("split_run_id") != split_run_id:
+        outside = (str(current.version), round(score_champion(f"models:/{name}@{CHAMPION}"), 6))
+    version = register_once(name, model_uri)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
     tags.update({f"baseline_dice_{k}": f"{v:.6f}" for k, v in floor.baselines.items()})
-    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id,
-                 "floor_dice": f"{floor.dice:.6f}", "promotion": reason})
+    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    if alias is not None:
-        client.set_registered_model_alias(name, alias, version)
-    return Promotion(version, alias, champion_dice, reason)
+    # Written last: a version is a candidate for champion only once all its scores are there.
+    client.set_model_version_tag(name, version, "floor_dice", f"{floor.dice:.6f}")
+    promotion = _verdict(version, dice, floor, *settle(name, split_run_id, outside))
+    other = promotion.compared_with
+    client.set_model_version_tag(name, version, "promotion", promotion.reason)
+    client.set_model_version_tag(name, version, "compared_with",
+                                 "none" if other is None else f"v{other[0]} Dice {other[1]:.6f}")
+    if promotion.alias == CHALLENGER:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return promotion
+
+
+Score = tuple[str, float]                # (version, test Dice on the split being settled)
+
+
+def settle(name: str, split_run_id: str, outside: Score | None = None,
+           rounds: int = 20) -> tuple[Score | None, Score | None]:
+    """Moves `champion` to the best version of `name` tested on split_run_id, by the rule:
+    above its floor, and above the champion's Dice (a tie keeps the earlier version). `outside`
+    is the champion tested on another split, with its Dice on this one. Repeats read, decide,
+    write until a read finds nothing to change. Returns the champion and what it was compared
+    with (the best other version, or the outside champion it displaced)."""
+    client = MlflowClient()
+    for _ in range(rounds):
+        candidates = {}
+        for v in client.search_model_versions(f"name = '{name}'"):
+            tags = v.tags
+            if tags.get("split_run_id") == split_run_id and "floor_dice" in tags \
+                    and float(tags["test_dice"]) > float(tags["floor_dice"]):
+                candidates[str(v.version)] = float(tags["test_dice"])
+        # Deterministic order: higher Dice first, then the earlier version (it got there first).
+        ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], int(kv[0])))
+        current = champion(name)
+        held = None if current is None else str(current.version)
+        if outside is not None and held == outside[0] and (not ranked or outside[1] >= ranked[0][1]):
+            return outside, ranked[0] if ranked else None      # the outside champion holds
+        if not ranked:
+            return None, None
+        best = ranked[0]
+        if held == best[0]:
+            displaced = outside if outside is not None and outside[0] != best[0] else None
+            if (client.get_registered_model(name).aliases.get(CHALLENGER)) == int(best[0]):
+                client.delete_registered_model_alias(name, CHALLENGER)
+            return best, ranked[1] if len(ranked) > 1 else displaced
+        client.set_registered_model_alias(name, CHAMPION, best[0])
+    raise RuntimeError(f"the champion of {name} did not settle in {rounds} rounds: other "
+                       f"evaluations keep moving it; run evaluate again")
+
+
+def _verdict(version: str, dice: float, floor: Floor, holder: Score | None,
+             rival: Score | None) -> Promotion:
+    """The version's alias and the one-line reason, from the settled champion."""
+    if dice <= round(floor.dice, 6):
+        return Promotion(version, None, None,
+                         f"not promoted: test Dice {dice:.4f} is not above the floor "
+                         f"{floor.dice:.4f} (trivial baseline {floor.best} "
+                         f"{floor.baselines[floor.best]:.4f} + margin {floor.margin})", None)
+    if holder is not None and holder[0] == version:
+        return Promotion(version, CHAMPION, None if rival is None else rival[1],
+                         f"champion: test Dice {dice:.4f} above the floor {floor.dice:.4f}"
+                         + ("" if rival is None else f" and v{rival[0]}'s {rival[1]:.4f}"),
+                         rival)
+    return Promotion(version, CHALLENGER, holder[1],
+                     f"challenger: test Dice {dice:.4f} does not beat champion v{holder[0]}'s "
+                     f"{holder[1]:.4f} on this split", holder)
+
+
+def register_once(name: str, model_uri: str) -> str:
+    """The version of `name` made from model_uri, registering it if there is none. Two
+    evaluations of one model at once may both register it: each then keeps the lowest
+    version made from it and deletes its own if that is another, so one remains."""
+    made = _versions_of(name, model_uri)
+    if made:
+        return made[0]
+    mine = str(mlflow.register_model(model_uri, name).version)
+    kept = _versions_of(name, model_uri)[0]
+    if kept != mine:
+        MlflowClient().delete_model_version(name, mine)
+    return kept
 
 
 def aliases_of(name: str, version: str) -> list[str]:
     return list(MlflowClient().get_model_version(name, version).aliases)
 
 
-def _registered_version(name: str, model_uri: str) -> str | None:
-    """The version of `name` already made from model_uri (re-running evaluate registers once)."""
+def _versions_of(name: str, model_uri: str) -> list[str]:
+    """The versions of `name` made from model_uri, lowest first."""
     try:
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException:
-        return None
-    return next((str(v.version) for v in versions if v.source == model_uri), None)
+        return []
+    return sorted((str(v.version) for v in versions if v.source == model_uri), key=int)
