@@ -31,6 +31,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """The Python, NumPy and torch (CPU and CUDA) generators' states, in types that
+    torch.load(weights_only=True) accepts (no NumPy arrays)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what rng_state() returned."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+
+
 def _seed_worker(worker_id: int) -> None:
     # Each worker gets a copy of the transform with the same seed: without reseeding, every
     # worker would draw the same augmentation sequence. torch gives each worker (and each
@@ -198,7 +219,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "stopped_early": self.stopped_early,
                 "best_dice": self.best_dice, "best_epoch": self.best_epoch,
-                "best_model": self.best_state}
+                "best_model": self.best_state, "rng": rng_state()}
 
     def load_state(self, state: dict) -> None:
         """Resumes from a checkpoint written by `fit` (training continues at epoch + 1)."""
@@ -213,6 +234,10 @@ class Trainer:
         self.epoch, self.best_dice = state["epoch"], state["best_dice"]
         self.stopped_early = state.get("stopped_early", False)
         self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
+        # The sampler and the augmentation are reseeded from (seed, epoch) every epoch; the
+        # global generators are restored too, for whatever else draws from them.
+        if "rng" in state:
+            set_rng_state(state["rng"])
 
     def validate(self, val_loader) -> dict[str, float]:
         """Recalibrates BatchNorm, then validates the current weights in eval mode."""

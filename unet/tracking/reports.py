@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from unet.tracking.runs import log_checkpoint
+from unet.tracking.runs import CHECKPOINT_ARTIFACT
 
 REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
 
@@ -46,15 +46,16 @@ def log_data_report(report) -> str:
     return mlflow.get_artifact_uri(REPORT_TEXT)
 
 
-def log_epoch(result, checkpoint: Path, samples: np.ndarray) -> None:
+def log_epoch(outbox, result, checkpoint: Path, samples: np.ndarray) -> None:
     """Per-epoch metrics (step = epoch), the checkpoint and the sample panels (image key
-    `samples`, step = epoch) of an EpochResult."""
+    `samples`, step = epoch) of an EpochResult, through `outbox` (unet.tracking.outbox: sent
+    now, or kept on disk while the tracking server is away)."""
     metrics = {f"train_{k}": v for k, v in result.train.items() if k != "images"}
     metrics.update({f"val_{k}": v for k, v in result.val.items()})
-    mlflow.log_metrics(metrics, step=result.epoch)
-    log_checkpoint(checkpoint)
+    outbox.log_metrics(metrics, step=result.epoch)
+    outbox.log_artifact(checkpoint, Path(CHECKPOINT_ARTIFACT).parent.as_posix())
     # Step-indexed: the run page shows them with a slider over the epochs.
-    mlflow.log_image(samples, key="samples", step=result.epoch)
+    outbox.log_image(samples, key="samples", step=result.epoch)
 
 
 def model_card(split, metrics: dict[str, float], floor, promotion, train_run) -> str:

@@ -105,10 +105,6 @@ def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
     return run
 
 
-def log_checkpoint(checkpoint: Path) -> None:
-    mlflow.log_artifact(str(checkpoint), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
-
-
 def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
     """A checkpoint from a file path, or the last one of a train run (finished, failed, killed
     or still marked running after a kill -9): its local copy `local_dir/<run id>/last.pt` when

@@ -22,6 +22,7 @@ from unet.planning import Plan
 from unet.precision import Precision, choose_precision
 from unet.predict import Segmenter
 from unet.tracking import models, reports, runs, splits
+from unet.tracking.outbox import Outbox, spool_dir
 from unet.visualize import sample_grid
 
 CHECKPOINTS = Path("checkpoints")   # <run id>/last.pt: the latest completed epoch of each run
@@ -109,6 +110,8 @@ def fit(inputs: TrainInputs, precision: Precision, run) -> None:
         if run is not None:
             mlflow.set_tag("resumed_from", cfg.resume_from)
             print(f"resuming {cfg.resume_from} after epoch {trainer.epoch}")
+            if spool_dir(cfg.resume_from).is_dir():   # what it kept through an outage
+                Outbox(cfg.resume_from).flush()
     train_loader, val_loader = fitting.make_loaders(cfg, data, precision)
     if run is not None:
         print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
@@ -123,11 +126,13 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) 
     """The fit loop: logs and prints each epoch (rank 0); an interruption logs the last
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision)   # the weights in training
+    outbox = Outbox(run.info.run_id) if run is not None else None
     try:
         for result in trainer.fit(train_loader, val_loader):
             if run is None:
                 continue
-            reports.log_epoch(result, trainer.checkpoint_path, sample_grid(live, val_set))
+            reports.log_epoch(outbox, result, trainer.checkpoint_path,
+                              sample_grid(live, val_set))
             print(f"epoch {result.epoch}/{trainer.epochs}: train loss "
                   f"{result.train['loss']:.4f}, val loss {result.val['loss']:.4f}, val Dice "
                   f"{result.val['dice']:.4f}, lr {result.train['lr']:.2e}, "
@@ -137,7 +142,8 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) 
         if run is None:
             raise
         # The epoch under way is dropped; the checkpoint on disk is the last completed one.
-        runs.log_checkpoint(trainer.checkpoint_path)
+        outbox.log_artifact(trainer.checkpoint_path,
+                            Path(runs.CHECKPOINT_ARTIFACT).parent.as_posix())
         raise KeyboardInterrupt(
             f"train run {run.info.run_id} stopped during epoch {trainer.epoch + 1}/"
             f"{trainer.epochs} (marked KILLED); the checkpoint of epoch {trainer.epoch} is "
@@ -146,6 +152,8 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) 
     except engine.NonFiniteLoss as e:
         raise UserError(f"training stopped: {e}. The checkpoint of epoch {trainer.epoch}, "
                         f"the last good one, is kept in {trainer.checkpoint_path}") from None
+    if outbox is not None:
+        outbox.wait_until_sent()       # the model and the run's end need the server
 
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
