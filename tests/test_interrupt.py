@@ -199,3 +199,52 @@ def test_exploding_lr_fails_the_run_with_one_line(tracking_uri):
     assert MlflowClient().get_run(run_id).info.status == "FAILED"
     state = torch.load(ROOT / "checkpoints" / run_id / "last.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+    generate(tmp_path, 8, 32, 48, seed=1)
+    pairs = validate_folder(tmp_path / "train", tmp_path / "train_masks").pairs
+    data = SegmentationDataset(pairs, (32, 48), eval_transform())
+    precision = choose_precision("fp32", "cpu")
+    loader = engine.make_loader(data, 4, 0, 0, precision, EpochSampler(len(data), 8, seed=0))
+    trainer = engine.Trainer(UNet(features=(4, 8)), Schedule(1e-3, 3, len(loader)), precision,
+                             tmp_path / "ckpt" / "last.pt")
+    saves, real_save = [], torch.save
+
+    def save_until_the_disk_fills(state, f):
+        saves.append(state["epoch"])
+        if state["epoch"] == 2:                  # half the bytes, then ENOSPC
+            f.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, f)
+    monkeypatch.setattr(engine.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(engine.UserError) as e:
+        list(trainer.fit(loader, loader))
+    assert saves == [0, 1, 2]
+    assert str(e.value) == (f"could not write the checkpoint of epoch 2 to {tmp_path}/ckpt/last.pt"
+                            f" (No space left on device); the one there (epoch 1) is intact: "
+                            f"free space and resume from it")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 1
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["last.pt"]   # no temp left
+
+
+def test_an_unreadable_local_checkpoint_falls_back_to_the_logged_one(tracking_uri, tmp_path,
+                                                                    capsys):
+    from unet.tracking import runs
+    good = tmp_path / "logged" / "last.pt"
+    good.parent.mkdir()
+    torch.save({"epoch": 4}, good)
+    with mlflow.start_run() as run:
+        mlflow.set_tag("step", "train")
+        mlflow.log_artifact(str(good), "checkpoints")
+    local = tmp_path / "checkpoints" / run.info.run_id / "last.pt"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"PK\x03\x04 torn")             # a truncated zip, as torch.save writes
+    state = runs.load_checkpoint(run.info.run_id, tmp_path / "work", tmp_path / "checkpoints")
+    assert state == {"epoch": 4}
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"warning: parameter resume_from={run.info.run_id}: {local} is not a "
+                   f"readable checkpoint (RuntimeError); using the checkpoint the run logged "
+                   f"instead"]

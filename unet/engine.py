@@ -276,5 +276,11 @@ class Trainer:
             self.stopped_early = bool(patience) and epoch < epochs and \
                 epoch - self.best_epoch >= patience
             if distributed.is_main():
-                save_checkpoint(self.state(), self.checkpoint_path)
+                try:
+                    save_checkpoint(self.state(), self.checkpoint_path)
+                except OSError as e:         # a full disk, a lost mount: stop, keep the last
+                    raise UserError(f"could not write the checkpoint of epoch {epoch} to "
+                                    f"{self.checkpoint_path} ({e.strerror or e}); the one "
+                                    f"there (epoch {epoch - 1}) is intact: free space and "
+                                    f"resume from it") from None
             yield EpochResult(epoch, train, val, improved)

@@ -108,20 +108,32 @@ def get_run(run_id: str, entry_point: str, param: str, finished: bool = True):
 def load_checkpoint(resume_from: str, workdir: Path, local_dir: Path) -> dict:
     """A checkpoint from a file path, or the last one of a train run (finished, failed, killed
     or still marked running after a kill -9): its local copy `local_dir/<run id>/last.pt` when
-    this machine has it (written atomically, never behind the logged one), else the logged one."""
+    this machine has it (written atomically, never behind the logged one), else, or when that
+    copy is unreadable (one line says so), the logged one. UserError naming every file tried
+    when none is readable."""
     path = Path(resume_from).expanduser()
     if not path.is_file() and (path.suffix or "/" in resume_from):
         raise UserError(f"parameter resume_from={resume_from}: no such checkpoint file")
-    if not path.is_file():
-        get_run(resume_from, "train", "resume_from", finished=False)
-        path = Path(local_dir) / resume_from / Path(CHECKPOINT_ARTIFACT).name
-    if not path.is_file():
+    if path.is_file():
+        return _read_checkpoint(path, resume_from)
+    get_run(resume_from, "train", "resume_from", finished=False)
+    local = Path(local_dir) / resume_from / Path(CHECKPOINT_ARTIFACT).name
+    if local.is_file():
         try:
-            path = Path(mlflow.artifacts.download_artifacts(
-                run_id=resume_from, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir)))
-        except (MlflowException, OSError):
-            raise UserError(f"parameter resume_from={resume_from}: that run logged no "
-                            f"checkpoint ({CHECKPOINT_ARTIFACT})") from None
+            return _read_checkpoint(local, resume_from)
+        except UserError as e:
+            print(f"warning: {e}; using the checkpoint the run logged instead", flush=True)
+    try:
+        logged = Path(mlflow.artifacts.download_artifacts(
+            run_id=resume_from, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir)))
+    except (MlflowException, OSError):
+        raise UserError(f"parameter resume_from={resume_from}: "
+                        + (f"{local} is unreadable and " if local.is_file() else "")
+                        + f"that run logged no checkpoint ({CHECKPOINT_ARTIFACT})") from None
+    return _read_checkpoint(logged, resume_from)
+
+
+def _read_checkpoint(path: Path, resume_from: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
