@@ -1,4 +1,5 @@
-"""Training losses on logits (B, 1, H, W) against 0/1 masks (B, 1, H, W), computed in fp32.
+"""Training losses, computed in fp32: binary, logits (B, 1, H, W) against 0/1 masks
+(B, 1, H, W); K classes, logits (B, K, H, W) against class indices (B, H, W).
 
 BCE alone (the seed tutorial's loss) scores every pixel alike, so on images where the object is
 a small share of the pixels it is nearly minimized by predicting background everywhere. Adding
@@ -34,10 +35,37 @@ class BceDiceLoss(nn.Module):
         return self.bce(logits, masks) + soft_dice_loss(logits, masks)
 
 
-def make_loss(name: str) -> nn.Module:
-    """"bce_dice" (default) or "bce" (the seed tutorial's)."""
-    if name == "bce":
-        return nn.BCEWithLogitsLoss()
-    if name == "bce_dice":
-        return BceDiceLoss()
-    raise ValueError(f"unknown loss {name!r}; use one of {LOSSES}")
+def soft_dice_loss_classes(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1.0
+                           ) -> torch.Tensor:
+    """1 - soft Dice of each foreground class (softmax probabilities vs one-hot truth) per
+    image, averaged over classes and batch. Background is left out: it is most of the pixels and
+    would make the mean look good while a small class is missed."""
+    probs = torch.softmax(logits, dim=1)[:, 1:].flatten(2)                  # (B, K-1, HW)
+    onehot = nn.functional.one_hot(labels.long(), logits.shape[1])          # (B, H, W, K)
+    target = onehot[..., 1:].permute(0, 3, 1, 2).flatten(2).to(probs.dtype)  # (B, K-1, HW)
+    overlap = (probs * target).sum(2)
+    total = probs.sum(2) + target.sum(2)
+    return (1 - (2 * overlap + smooth) / (total + smooth)).mean()
+
+
+class CeDiceLoss(nn.Module):
+    """Cross-entropy + soft Dice over the foreground classes, both on the same logits."""
+
+    def __init__(self, dice: bool = True):
+        super().__init__()
+        self.ce, self.dice = nn.CrossEntropyLoss(), dice
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.ce(logits, labels.long())
+        return loss + soft_dice_loss_classes(logits, labels) if self.dice else loss
+
+
+def make_loss(name: str, classes: int = 2) -> nn.Module:
+    """"bce_dice" (default) or "bce" (the seed tutorial's). For classes > 2 the same names give
+    their softmax forms: cross-entropy + soft Dice over the foreground classes, or
+    cross-entropy alone."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; use one of {LOSSES}")
+    if classes > 2:
+        return CeDiceLoss(dice=name == "bce_dice")
+    return BceDiceLoss() if name == "bce_dice" else nn.BCEWithLogitsLoss()

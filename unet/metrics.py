@@ -9,6 +9,13 @@ perfect, so Dice and IoU are 1.0; when only one of them is empty they are 0.0.
 
 "Per image" scores average the per-image values (every image weighs the same); "micro" scores
 pool the counts of the whole set first (every pixel weighs the same).
+
+K > 2 classes (class-index masks): every class c gets the counts of (pred == c) vs (truth == c);
+Dice and IoU are scored per foreground class, and `dice`/`iou` are their mean over the
+foreground classes; `accuracy` is the share of pixels whose class is right. An image where a
+class is absent from both truth and prediction says nothing about that class: it is left out
+of that class's per-image mean (nnU-Net does the same), and a class absent from every image
+has no score (NaN) and is left out of the mean.
 """
 from __future__ import annotations
 
@@ -28,6 +35,12 @@ def confusion(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack([tp, fp, fn, tn], dim=1).long()
 
 
+def class_confusion(pred: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
+    """Class-index maps (B, H, W) -> (B, count, 4) int64 counts [TP, FP, FN, TN] of each class
+    (background included) per image."""
+    return torch.stack([confusion(pred == c, target == c) for c in range(count)], dim=1)
+
+
 def scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     """(..., 4) counts [TP, FP, FN, TN] -> accuracy, dice, iou of shape (...) as float64."""
     tp, fp, fn, tn = counts.double().unbind(-1)
@@ -42,35 +55,69 @@ def scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 class SegmentationMetrics:
-    """Accumulates per-image counts over batches; `compute()` gives per-image and micro scores."""
+    """Accumulates per-image counts over batches; `compute()` gives per-image and micro scores.
+    classes=2: 0/1 masks, counts (B, 4); classes=K > 2: class-index maps, counts (B, K, 4)."""
 
-    def __init__(self):
+    def __init__(self, classes: int = 2):
+        self.classes = classes
         self.counts: list[torch.Tensor] = []
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Adds a batch of 0/1 masks (B, H, W); returns its (B, 4) counts."""
-        counts = confusion(pred, target).cpu()
+        """Adds a batch of masks (B, H, W); returns its counts."""
+        counts = (confusion(pred, target) if self.classes == 2
+                  else class_confusion(pred, target, self.classes)).cpu()
         self.counts.append(counts)
         return counts
 
     def all_counts(self) -> torch.Tensor:
-        """(N, 4) counts of every image seen so far (N may be 0)."""
-        return torch.cat([torch.zeros(0, 4, dtype=torch.long), *self.counts])
+        """(N, 4) or (N, K, 4) counts of every image seen so far (N may be 0)."""
+        shape = (0, 4) if self.classes == 2 else (0, self.classes, 4)
+        return torch.cat([torch.zeros(shape, dtype=torch.long), *self.counts])
 
     def per_image(self) -> dict[str, torch.Tensor]:
         """Scores of every image seen so far, each of shape (N,)."""
         return scores(self.all_counts())
 
     def compute(self) -> dict[str, float]:
-        """{"accuracy", "dice", "iou"} averaged over images, plus "<name>_micro" pooled."""
+        """{"accuracy", "dice", "iou"} averaged over images, plus "<name>_micro" pooled (and
+        per class, for K > 2, under numbered class names)."""
         return summarize(self.all_counts())
 
+    def compute_named(self, names: tuple[str, ...]) -> dict[str, float]:
+        """compute() with the per-class scores under `names` (index -> name)."""
+        return summarize(self.all_counts(), names)
 
-def summarize(counts: torch.Tensor) -> dict[str, float]:
+
+def summarize(counts: torch.Tensor, names: tuple[str, ...] | None = None) -> dict[str, float]:
     """(N, 4) per-image counts -> {"accuracy", "dice", "iou"} averaged over the N images, plus
-    "<name>_micro" of the pooled counts."""
+    "<name>_micro" of the pooled counts. (N, K, 4) counts of K classes: see summarize_classes."""
     if len(counts) == 0:
         raise ValueError("no images were scored")
+    if counts.ndim == 3:
+        return summarize_classes(counts, names)
     result = {name: value.mean().item() for name, value in scores(counts).items()}
     result.update({f"{name}_micro": value.item() for name, value in scores(counts.sum(0)).items()})
+    return result
+
+
+def summarize_classes(counts: torch.Tensor, names: tuple[str, ...] | None = None
+                      ) -> dict[str, float]:
+    """(N, K, 4) per-image counts of K classes -> "dice_<name>", "iou_<name>" of each
+    foreground class (names[1:]; default class_1 ...), their means "dice" and "iou", the
+    pixel "accuracy", and the same pooled over the images as "<metric>_micro"."""
+    names = names or ("background",) + tuple(f"class_{c}" for c in range(1, counts.shape[1]))
+    per_image = scores(counts[:, 1:])                      # (N, K - 1) each
+    present = counts[:, 1:, :3].sum(-1) > 0                # in truth or prediction
+    pooled = scores(counts[:, 1:].sum(0))                  # (K - 1,)
+    result = {}
+    for metric in ("dice", "iou"):
+        values = torch.where(present, per_image[metric], torch.nan).nanmean(0)   # (K - 1,)
+        micro = torch.where(present.any(0), pooled[metric], torch.nan)
+        for name, value, value_micro in zip(names[1:], values.tolist(), micro.tolist()):
+            result[f"{metric}_{name}"], result[f"{metric}_{name}_micro"] = value, value_micro
+        result[metric] = values.nanmean().item()
+        result[f"{metric}_micro"] = micro.nanmean().item()
+    right = counts[:, :, 0].sum(1).double()                 # TP summed over classes
+    result["accuracy"] = (right / counts[:, 0].sum(1)).mean().item()
+    result["accuracy_micro"] = (right.sum() / counts[:, 0].sum()).item()
     return result

@@ -6,6 +6,9 @@ colours come from the same palette as the cars (always including the car's own c
 shadow under the car that is not part of the mask, so no colour threshold separates car from
 background: a model has to learn shapes. Files follow Carvana's layout and naming:
 `train/<car>_<view>.jpg` and `train_masks/<car>_<view>_mask.gif` (palette GIF, indices 0/1).
+
+With classes=4 the same cars are labelled by part: 0 background, 1 body, 2 windows, 3 wheels
+(the binary mask is exactly the union of the three parts).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 VIEWS_PER_CAR = 4
+PART_NAMES = ("background", "body", "windows", "wheels")     # the indices of classes=4 masks
 PALETTE = np.array([  # car paints; backgrounds draw from the same colours
     (200, 30, 30), (30, 60, 170), (230, 230, 225), (25, 25, 28), (130, 135, 140),
     (200, 170, 40), (40, 120, 60), (150, 90, 40), (90, 30, 110), (220, 110, 30),
@@ -57,8 +61,12 @@ def _background(rng: np.random.Generator, h: int, w: int, paint: np.ndarray) -> 
     return canvas
 
 
-def render(car_seed: int, view: int, height: int, width: int) -> tuple[Image.Image, Image.Image]:
-    """One view of one car -> (RGB image, 'L' mask with 0/1 values), both (height, width)."""
+def render(car_seed: int, view: int, height: int, width: int, classes: int = 2
+           ) -> tuple[Image.Image, Image.Image]:
+    """One view of one car -> (RGB image, 'L' mask), both (height, width). The mask holds 0/1
+    (classes=2) or the part indices of PART_NAMES (classes=4); the image is the same."""
+    if classes not in (2, len(PART_NAMES)):
+        raise ValueError(f"synthetic classes: 2 or {len(PART_NAMES)}, not {classes}")
     shape = _car_shape(np.random.default_rng(car_seed))
     rng = np.random.default_rng([car_seed, view])
     canvas = _background(rng, height, width, shape["paint"])
@@ -91,12 +99,21 @@ def render(car_seed: int, view: int, height: int, width: int) -> tuple[Image.Ima
     window = [(x, 0.5 * y + 0.5 * (sum(q[1] for q in shape["cabin"]) / 4))
               for x, y in shape["cabin"]]
     draw.polygon(to_pixels(window), fill=glass)
+    parts = Image.new("L", (width, height), 0)     # windows 2, wheels 3 (classes=4 only)
+    parts_draw = ImageDraw.Draw(parts)
+    parts_draw.polygon(to_pixels(window), fill=2)
     r = shape["wheel_r"] * length
     for wx, wy in shape["wheels"]:
         (px, py), = to_pixels([(wx, wy)])
         for radius, colour in ((r, (15, 15, 15)), (0.5 * r, (150, 150, 155))):
             draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
         mask_draw.ellipse([px - r, py - r, px + r, py + r], fill=1)
+        parts_draw.ellipse([px - r, py - r, px + r, py + r], fill=3)
+    if classes > 2:
+        # Parts inside the car only: glass drawn past the cabin's slanted edges stays
+        # background, as in the binary mask.
+        car, part = np.asarray(mask), np.asarray(parts)
+        mask = Image.fromarray(np.where(car > 0, np.maximum(car, part), 0).astype(np.uint8))
 
     # Lighting (a gradient across the scene), sensor noise and a little lens blur.
     img = np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.6)), np.float32)
@@ -105,15 +122,21 @@ def render(car_seed: int, view: int, height: int, width: int) -> tuple[Image.Ima
     return Image.fromarray(img.clip(0, 255).astype(np.uint8)), mask
 
 
+# Palette of the masks: index 1 white (Carvana's binary GIFs), then the parts' colours.
+MASK_PALETTE = [0, 0, 0, 255, 255, 255, 70, 140, 255, 255, 200, 0]
+
+
 def save_mask_gif(mask: Image.Image, path: Path) -> None:
-    """Writes a 0/1 'L' mask as a palette GIF like Carvana's (index 1 = white)."""
-    gif = mask.convert("P")
-    gif.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+    """Writes an 'L' mask of indices as a palette GIF like Carvana's (index 1 = white)."""
+    gif = Image.fromarray(np.asarray(mask), "P") if mask.mode == "L" else mask.convert("P")
+    gif.putpalette(MASK_PALETTE + [0, 0, 0] * (256 - len(MASK_PALETTE) // 3))
     gif.save(path)
 
 
-def generate(out_dir: Path, num_images: int, height: int, width: int, seed: int) -> list[str]:
-    """Writes `num_images` pairs under out_dir/train and out_dir/train_masks; returns the stems."""
+def generate(out_dir: Path, num_images: int, height: int, width: int, seed: int,
+             classes: int = 2) -> list[str]:
+    """Writes `num_images` pairs under out_dir/train and out_dir/train_masks (binary masks, or
+    part indices with classes=4); returns the stems."""
     out_dir = Path(out_dir)
     (out_dir / "train").mkdir(parents=True, exist_ok=True)
     (out_dir / "train_masks").mkdir(parents=True, exist_ok=True)
@@ -125,7 +148,7 @@ def generate(out_dir: Path, num_images: int, height: int, width: int, seed: int)
         for view in range(1, VIEWS_PER_CAR + 1):
             if len(stems) == num_images:
                 break
-            image, mask = render(int(car_seed), view, height, width)
+            image, mask = render(int(car_seed), view, height, width, classes)
             stem = f"{car_id}_{view:02d}"
             image.save(out_dir / "train" / f"{stem}.jpg", quality=90)
             save_mask_gif(mask, out_dir / "train_masks" / f"{stem}_mask.gif")
