@@ -39,9 +39,11 @@ class ArrayCache:
         self.hits = self.misses = 0
         self.rebuilt: list[Path] = []     # entries that existed but could not be read
 
-    def key(self, image: Path, mask: Path, size: tuple[int, int]) -> str:
-        """Hex digest of the image's and the mask's bytes, the target size and FORMAT."""
-        h = hashlib.blake2b(f"v{FORMAT} {size[0]}x{size[1]}".encode(), digest_size=20)
+    def key(self, image: Path, mask: Path, size: tuple[int, int], labels: str = "binary") -> str:
+        """Hex digest of the image's and the mask's bytes, the target size, how the mask is
+        read (`labels`) and FORMAT."""
+        variant = "" if labels == "binary" else f" {labels}"    # binary keys as before
+        h = hashlib.blake2b(f"v{FORMAT} {size[0]}x{size[1]}{variant}".encode(), digest_size=20)
         for path in (image, mask):
             data = Path(path).read_bytes()
             h.update(len(data).to_bytes(8, "little"))
@@ -52,11 +54,11 @@ class ArrayCache:
         return self.directory / key[:2] / f"{key}.npz"
 
     def get_or_compute(self, image: Path, mask: Path, size: tuple[int, int],
-                       compute: Callable[[], tuple[np.ndarray, np.ndarray]]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       compute: Callable[[], tuple[np.ndarray, np.ndarray]],
+                       labels: str = "binary") -> tuple[np.ndarray, np.ndarray]:
         """The cached ((H, W, 3) uint8, (H, W) uint8) arrays of the pair at `size`, else
         compute() stored under the pair's key. An unreadable entry counts as a miss."""
-        path = self.path(self.key(image, mask, size))
+        path = self.path(self.key(image, mask, size, labels))
         try:
             with _READ_LOCK, np.load(path) as entry:
                 arrays = entry["image"], entry["mask"]

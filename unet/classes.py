@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unet.data import SIXTEEN_BIT_MODES, grey_array
+from unet.data import grey_array
 
 MAX_INDEX_VALUE = 31   # a single-channel mask whose values are all <= this holds class indices
 
@@ -58,37 +58,44 @@ class Classes:
         return self.names[1:]
 
 
-def raw_levels(path: Path) -> tuple[np.ndarray, bool]:
-    """The distinct raw values of a mask and whether they are class indices: a palette image's
-    indices always are; a single-channel image's values are when all are <= MAX_INDEX_VALUE."""
-    with Image.open(path) as mask:
-        if mask.mode == "P":
-            return np.unique(np.asarray(mask)), True
-        if mask.mode in ("L", "I", "1") or mask.mode in SIXTEEN_BIT_MODES:
-            levels = np.unique(np.asarray(mask.convert("L") if mask.mode == "1" else mask))
-            return levels, int(levels.max()) <= MAX_INDEX_VALUE
-        return np.unique(grey_array(mask)), False
+def class_values(mask: Image.Image) -> tuple[np.ndarray, bool]:
+    """A decoded mask -> ((H, W) values, whether they are class indices). A palette mask with
+    colours holds indices (PASCAL VOC, this project's part masks); one whose palette is grey
+    (Carvana's black/white GIFs) holds those greys, which are indices only when all are small,
+    as are the values of a single-channel mask."""
+    if mask.mode == "P":
+        indices = np.asarray(mask)
+        palette = np.asarray(mask.getpalette() or [], np.int64).reshape(-1, 3)
+        used = palette[np.unique(indices)[np.unique(indices) < len(palette)]]
+        if len(used) and not (used == used[:, :1]).all():
+            return indices, True
+    values = grey_array(mask)
+    return values, int(values.max(initial=0)) <= MAX_INDEX_VALUE
 
 
 def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
-    """The number of classes in these masks (up to `limit` of them, spread evenly): the largest
-    class index + 1 when they hold indices with some index above 1, else 2 (binary)."""
+    """The number of classes in these masks (up to `limit` of them, spread evenly): when most
+    hold class indices and some index is above 1, the largest index + 1; else 2 (binary: a mask
+    that disagrees is then reported by the checks, not taken as the data's format)."""
     step = max(1, len(masks) // limit)
-    top = 1
-    for path in list(masks)[::step][:limit]:
-        levels, indices = raw_levels(path)
-        if not indices:
-            return 2
-        top = max(top, int(levels.max()))
-    return top + 1
+    chosen = list(masks)[::step][:limit]
+    tops = []
+    for path in chosen:
+        with Image.open(path) as mask:
+            values, indices = class_values(mask)
+        if indices:
+            tops.append(int(values.max(initial=0)))
+    if len(tops) * 2 <= len(chosen) or max(tops, default=0) <= 1:
+        return 2
+    return max(tops) + 1
 
 
 def load_class_map(path: Path, classes: Classes) -> np.ndarray:
     """A mask of class indices -> (H, W) uint8. BadLabel naming the file and the value when a
     pixel is not one of `classes`."""
     with Image.open(path) as mask:
-        values = np.asarray(mask) if mask.mode == "P" else grey_array(mask)
-    top = int(values.max()) if values.size else 0
+        values, _ = class_values(mask)
+    top = int(values.max(initial=0))
     if top >= classes.count:
         raise BadLabel(f"{path}: value {top} is not a class (0..{classes.count - 1}: "
                        f"{', '.join(classes.names)}); fix the mask, or declare the classes with "

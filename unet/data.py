@@ -105,14 +105,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Resizing is the deterministic first step of every preset, so it runs once per pair;
     `transform` (augmentation, normalization, ToTensorV2) runs on every read. Items are
-    (float image (3, H, W), float 0/1 mask (H, W)). With `cache`, the resized arrays are also
+    (float image (3, H, W), float 0/1 mask (H, W)), or with masks of K > 2 classes (int64
+    class indices (H, W)). With `cache`, the resized arrays are also
     kept on disk across runs (see unet.cache).
     """
 
     def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable,
-                 cache: ArrayCache | None = None):
+                 cache: ArrayCache | None = None, read_mask: Callable[[Path], np.ndarray] = None,
+                 labels: str = "binary"):
         self.pairs = list(pairs)
         self.size, self.transform, self.disk_cache = size, transform, cache
+        # Masks of K > 2 classes: read_mask gives class indices, and `labels` (e.g. "4
+        # classes") keeps their cache entries apart from the binary ones of the same files.
+        self.read_mask, self.labels = read_mask or load_mask, labels
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -120,7 +125,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def with_transform(self, transform: Callable) -> "SegmentationDataset":
         """The same pairs and resized arrays (shared, not copied) under another transform."""
-        view = SegmentationDataset(self.pairs, self.size, transform, self.disk_cache)
+        view = SegmentationDataset(self.pairs, self.size, transform, self.disk_cache,
+                                   self.read_mask, self.labels)
         view._cache = self._cache
         return view
 
@@ -142,13 +148,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
 
         def decode():
-            return resize_pair(load_image(pair.image, self.size), load_mask(pair.mask), self.size)
+            return resize_pair(load_image(pair.image, self.size), self.read_mask(pair.mask),
+                               self.size)
 
         if self.disk_cache is None:
             return decode()
-        return self.disk_cache.get_or_compute(pair.image, pair.mask, self.size, decode)
+        return self.disk_cache.get_or_compute(pair.image, pair.mask, self.size, decode,
+                                              self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.resized(index)
         out = self.transform(image=image, mask=mask)
-        return out["image"], out["mask"].float()
+        return out["image"], (out["mask"].float() if self.labels == "binary"
+                              else out["mask"].long())

@@ -97,11 +97,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                 disable=None)
     for images, masks in bar:
         images = precision.to_device(images)
-        masks = masks.to(precision.device, non_blocking=True).unsqueeze(1)
+        masks = masks.to(precision.device, non_blocking=True)
         with precision.context():
             logits = model(images)
         # The loss in fp32: BCE on bf16 logits loses precision near 0 and 1.
-        loss = loss_fn(logits.float(), masks)
+        loss = loss_fn(logits.float(), loss_target(logits, masks))
         if not torch.isfinite(loss):
             # Every process raises (torchrun then stops them all); skipping the batch on one
             # process only would leave the others waiting in DDP's gradient exchange. Overflow
@@ -122,24 +122,41 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
             "images_per_second": seen / seconds if seconds > 0 else math.nan}
 
 
+def loss_target(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """What the loss compares the logits with: 0/1 masks (B, 1, H, W) for a 1-channel
+    (sigmoid) head, class indices (B, H, W) for K channels (softmax)."""
+    return masks.unsqueeze(1) if logits.shape[1] == 1 else masks
+
+
+def decide(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, truth) as metrics count them: 0/1 (B, H, W) for a sigmoid head (the
+    probability above `threshold`), class indices (B, H, W) for K channels (the argmax)."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5
+    return logits.argmax(1), masks
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
-             threshold: float = 0.5) -> dict[str, float]:
+             threshold: float = 0.5, names: tuple[str, ...] | None = None) -> dict[str, float]:
     """Mean loss, accuracy/Dice/IoU (per image and micro) at the loader's resolution; over
-    all processes' images when there are several (each validates its share)."""
+    all processes' images when there are several (each validates its share). With K classes
+    also per class, named by `names` (unet.metrics.summarize_classes)."""
     model.eval()
-    metrics, total_loss, seen, start = SegmentationMetrics(), 0.0, 0, time.perf_counter()
+    metrics = SegmentationMetrics(len(names) if names else 2)
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
     for images, masks in tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
                 disable=None):
         images = precision.to_device(images)
         masks = masks.to(precision.device, non_blocking=True)
         with precision.context():
             logits = model(images).float()
-        total_loss += loss_fn(logits, masks.unsqueeze(1)).item() * len(images)
+        total_loss += loss_fn(logits, loss_target(logits, masks)).item() * len(images)
         seen += len(images)
-        metrics.update(torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5)
+        metrics.update(*decide(logits, masks, threshold))
     # Every process's counts: the scores of the whole validation set, each image once.
-    result = summarize(distributed.gather_over_ranks(metrics.all_counts()))
+    result = summarize(distributed.gather_over_ranks(metrics.all_counts()), names)
     total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
     result["loss"] = total_loss / max(seen, 1)
     result["images_per_second"] = seen / (time.perf_counter() - start)
@@ -189,11 +206,14 @@ class Trainer:
     `wrap(model)` gives the module that trains (e.g. DistributedDataParallel around it);
     `model` itself holds the weights for checkpoints, validation and inference. Under several
     processes only the main one writes the checkpoint.
+
+    `classes`: the class names when the masks hold K > 2 classes (the model then has K output
+    channels, the loss is its softmax form, and validation scores every class); None: binary.
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule, precision: Precision,
                  checkpoint_path: Path, loss: str = "bce_dice", calibration=(), wrap=None,
-                 seed: int = 0):
+                 seed: int = 0, classes: tuple[str, ...] | None = None):
         self.precision = precision
         self.seed = seed
         self.model = prepare(model, precision)
@@ -205,7 +225,8 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, schedule.total_steps,
                                                    schedule.warmup_steps, schedule.lr_schedule))
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
-        self.loss_fn = make_loss(loss)
+        self.classes = classes             # class names when K > 2 (the model has K channels)
+        self.loss_fn = make_loss(loss, len(classes) if classes else 2)
         self.calibration = list(calibration)
         self.checkpoint_path = Path(checkpoint_path)
         self.epoch = 0
@@ -242,7 +263,8 @@ class Trainer:
     def validate(self, val_loader) -> dict[str, float]:
         """Recalibrates BatchNorm, then validates the current weights in eval mode."""
         batchnorm.recalibrate(self.model, self.calibration, self.precision)
-        return validate(self.model, val_loader, self.loss_fn, self.precision)
+        return validate(self.model, val_loader, self.loss_fn, self.precision,
+                        names=self.classes)
 
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
         epochs, patience = self.epochs, self.schedule.patience

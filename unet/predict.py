@@ -30,58 +30,68 @@ class Segmenter:
     """
 
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
-                 tta: str = "none"):
+                 tta: str = "none", classes: tuple[str, ...] | None = None):
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
         self.model = prepare(model, self.precision).eval()
         self.image_size = tuple(image_size)
         self.tta = tta
+        # Class names, background first: K > 2 for a K-channel (softmax) model; None: binary.
+        self.classes = tuple(classes) if classes else None
+
+    @property
+    def binary(self) -> bool:
+        return self.classes is None
 
     @classmethod
     def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
-        """From {"features", "image_size", "model", "tta"} as written by `to_state`."""
-        model = UNet(features=state["features"])
+        """From {"features", "image_size", "model", "tta", "classes"} as written by `to_state`."""
+        classes = state.get("classes")
+        model = UNet(out_channels=len(classes) if classes else 1, features=state["features"])
         model.load_state_dict(state["model"])
-        return cls(model, state["image_size"], precision, state.get("tta", "none"))
+        return cls(model, state["image_size"], precision, state.get("tta", "none"), classes)
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
-                "tta": self.tta,
+                "tta": self.tta, "classes": list(self.classes or []),
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
 
     def with_tta(self, tta: str) -> "Segmenter":
         """The same weights with another test-time augmentation ("auto": this one's)."""
         if tta == "auto" or tta == self.tta:
             return self
-        return Segmenter(self.model, self.image_size, self.precision, tta)
+        return Segmenter(self.model, self.image_size, self.precision, tta, self.classes)
 
     @torch.no_grad()
     def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
-        """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities."""
+        """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities of the
+        object, or with K classes (B, h, w, K) of each class (softmax)."""
         self.model.eval()   # the model may be shared with a Trainer that set train mode
         x = self.precision.to_device(torch.from_numpy(to_input(batch)))
         flips = TTA_FLIPS[self.tta]
         total = None
         for dims in flips:
             with self.precision.context():
-                logits = self.model(x.flip(dims) if dims else x)
-            probs = torch.sigmoid(logits[:, 0].float())
-            # Flip back: dims of (B, C, H, W) are dims - 1 of (B, H, W).
-            probs = probs.flip([d - 1 for d in dims]) if dims else probs
+                logits = self.model(x.flip(dims) if dims else x).float()
+            probs = torch.sigmoid(logits[:, :1]) if self.binary else torch.softmax(logits, 1)
+            probs = probs.flip(dims) if dims else probs          # flip back
             total = probs if total is None else total + probs
-        return (total / len(flips)).cpu().numpy()
+        probs = (total / len(flips)).cpu()
+        return (probs[:, 0] if self.binary else probs.permute(0, 2, 3, 1)).numpy()
 
     def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
                       ) -> Iterator[np.ndarray]:
-        """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size."""
+        """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size
+        ((H, W, K) with K classes)."""
         batch: list[np.ndarray] = []
         sizes: list[tuple[int, int]] = []
 
         def flush():
             probs = self.probabilities_resized(np.stack(batch))
             for p, (h, w) in zip(probs, sizes):
-                yield p if p.shape == (h, w) else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+                yield (p if p.shape[:2] == (h, w)
+                       else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR))
             batch.clear()
             sizes.clear()
 
@@ -98,9 +108,10 @@ class Segmenter:
 
     def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
               batch_size: int = 16) -> Iterator[np.ndarray]:
-        """Yields one (H, W) uint8 0/1 mask per image, at the image's size."""
+        """Yields one (H, W) uint8 mask per image, at the image's size: 0/1 (the probability
+        above `threshold`), or with K classes the most probable class's index."""
         for probs in self.probabilities(images, batch_size):
-            yield (probs > threshold).astype(np.uint8)
+            yield (probs > threshold if self.binary else probs.argmax(-1)).astype(np.uint8)
 
 
 class UnreadableImage(ValueError):

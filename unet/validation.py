@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from unet import classes as labels
+from unet.classes import BadLabel, Classes
 from unet.data import IMAGE_EXTS, SIXTEEN_BIT_MODES, Pair, grey_array
 from unet.errors import UserError
 
@@ -34,6 +36,7 @@ PROBLEMS = {   # kind -> what the report says
     "unreadable_mask": "unreadable or truncated mask",
     "size_mismatch": "image and mask sizes differ",
     "multiclass_mask": "mask has more than 2 classes",
+    "bad_label": "mask value that is not a class",
 }
 NOTES = {
     "grayscale_image": "grayscale image (expanded to RGB)",
@@ -63,6 +66,7 @@ class DataReport:
     pairs: list[Pair]            # the usable pairs (problems dropped)
     problems: list[Finding]      # files that can't be used
     notes: list[Finding]         # files used after a conversion, or ignored
+    classes: Classes = Classes.numbered(2)   # detected from the masks, or declared
 
     @property
     def counts(self) -> dict[str, int]:
@@ -171,18 +175,56 @@ def _inner_levels(grey: np.ndarray, low: int, high: int) -> int:
     return int((counts >= MIN_CLASS_SHARE * grey.size).sum())
 
 
-def check_pair(pair: Pair, multiclass_ok: bool) -> list[Finding]:
+def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes
+                     ) -> list[Finding]:
+    """A mask of class indices: decodable, of the image's size, every value a class."""
+    try:
+        with Image.open(path) as mask:
+            size = mask.size
+        class_map = labels.load_class_map(path, classes)
+    except BadLabel as e:
+        return [Finding(path, "bad_label", str(e).split(": ", 1)[1])]
+    except DECODE_ERRORS as e:
+        return [Finding(path, "unreadable_mask", str(e))]
+    if size != image_size:
+        return [Finding(path, "size_mismatch", f"mask {size[0]}x{size[1]}, image "
+                                               f"{image_size[0]}x{image_size[1]}")]
+    return [] if class_map.any() else [Finding(path, "empty_mask")]
+
+
+def check_pair(pair: Pair, multiclass_ok: bool, classes: Classes | None = None) -> list[Finding]:
     size, findings = check_image(pair.image)
     if size is None:
         return findings
+    if classes is not None and not classes.binary:
+        return findings + check_class_mask(pair.mask, size, classes)
     return findings + check_mask(pair.mask, size, multiclass_ok)
+
+
+def detect_classes(masks: list[Path], declared: str) -> Classes:
+    """The classes of these masks (unet.classes.detect_count; unreadable masks are left to
+    the checks) under the names of parameter `classes` ("auto": numbered)."""
+    readable = []
+    for path in masks:
+        try:
+            with Image.open(path) as mask:
+                mask.load()
+            readable.append(path)
+        except DECODE_ERRORS:
+            pass
+    try:
+        return labels.parse(declared, labels.detect_count(readable) if readable else 2)
+    except ValueError as e:
+        raise UserError(f"parameter {e}") from None
 
 
 def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
                     mask_ext: str = ".gif", multiclass_ok: bool = False,
-                    threads: int | None = None) -> DataReport:
+                    threads: int | None = None, classes: str = "auto") -> DataReport:
     """Lists, pairs and decodes every file of image_dir and mask_dir (decoding in threads: PIL
     releases the GIL). Image `X.<jpg|jpeg|png>` pairs with mask `X{mask_suffix}{mask_ext}`.
+    The classes are detected from the masks (or declared by `classes`, comma names); with
+    K > 2 every mask value must be a class index.
 
     Raises UserError only when there is nothing to check (a folder missing, no images).
     """
@@ -214,9 +256,12 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
     problems += [Finding(path, "no_image", f"expected {image_dir / stem}.jpg, .jpeg or .png")
                  for stem, path in masks.items() if stem not in by_stem]
 
+    spread = candidates[::max(1, len(candidates) // 64)]
+    found_classes = detect_classes([pair.mask for pair in spread], classes)
     threads = threads or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
-        found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok), candidates))
+        found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok, found_classes),
+                              candidates))
     pairs = []
     for pair, findings in zip(candidates, found):
         bad = [f for f in findings if f.kind in PROBLEMS]
@@ -225,4 +270,4 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
         if not bad:
             pairs.append(pair)
     problems.sort(key=lambda f: str(f.path))
-    return DataReport(pairs, problems, notes)
+    return DataReport(pairs, problems, notes, found_classes)
