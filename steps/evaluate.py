@@ -25,7 +25,8 @@ def evaluate() -> None:
         splits.log_split_inputs(split, ("test",))
         model_uri = train_run.data.tags["model_uri"]
         metrics = test_model(cfg, model_uri, split.subsets["test"], Path(tmp) / "predictions")
-        floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin)
+        floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin,
+                                   split.classes)
 
         # Registration comes last: a failure above leaves the registry as it was.
         def score_champion(uri: str) -> float:

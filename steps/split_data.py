@@ -16,12 +16,13 @@ def split_data() -> None:
         if builtin:
             data_dir = Path(tmp)
             synthetic.generate(data_dir, cfg.num_images, cfg.synthetic_height,
-                               cfg.synthetic_width, cfg.seed)
+                               cfg.synthetic_width, cfg.seed, cfg.synthetic_classes)
         else:
             data_dir = Path(cfg.data_dir).expanduser().resolve()
         report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
                                             cfg.mask_suffix, cfg.mask_ext,
-                                            multiclass_ok=cfg.multiclass_masks == "threshold")
+                                            multiclass_ok=cfg.multiclass_masks == "threshold",
+                                            classes=_class_names(cfg))
         report_uri = reports.log_data_report(report)
         bad = report.counts["bad_files"]
         if bad and cfg.on_bad_data == "fail":
@@ -36,13 +37,21 @@ def split_data() -> None:
         pairs = report.pairs
         subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
-        splits.log_split(subsets, layout, data_dir, builtin)
+        splits.log_split(subsets, layout, data_dir, builtin, report.classes)
         sizes = ", ".join(f"{name} {len(p)}" for name, p in subsets.items())
         groups = len({pair.group for pair in pairs})
         runs.name_run(f"split_data {'built-in' if builtin else data_dir.name}: {groups} cars, "
                       f"{len(pairs)} images")
         print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
-              f"{'the built-in set' if builtin else data_dir}: {sizes}")
+              f"{'the built-in set' if builtin else data_dir}: {sizes}; "
+              f"{report.classes.count} classes ({', '.join(report.classes.names)})")
+
+
+def _class_names(cfg) -> str:
+    """The `classes` parameter; the built-in set's part masks come with their names."""
+    if cfg.data_dir == "synthetic" and cfg.synthetic_classes > 2 and cfg.classes == "auto":
+        return ",".join(synthetic.PART_NAMES)
+    return cfg.classes
 
 
 if __name__ == "__main__":

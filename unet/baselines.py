@@ -5,6 +5,10 @@ scores 1 on every image without an object and 0 elsewhere; predicting the object
 scores 2|T| / (|T| + HW); and the per-pixel mean of the training masks (the object where
 objects usually are) can score well on centred photos. These are computed on the same test
 images and with the same per-image Dice as the model.
+
+With K > 2 classes: all background (every foreground class missed), and the most frequent
+class of the training masks at each relative position; scored as the model is, by the mean
+over foreground classes (unet.metrics.summarize_classes).
 """
 from __future__ import annotations
 
@@ -13,28 +17,53 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from unet.classes import Classes, load_class_map
 from unet.data import Pair, load_mask
-from unet.metrics import confusion, scores
+from unet.metrics import SegmentationMetrics, confusion, scores
 from unet.transforms import resize_mask
 
 GRID = (160, 160)   # where training masks are averaged: positions relative to the image size
 
 
-def mean_mask(pairs: Sequence[Pair], limit: int = 500) -> np.ndarray:
+def mean_mask(pairs: Sequence[Pair], limit: int = 500, classes: Classes | None = None
+              ) -> np.ndarray:
     """(GRID) float32 share of training masks covering each relative position (up to `limit`
-    masks, spread evenly over the pairs)."""
+    masks, spread evenly over the pairs); with K > 2 classes, (K, *GRID) shares per class."""
     step = max(1, len(pairs) // limit)
     chosen = list(pairs)[::step][:limit]
-    total = np.zeros(GRID, np.float64)
+    multi = classes is not None and not classes.binary
+    total = np.zeros((classes.count, *GRID) if multi else GRID, np.float64)
     for pair in chosen:
-        total += resize_mask(load_mask(pair.mask), GRID)
+        if multi:
+            labels = resize_mask(load_class_map(pair.mask, classes), GRID)
+            total += labels[None] == np.arange(classes.count)[:, None, None]
+        else:
+            total += resize_mask(load_mask(pair.mask), GRID)
     return (total / max(1, len(chosen))).astype(np.float32)
 
 
-def baseline_dice(test: Sequence[Pair], mean: np.ndarray, threshold: float = 0.5
-                  ) -> dict[str, float]:
+def class_baseline_dice(test: Sequence[Pair], shares: np.ndarray, classes: Classes
+                        ) -> dict[str, float]:
+    """Mean foreground Dice on `test` of: all_background, and most_frequent_class (the argmax
+    of the training shares (K, *GRID), stretched to each image's size)."""
+    guess = shares.argmax(0).astype(np.uint8)
+    metrics = {"all_background": SegmentationMetrics(classes.count),
+               "most_frequent_class": SegmentationMetrics(classes.count)}
+    for pair in test:
+        truth = torch.from_numpy(load_class_map(pair.mask, classes))[None]
+        metrics["all_background"].update(torch.zeros_like(truth), truth)
+        metrics["most_frequent_class"].update(
+            torch.from_numpy(resize_mask(guess, truth.shape[1:]))[None], truth)
+    return {name: m.compute_named(classes.names)["dice"] for name, m in metrics.items()}
+
+
+def baseline_dice(test: Sequence[Pair], mean: np.ndarray, threshold: float = 0.5,
+                  classes: Classes | None = None) -> dict[str, float]:
     """Per-image mean Dice on `test` of: all_background, all_foreground and mean_mask (the
-    training mean above `threshold`, stretched to each image's size)."""
+    training mean above `threshold`, stretched to each image's size). K > 2 classes:
+    class_baseline_dice."""
+    if classes is not None and not classes.binary:
+        return class_baseline_dice(test, mean, classes)
     per_image: dict[str, list[float]] = {"all_background": [], "all_foreground": [],
                                          "mean_mask": []}
     guess = (mean > threshold).astype(np.uint8)

@@ -48,7 +48,9 @@ class SplitConfig:
     test_fraction: float
     seed: int
     on_bad_data: str         # fail | skip (drop the pairs the data check rejects)
-    multiclass_masks: str    # error | threshold (binarize masks of several classes at half)
+    multiclass_masks: str    # error | threshold (binarize grey masks of several levels at half)
+    classes: str             # auto (detected from the masks) | names, background first
+    synthetic_classes: int   # built-in set: 2 or 4 (body, windows, wheels)
 
     def validate(self) -> None:
         one_of(self, "on_bad_data", ("fail", "skip"))
@@ -61,6 +63,9 @@ class SplitConfig:
                             "(nothing would be left to train on)")
         if self.num_images < 3:
             raise UserError(f"parameter num_images={self.num_images}: must be at least 3")
+        if self.synthetic_classes not in (2, 4):
+            raise UserError(f"parameter synthetic_classes={self.synthetic_classes}: use 2 "
+                            f"(car and background) or 4 (background, body, windows, wheels)")
         if min(self.synthetic_height, self.synthetic_width) < 32:
             raise UserError("parameters synthetic_height/synthetic_width: must be at least 32")
 

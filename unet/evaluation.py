@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from unet.classes import Classes, load_class_map
 from unet.data import Pair, load_image, load_mask
-from unet.metrics import SegmentationMetrics, confusion, scores, summarize
+from unet.metrics import SegmentationMetrics, scores
 from unet.predict import TTA_FLIPS, Segmenter
-from unet.visualize import overlay, panel
+from unet.visualize import confusion_image, overlay, panel
 
 
 def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float = 0.5,
@@ -24,7 +26,10 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
     panels/<stem>.jpg (image | truth | prediction | overlay) for the first 8, and
     per_image.csv (stem, accuracy, dice, iou, tp, fp, fn, tn).
     """
-    metrics = SegmentationMetrics()
+    classes = class_count(segmenter)
+    read_truth = load_mask if segmenter.binary else functools.partial(
+        load_class_map, classes=Classes(segmenter.classes))
+    metrics = SegmentationMetrics(classes)
     if out_dir is not None:
         for sub in ("masks", "overlays", "panels"):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -35,20 +40,40 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
         images = [load_image(p.image) for p in chunk]
         for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
                                             segmenter.masks(images, threshold, batch_size)):
-            truth = load_mask(pair.mask)
+            truth = read_truth(pair.mask)
             metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
             if out_dir is not None:
-                Image.fromarray(pred * 255).save(out_dir / "masks" / f"{pair.stem}_mask.png")
-                Image.fromarray(overlay(image, pred)).save(
+                # Binary masks as 0/255; class maps as their indices (0..K-1).
+                Image.fromarray(pred * 255 if classes == 2 else pred).save(
+                    out_dir / "masks" / f"{pair.stem}_mask.png")
+                Image.fromarray(overlay(image, pred, classes=classes)).save(
                     out_dir / "overlays" / f"{pair.stem}_overlay.jpg")
                 if index < 8:
-                    Image.fromarray(panel(image, truth, pred)).save(
+                    Image.fromarray(panel(image, truth, pred, classes)).save(
                         out_dir / "panels" / f"{pair.stem}.jpg")
         bar.update(len(chunk))
     bar.close()
     if out_dir is not None:
-        write_per_image_csv(out_dir / "per_image.csv", pairs, metrics.all_counts())
-    return metrics.compute()
+        if classes == 2:
+            write_per_image_csv(out_dir / "per_image.csv", pairs, metrics.all_counts())
+        else:
+            write_confusion(out_dir, metrics.confusion_matrix(), segmenter.classes)
+    return metrics.compute_named(segmenter.classes) if classes > 2 else metrics.compute()
+
+
+def class_count(segmenter: Segmenter) -> int:
+    return 2 if segmenter.binary else len(segmenter.classes)
+
+
+def write_confusion(out_dir: Path, matrix: np.ndarray, names: tuple[str, ...]) -> None:
+    """The (K, K) pixel confusion matrix (rows: truth, columns: prediction) as
+    confusion_matrix.csv and confusion_matrix.png (rows normalized, a cell per class pair)."""
+    with open(out_dir / "confusion_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["truth \\ prediction"] + list(names))
+        for name, row in zip(names, matrix.tolist()):
+            writer.writerow([name] + row)
+    Image.fromarray(confusion_image(matrix, names)).save(out_dir / "confusion_matrix.png")
 
 
 def write_per_image_csv(path: Path, pairs: Sequence[Pair], counts: torch.Tensor) -> None:
@@ -70,8 +95,9 @@ def choose_tta(segmenter: Segmenter, dataset, min_gain: float = 0.002,
     truth = torch.from_numpy(np.stack([mask for _, mask in pairs]))
     dice = {}
     for mode in TTA_FLIPS:
-        probs = segmenter.with_tta(mode).probabilities(image for image, _ in pairs)
-        pred = torch.from_numpy(np.stack([p > threshold for p in probs]))
-        dice[mode] = summarize(confusion(pred, truth))["dice"]
+        masks = segmenter.with_tta(mode).masks((image for image, _ in pairs), threshold)
+        metrics = SegmentationMetrics(class_count(segmenter))
+        metrics.update(torch.from_numpy(np.stack(list(masks))), truth)
+        dice[mode] = metrics.compute_named(segmenter.classes)["dice"]
     best = max(dice, key=dice.get)
     return (best if dice[best] >= dice["none"] + min_gain else "none"), dice

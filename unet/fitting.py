@@ -3,10 +3,12 @@ several under torchrun). Knows nothing of MLflow (unet/tracking/training.py logs
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from unet import distributed, engine, transforms
 from unet.cache import ArrayCache
+from unet.classes import Classes, load_class_map
 from unet.config import TrainConfig
 from unet.data import Pair, SegmentationDataset
 from unet.errors import UserError
@@ -22,10 +24,13 @@ class TrainData:
     batch_size: int                    # this process's share of the global batch
     seed: int                          # this process's augmentation seed
     cache: ArrayCache | None
+    classes: Classes                   # binary, or K > 2 (a K-channel softmax model)
 
 
-def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]]) -> TrainData:
-    """Decodes and resizes the train and val pairs (through the disk cache when on)."""
+def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
+              classes: Classes = Classes.numbered(2)) -> TrainData:
+    """Decodes and resizes the train and val pairs (through the disk cache when on); masks
+    as 0/1, or as class indices when there are K > 2 classes."""
     world = distributed.world_size()
     if cfg.batch_size % world:
         raise UserError(f"parameter batch_size={cfg.batch_size}: the batch is shared out among "
@@ -36,10 +41,13 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]]) -> TrainData:
     augment = transforms.train_transform(cfg.rotate_limit, cfg.hflip, cfg.vflip,
                                          cfg.color_jitter, seed, patch if patch != size else None)
     cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
-    train_set = SegmentationDataset(subsets["train"], size, augment, cache).preload()
+    masks = {} if classes.binary else {
+        "read_mask": functools.partial(load_class_map, classes=classes),
+        "labels": f"{classes.count} classes"}
+    train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
-                                  cache).preload()
-    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache)
+                                  cache, **masks).preload()
+    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes)
 
 
 def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
@@ -52,10 +60,11 @@ def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
     calibration = engine.calibration_batches(
         data.train_set.with_transform(transforms.eval_transform()), cfg.bn_recalibration,
         data.batch_size, cfg.seed)
-    trainer = engine.Trainer(UNet(features=cfg.features), schedule, precision, checkpoint,
-                             cfg.loss, calibration,
+    classes = data.classes
+    trainer = engine.Trainer(UNet(out_channels=classes.out_channels, features=cfg.features),
+                             schedule, precision, checkpoint, cfg.loss, calibration,
                              wrap=lambda model: distributed.wrap(model, cfg.sync_bn),
-                             seed=data.seed)
+                             seed=data.seed, classes=None if classes.binary else classes.names)
     if cfg.compile:
         trainer.model.compile()   # in place: state_dict keys stay those of the UNet
     return trainer

@@ -61,11 +61,16 @@ class SegmentationMetrics:
     def __init__(self, classes: int = 2):
         self.classes = classes
         self.counts: list[torch.Tensor] = []
+        self._matrix = torch.zeros(classes, classes, dtype=torch.long)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Adds a batch of masks (B, H, W); returns its counts."""
         counts = (confusion(pred, target) if self.classes == 2
                   else class_confusion(pred, target, self.classes)).cpu()
+        if self.classes > 2:
+            pairs = (target.reshape(-1).long() * self.classes + pred.reshape(-1).long()).cpu()
+            self._matrix += torch.bincount(pairs, minlength=self.classes ** 2).reshape(
+                self.classes, self.classes)
         self.counts.append(counts)
         return counts
 
@@ -82,6 +87,11 @@ class SegmentationMetrics:
         """{"accuracy", "dice", "iou"} averaged over images, plus "<name>_micro" pooled (and
         per class, for K > 2, under numbered class names)."""
         return summarize(self.all_counts())
+
+    def confusion_matrix(self):
+        """(K, K) int64 pixel counts of K > 2 classes, rows truth and columns prediction.
+        Needs the maps themselves, so update() keeps a running matrix (see _matrix)."""
+        return self._matrix.numpy()
 
     def compute_named(self, names: tuple[str, ...]) -> dict[str, float]:
         """compute() with the per-class scores under `names` (index -> name)."""

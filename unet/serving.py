@@ -5,7 +5,8 @@ bytes of a JPEG/PNG file (over HTTP: base64 text, which MLflow decodes because t
 type is binary) or, from Python, an (H, W, 3) uint8 RGB array.
 
 Output: a DataFrame, one row per image: `mask` (PNG bytes, (H, W), 0 background / 255 object,
-at the image's own size; base64 text over HTTP), `height`, `width`, and with
+at the image's own size; base64 text over HTTP; a model of K > 2 classes gives the class map,
+pixel values 0..K-1, its class names in the model's metadata `classes`), `height`, `width`, and with
 params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
 Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
 """
@@ -77,10 +78,15 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
         images = [as_image(i, cell) for i, cell in enumerate(model_input[INPUT_COLUMN])]
+        if with_probabilities and not segmenter.binary:
+            raise invalid("param return_probabilities: only for binary models; this one has "
+                          f"{len(segmenter.classes)} classes")
         rows = []
         for image, probs in zip(images, segmenter.probabilities(images)):
-            row = {"mask": encode_png((probs > threshold).astype(np.uint8) * 255),
-                   "height": image.shape[0], "width": image.shape[1]}
+            # Binary: 0/255; K classes: the class map (index of the most probable class).
+            mask = ((probs > threshold).astype(np.uint8) * 255 if segmenter.binary
+                    else probs.argmax(-1).astype(np.uint8))
+            row = {"mask": encode_png(mask), "height": image.shape[0], "width": image.shape[1]}
             if with_probabilities:
                 row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))
             rows.append(row)

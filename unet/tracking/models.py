@@ -61,6 +61,7 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
             artifacts={"segmenter": str(weights)}, code_paths=[str(code)],
             signature=SIGNATURE,
+            metadata={"classes": list(segmenter.classes or ("background", "foreground"))},
             input_example=pd.DataFrame({INPUT_COLUMN: [encode_png(example)]}),
             pip_requirements=MODEL_REQUIREMENTS)
     mlflow.set_tag("model_uri", info.model_uri)

@@ -36,11 +36,13 @@ class Floor:
         return self.baselines[self.best] + self.margin
 
 
-def log_floor(subsets: dict, threshold: float, margin: float) -> Floor:
+def log_floor(subsets: dict, threshold: float, margin: float, classes=None) -> Floor:
     """The floor for a model tested on subsets["test"]: the trivial baselines (unet.baselines,
-    the mean mask from subsets["train"]) logged as `baseline_dice_<name>`, and `floor_dice`."""
-    scores = baselines.baseline_dice(subsets["test"], baselines.mean_mask(subsets["train"]),
-                                     threshold)
+    the mean mask from subsets["train"]; per class with K > 2 `classes`) logged as
+    `baseline_dice_<name>`, and `floor_dice`."""
+    scores = baselines.baseline_dice(
+        subsets["test"], baselines.mean_mask(subsets["train"], classes=classes), threshold,
+        classes)
     floor = Floor(scores, margin)
     mlflow.log_metrics({f"baseline_dice_{k}": v for k, v in scores.items()}
                        | {"floor_dice": floor.dice})

@@ -14,6 +14,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from unet.classes import Classes
 from unet.data import Pair
 from unet.errors import UserError
 from unet.tracking.runs import get_run
@@ -30,6 +31,7 @@ class Split:
     builtin: bool
     subsets: dict[str, list[Pair]]     # "train", "val", "test"
     data_dir: Path
+    classes: Classes = Classes.numbered(2)
 
 
 def _pairs_digest(pairs: list[Pair]) -> str:
@@ -55,10 +57,11 @@ def log_dataset(pairs: list[Pair], name: str, context: str, source: str) -> None
 
 
 def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: Path,
-              builtin: bool) -> None:
-    """Logs split.json (stems per subset and the folder layout), the generated data set itself
-    when builtin, and each subset as an input."""
+              builtin: bool, classes: Classes = Classes.numbered(2)) -> None:
+    """Logs split.json (stems per subset, the folder layout and the class names), the
+    generated data set itself when builtin, and each subset as an input."""
     record = {"builtin": builtin, "data_dir": None if builtin else str(Path(data_dir).resolve()),
+              "classes": list(classes.names),
               **layout, **{name: [p.image.name for p in pairs] for name, pairs in subsets.items()}}
     mlflow.log_dict(record, SPLIT_FILE)
     if builtin:
@@ -108,4 +111,6 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
     if missing:
         raise UserError(f"{len(missing)} image(s) of split run {run_id} are gone, e.g. "
                         f"{missing[0]}: restore them or run split_data again")
-    return Split(run_id, record["builtin"], subsets, data_dir)
+    # Splits logged before classes were recorded are binary.
+    names = tuple(record.get("classes") or Classes.numbered(2).names)
+    return Split(run_id, record["builtin"], subsets, data_dir, Classes(names))

@@ -93,7 +93,7 @@ def fit(inputs: TrainInputs, precision: Precision, run) -> None:
     cfg = inputs.cfg
     if run is not None:
         log_inputs(inputs, precision)
-    data = fitting.load_data(cfg, inputs.split.subsets)
+    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes)
     if data.cache is not None and run is not None:
         print(f"resized arrays: {data.cache.hits} from {data.cache.directory}, "
               f"{data.cache.misses} decoded")
@@ -125,7 +125,8 @@ def fit(inputs: TrainInputs, precision: Precision, run) -> None:
 def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) -> None:
     """The fit loop: logs and prints each epoch (rank 0); an interruption logs the last
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line."""
-    live = Segmenter(trainer.model, val_set.size, trainer.precision)   # the weights in training
+    live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
+                     classes=trainer.classes)
     outbox = Outbox(run.info.run_id) if run is not None else None
     try:
         for result in trainer.fit(train_loader, val_loader):
@@ -159,9 +160,10 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
     """Logs the best-by-validation-Dice weights as the run's model, with the test-time
     augmentation that validation measured to help, and an input example."""
-    best = UNet(features=cfg.features)
+    best = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     best.load_state_dict(trainer.best_state)
-    segmenter = Segmenter(best, (cfg.image_height, cfg.image_width), precision)
+    segmenter = Segmenter(best, (cfg.image_height, cfg.image_width), precision,
+                          classes=trainer.classes)
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)
