@@ -75,19 +75,24 @@ def class_values(mask: Image.Image) -> tuple[np.ndarray, bool]:
 
 def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
     """The number of classes in these masks (up to `limit` of them, spread evenly): when most
-    hold class indices and some index is above 1, the largest index + 1; else 2 (binary: a mask
-    that disagrees is then reported by the checks, not taken as the data's format)."""
+    hold class indices, the largest index found in at least two of them (or in the only one),
+    + 1; else 2. A mask that disagrees (a stray value, another format) does not decide the
+    data's classes: the checks then report it by name."""
     step = max(1, len(masks) // limit)
     chosen = list(masks)[::step][:limit]
-    tops = []
+    seen: dict[int, int] = {}        # index -> masks holding it
+    index_masks = 0
     for path in chosen:
         with Image.open(path) as mask:
             values, indices = class_values(mask)
         if indices:
-            tops.append(int(values.max(initial=0)))
-    if len(tops) * 2 <= len(chosen) or max(tops, default=0) <= 1:
+            index_masks += 1
+            for value in np.unique(values).tolist():
+                seen[value] = seen.get(value, 0) + 1
+    if index_masks * 2 <= len(chosen):
         return 2
-    return max(tops) + 1
+    classes = [v for v, n in seen.items() if n >= min(2, index_masks)]
+    return max(2, max(classes, default=1) + 1)
 
 
 def load_class_map(path: Path, classes: Classes) -> np.ndarray:
