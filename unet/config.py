@@ -28,10 +28,10 @@ def at_least(config, names: tuple[str, ...], low: int) -> None:
             raise UserError(f"parameter {name}={getattr(config, name)}: must be >= {low}")
 
 
-def one_of(config, name: str, options: tuple[str, ...]) -> None:
+def one_of(config, name: str, options: tuple) -> None:
     if getattr(config, name) not in options:
         raise UserError(f"parameter {name}={getattr(config, name)}: use "
-                        f"{', '.join(options[:-1])} or {options[-1]}")
+                        f"{', '.join(map(str, options[:-1]))} or {options[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +63,7 @@ class SplitConfig:
                             "(nothing would be left to train on)")
         if self.num_images < 3:
             raise UserError(f"parameter num_images={self.num_images}: must be at least 3")
-        if self.synthetic_classes not in (2, 4):
-            raise UserError(f"parameter synthetic_classes={self.synthetic_classes}: use 2 "
-                            f"(car and background) or 4 (background, body, windows, wheels)")
+        one_of(self, "synthetic_classes", (2, 4))    # 4: background, body, windows, wheels
         if min(self.synthetic_height, self.synthetic_width) < 32:
             raise UserError("parameters synthetic_height/synthetic_width: must be at least 32")
 
