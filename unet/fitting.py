@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from unet import distributed, engine, transforms
+from unet import distributed, engine, seeding, transforms
 from unet.cache import ArrayCache
 from unet.classes import Classes, load_class_map
 from unet.config import TrainConfig
@@ -54,7 +54,7 @@ def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
                  checkpoint: Path) -> engine.Trainer:
     """The Trainer of cfg: its schedule, loss, BatchNorm calibration images and the model
     wrapped for several processes."""
-    engine.seed_everything(cfg.seed)         # the same initial weights in every process
+    seeding.seed_everything(cfg.seed)       # the same initial weights in every process
     schedule = Schedule(cfg.lr, cfg.epochs, cfg.steps_per_epoch, cfg.warmup_steps,
                         cfg.lr_schedule, cfg.patience)
     calibration = engine.calibration_batches(
