@@ -168,14 +168,19 @@ class NaNAfter(nn.BCEWithLogitsLoss):
         return loss * float("nan") if self.calls < 0 else loss
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    generate(tmp_path, 8, 32, 48, seed=1)
-    pairs = validate_folder(tmp_path / "train", tmp_path / "train_masks").pairs
+def tiny_trainer(folder, checkpoint) -> tuple[engine.Trainer, torch.utils.data.DataLoader]:
+    """A Trainer of 3 epochs over 8 generated 32x48 pairs, and its loader."""
+    generate(folder, 8, 32, 48, seed=1)
+    pairs = validate_folder(folder / "train", folder / "train_masks").pairs
     data = SegmentationDataset(pairs, (32, 48), eval_transform())
     precision = choose_precision("fp32", "cpu")
     loader = engine.make_loader(data, 4, 0, 0, precision, EpochSampler(len(data), 8, seed=0))
-    trainer = engine.Trainer(UNet(features=(4, 8)), Schedule(1e-3, 3, len(loader)), precision,
-                             tmp_path / "last.pt")
+    return engine.Trainer(UNet(features=(4, 8)), Schedule(1e-3, 3, len(loader)), precision,
+                          checkpoint), loader
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer, loader = tiny_trainer(tmp_path, tmp_path / "last.pt")
     trainer.loss_fn = NaNAfter(calls=len(loader) + len(loader) + 1)   # epoch 1 + its val, then NaN
     epochs = []
     with pytest.raises(engine.NonFiniteLoss, match="loss is nan at epoch 2/3"):
@@ -203,13 +208,7 @@ def test_exploding_lr_fails_the_run_with_one_line(tracking_uri):
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import errno
-    generate(tmp_path, 8, 32, 48, seed=1)
-    pairs = validate_folder(tmp_path / "train", tmp_path / "train_masks").pairs
-    data = SegmentationDataset(pairs, (32, 48), eval_transform())
-    precision = choose_precision("fp32", "cpu")
-    loader = engine.make_loader(data, 4, 0, 0, precision, EpochSampler(len(data), 8, seed=0))
-    trainer = engine.Trainer(UNet(features=(4, 8)), Schedule(1e-3, 3, len(loader)), precision,
-                             tmp_path / "ckpt" / "last.pt")
+    trainer, loader = tiny_trainer(tmp_path, tmp_path / "ckpt" / "last.pt")
     saves, real_save = [], torch.save
 
     def save_until_the_disk_fills(state, f):
