@@ -19,6 +19,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -89,6 +90,7 @@ def worker(args) -> None:
 
 
 def measure(args, kind: str, paths: list[Path], out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)                 # a fresh run, nothing to skip
     listing = out.with_suffix(".txt")
     listing.write_text("".join(f"{p}\n" for p in paths))
     cmd = [sys.executable, "-m", "tools.predict_bench", str(args.out), "--worker", kind,
@@ -114,6 +116,7 @@ def check_rle_equals_png(csv: Path, masks: Path) -> int:
 def kill_and_resume(args, paths: list[Path], reference: Path) -> dict:
     """A run killed with SIGKILL after a random 10-80% of the reference's time, then rerun."""
     out = args.out / "killed"
+    shutil.rmtree(out, ignore_errors=True)
     listing = out.with_suffix(".txt")
     listing.write_text("".join(f"{p}\n" for p in paths))
     cmd = [sys.executable, "-m", "tools.predict_bench", str(args.out), "--worker", "rle",

@@ -103,17 +103,29 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                             + (["probabilities"] if with_probabilities else []))
 
 
+def read_cell(index: int, cell: Any, size: tuple[int, int]
+              ) -> tuple[np.ndarray, tuple[int, int]]:
+    """An input cell as predict reads a file (unet.predict.read_for_model): (image, full size).
+    Bytes may be base64 text (HTTP); UnreadableImage or `invalid` say why not."""
+    if not isinstance(cell, (bytes, bytearray)):
+        image = as_image(index, cell)
+        return image, image.shape[:2]
+    try:
+        return read_for_model(bytes(cell), size)
+    except UnreadableImage as e:
+        try:
+            return read_for_model(base64.b64decode(cell, validate=True), size)
+        except (binascii.Error, UnreadableImage):
+            raise e from None
+
+
 def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.DataFrame:
     """The output of format "rle": one row per cell, an unreadable image as a row with its
     `error` (so that a batch of a Spark job goes on)."""
     rows, images, sizes, at = [], [], [], []
     for i, cell in enumerate(cells):
         try:
-            if isinstance(cell, (bytes, bytearray)):
-                image, size = read_for_model(bytes(cell), segmenter.image_size)
-            else:
-                image = as_image(i, cell)
-                size = image.shape[:2]
+            image, size = read_cell(i, cell, segmenter.image_size)
         except (UnreadableImage, MlflowException) as e:
             rows.append({"rle_mask": "", "height": 0, "width": 0,
                          "error": str(getattr(e, "message", e))})

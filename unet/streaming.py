@@ -156,9 +156,10 @@ def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: i
 
 
 def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: float = 0.5,
-                   batch_size: int = 8, workers: int = 2, log=print) -> Outcome:
+                   batch_size: int = 8, workers: int = 2, log=None) -> Outcome:
     """Predicts the images `sink` has not done yet, in batches, and writes them with `sink`.
-    Unreadable images are named (via `log`), counted as failed and skipped."""
+    Unreadable images are named (via `log`; default: a line above the progress bar), counted
+    as failed and skipped."""
     todo = sink.todo(images)
     outcome = Outcome(skipped=len(images) - len(todo))
     writes: deque[Future] = deque()
@@ -179,7 +180,7 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
         for path, read in read_ahead(todo, segmenter.image_size, workers, 2 * batch_size + workers):
             if isinstance(read, UnreadableImage):
                 outcome.failed.append((path, str(read)))
-                bar.write(f"failed {path}: {read}")
+                (log or bar.write)(f"failed {path}: {read}")
                 bar.update(1)
                 continue
             batch.append((path, *read))
