@@ -11,6 +11,7 @@ an empty result and its reason, not a failed job.
 from __future__ import annotations
 
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local",
                                   params={"format": "rle", "threshold": threshold, "tta": tta})
     parallel = spark.sparkContext.defaultParallelism
+    started = time.perf_counter()
     for start in range(0, len(todo), CHUNK):
         chunk = [p for p in todo[start:start + CHUNK] if p.is_file() or missing(p, outcome, log)]
         if not chunk:
@@ -70,7 +72,9 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
             rows.append(f"{path.name},{out.rle_mask}\n")
         sink.append_rows("".join(rows))  # the chunk's rows, whole, in the images' order
         outcome.predicted += len(rows)
-        log(f"spark: {min(start + CHUNK, len(todo))}/{len(todo)} images")
+        seconds = time.perf_counter() - started
+        log(f"spark: {min(start + CHUNK, len(todo))}/{len(todo)} images, "
+            f"{outcome.predicted / seconds:.2f} images/s since the session started")
     return outcome
 
 
