@@ -1,6 +1,6 @@
 """predict at Carvana scale: throughput, single-image latency and peak memory at two sizes.
 
-    python -m tools.predict_bench OUT --images 2000 --small 200 [--kill] [--json bench.json]
+    python -m tools.predict_bench OUT --images 2000 --small 200 [--kill] [--spark] [--json F]
 
 Generates `--images` Carvana-like 1918x1280 JPEGs under OUT/images (tools.datasets' dusk cars:
 `--scenes` rendered scenes, each written many times shifted and mirrored, so 2,000 files take a
@@ -10,7 +10,8 @@ images and on all of them, and reports images/s and peak RSS side by side. The m
 untrained U-Net of the CPU plan's size (features 16..128 at 128x192, bf16 where the CPU has
 it): speed does not depend on the weights. Then it checks that every RLE row decodes to the
 PNG mask of its image, and with --kill it kills a run with SIGKILL at a random moment, reruns
-it, and compares the CSV with the uninterrupted one byte for byte.
+it, and compares the CSV with the uninterrupted one byte for byte; with --spark it runs
+engine=spark (local[*], needs `.[spark]`) on the `--small` images and compares its CSV too.
 """
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def worker(args) -> None:
             rle.encode(segmenter.masks_at([image], [size])[0])
             times.append(time.perf_counter() - start)
         result = {"latency_ms": 1000 * statistics.median(times[1:])}
+    elif args.worker == "spark":
+        result = spark_run(segmenter, images, Path(args.out), args.batch_size)
     else:
         sink = CsvSink(Path(args.out) / "submission.csv") if args.worker == "rle" \
             else PngSink(Path(args.out))
@@ -87,6 +90,25 @@ def worker(args) -> None:
                   "images_per_s": outcome.predicted / elapsed}
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)
+
+
+def spark_run(segmenter, images: list[Path], out: Path, batch_size: int) -> dict:
+    """engine=spark on local[*]: the model logged to a private store, then the Spark job
+    (session start, model load in the workers and all included)."""
+    import mlflow
+    from unet.streaming import CsvSink
+    from unet.tracking import models
+    from unet.tracking.spark_predict import predict_spark
+    out.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    with mlflow.start_run():
+        model_uri = models.log_model(segmenter, np.zeros((16, 24, 3), np.uint8))
+    start = time.perf_counter()
+    outcome = predict_spark(model_uri, images, CsvSink(out / "submission.csv"), 0.5, "auto",
+                            batch_size, "local[*]", log=lambda m: print(m, file=sys.stderr))
+    elapsed = time.perf_counter() - start
+    return {"images": outcome.predicted, "seconds": elapsed,
+            "images_per_s": outcome.predicted / elapsed}
 
 
 def measure(args, kind: str, paths: list[Path], out: Path) -> dict:
@@ -147,6 +169,7 @@ def main() -> None:
                         default=[16, 32, 64, 128])
     parser.add_argument("--size", type=lambda s: [int(x) for x in s.split(",")], default=[128, 192])
     parser.add_argument("--kill", action="store_true")
+    parser.add_argument("--spark", action="store_true", help="also engine=spark on --small images")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--list", help=argparse.SUPPRESS)
@@ -169,6 +192,13 @@ def main() -> None:
     big = args.out / f"rle_{args.images}" / "submission.csv"
     report["rle_rows_equal_png_masks"] = check_rle_equals_png(big, args.out / f"png_{args.images}")
     print(f"rows checked against the PNG masks: {report['rle_rows_equal_png_masks']}", flush=True)
+    if args.spark:
+        report["spark_small"] = measure(args, "spark", paths[:args.small], args.out / "spark")
+        report["spark_rows_equal_local"] = ((args.out / "spark" / "submission.csv").read_bytes()
+                                            == (args.out / f"rle_{args.small}" / "submission.csv")
+                                            .read_bytes())
+        print(f"spark (local[*], {args.small} images): {report['spark_small']}, same CSV as the "
+              f"local engine: {report['spark_rows_equal_local']}", flush=True)
     if args.kill:
         args.reference_seconds = report[f"rle_{args.images}"]["seconds"]
         report["kill_resume"] = kill_and_resume(args, paths, big)
