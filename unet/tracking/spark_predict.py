@@ -21,7 +21,7 @@ from unet.errors import UserError
 from unet.streaming import CsvSink, Outcome
 
 RESULT_TYPE = "struct<rle_mask: string, error: string>"
-CHUNK = 1024          # images per Spark job: the unit of progress a restart keeps
+CHUNK = 1024          # images per Spark job (at least 64 per task slot): what a restart keeps
 
 
 def session(master: str):
@@ -52,9 +52,10 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local",
                                   params={"format": "rle", "threshold": threshold, "tta": tta})
     parallel = spark.sparkContext.defaultParallelism
+    size = max(CHUNK, 64 * parallel)      # a big cluster is not idle waiting on each chunk
     started = time.perf_counter()
-    for start in range(0, len(todo), CHUNK):
-        chunk = [p for p in todo[start:start + CHUNK] if p.is_file() or missing(p, outcome, log)]
+    for start in range(0, len(todo), size):
+        chunk = [p for p in todo[start:start + size] if p.is_file() or missing(p, outcome, log)]
         if not chunk:
             continue
         frame = (spark.read.format("binaryFile").load([str(p) for p in chunk])
@@ -73,7 +74,7 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
         sink.append_rows("".join(rows))  # the chunk's rows, whole, in the images' order
         outcome.predicted += len(rows)
         seconds = time.perf_counter() - started
-        log(f"spark: {min(start + CHUNK, len(todo))}/{len(todo)} images, "
+        log(f"spark: {min(start + size, len(todo))}/{len(todo)} images, "
             f"{outcome.predicted / seconds:.2f} images/s since the session started")
     return outcome
 
