@@ -17,6 +17,8 @@ from conftest import ROOT, mlflow_run, register_untrained_champion
 from unet import rle
 from unet.errors import UserError
 from unet.folder import plan, plan_job
+from unet.streaming import CsvSink, predict_stream
+from unet.tracking import models
 
 
 def digests(folder) -> dict[str, str]:
@@ -144,9 +146,10 @@ def predict_process(model_uri: str, photos, out, tracking_uri: str) -> subproces
 
 def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_csv(tracking_uri, tmp_path):
     model_uri = register_untrained_champion()
-    photos_of(tmp_path / "photos", 120, size=(480, 720))
-    whole = predict_process(model_uri, tmp_path / "photos", tmp_path / "whole", tracking_uri)
-    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+    images = photos_of(tmp_path / "photos", 120, size=(480, 720))
+    # the uninterrupted run, in this process: the same code, model and batches as the step's
+    predict_stream(models.load_segmenter(model_uri), images,
+                   CsvSink(tmp_path / "whole" / "submission.csv"), batch_size=2)
     expected = (tmp_path / "whole" / "submission.csv").read_bytes()
     assert expected.count(b"\n") == 121
 

@@ -156,11 +156,11 @@ def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: i
 
 
 def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: float = 0.5,
-                   batch_size: int = 8, workers: int = min(8, os.cpu_count() or 2),
-                   log=None) -> Outcome:
+                   batch_size: int = 8, workers: int | None = None, log=None) -> Outcome:
     """Predicts the images `sink` has not done yet, in batches, and writes them with `sink`.
-    Unreadable images are named (via `log`; default: a line above the progress bar), counted
-    as failed and skipped."""
+    `workers` reader threads (default: the cores, at most 8). Unreadable images are named (via
+    `log`; default: a line above the progress bar), counted as failed and skipped."""
+    workers = workers or min(8, os.cpu_count() or 2)
     todo = sink.todo(images)
     outcome = Outcome(skipped=len(images) - len(todo))
     writes: deque[Future] = deque()
