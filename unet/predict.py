@@ -88,7 +88,7 @@ class Segmenter:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
             sizes.append(image.shape[:2])
-            batch.append(image)
+            batch.append(resize_image(image, self.image_size))   # hold the small copy only
             if len(batch) == batch_size:
                 yield from flush()
         if batch:
