@@ -28,18 +28,23 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
 MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py", "precision.py",
-                 "predict.py", "serving.py", "transforms.py")
+                 "predict.py", "rle.py", "serving.py", "transforms.py")
 MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy", "pillow", "opencv-python-headless", "albumentations"]
 
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-    outputs=Schema([ColSpec(DataType.binary, "mask"), ColSpec(DataType.long, "height"),
-                    ColSpec(DataType.long, "width"),
-                    ColSpec(DataType.binary, "probabilities", required=False)]),
+    # format "png" (default): mask, height, width [, probabilities]; format "rle": rle_mask,
+    # height, width, error (unet.serving)
+    outputs=Schema([ColSpec(DataType.binary, "mask", required=False),
+                    ColSpec(DataType.long, "height"), ColSpec(DataType.long, "width"),
+                    ColSpec(DataType.binary, "probabilities", required=False),
+                    ColSpec(DataType.string, "rle_mask", required=False),
+                    ColSpec(DataType.string, "error", required=False)]),
     params=ParamSchema([ParamSpec("threshold", DataType.double, DEFAULT_THRESHOLD),
                         ParamSpec("return_probabilities", DataType.boolean, False),
-                        ParamSpec("tta", DataType.string, "auto")]),
+                        ParamSpec("tta", DataType.string, "auto"),
+                        ParamSpec("format", DataType.string, "png")]),
 )
 
 
