@@ -1,36 +1,61 @@
-"""Entry point predict: segment a folder of images with a registered model."""
+"""Entry point predict: segment a folder (or a list) of images with a registered model, as
+masks or one Kaggle submission CSV, streaming and resumable; engine=spark runs the model as a
+Spark UDF."""
 import sys
-from pathlib import Path
 
 import mlflow
 
 from unet import cli, config
 from unet.errors import UserError
-from unet.folder import plan, predict_folder
+from unet.folder import plan_job
+from unet.streaming import CsvSink, Outcome, predict_stream
 from unet.tracking import models, runs
+
+ARTIFACT_LIMIT = 20 * 2**20   # a submission CSV up to this size is logged with the run
 
 
 def predict() -> None:
     cfg = config.load("predict", cli.overrides("predict"))
     with runs.step_run("predict") as run:
         runs.log_effective_params(config.as_params(cfg))
-        images, ignored = plan(Path(cfg.input_dir), Path(cfg.output_dir), cfg.overlay)
-        segmenter = models.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
-        mlflow.set_tag("tta", segmenter.tta)
-        result = predict_folder(segmenter, images, Path(cfg.output_dir), cfg.threshold,
-                                cfg.overlay, cfg.batch_size)
-        runs.name_run(f"predict {len(result.written)} images")
-        mlflow.log_metrics({"images_written": len(result.written),
-                            "images_skipped": len(result.skipped)})
-        print(f"predict run {run.info.run_id}: {len(result.written)} mask(s) written to "
-              f"{Path(cfg.output_dir).resolve()}"
-              + (f"; ignored {ignored} file(s) that are not .jpg/.jpeg/.png" if ignored else ""))
-        if result.skipped:
-            print(f"{len(result.skipped)} unreadable image(s) skipped:", file=sys.stderr)
-            for path, why in result.skipped:
-                print(f"  {path}: {why}", file=sys.stderr)
-            raise UserError(f"{len(result.skipped)} of {len(result.skipped) + len(result.written)} "
-                            f"image(s) could not be read (listed above); the others were written")
+        job = plan_job(cfg.input_dir, cfg.input_list, cfg.output_dir, cfg.format, cfg.overlay,
+                       cfg.engine)
+        classes = models.classes_of(cfg.model_uri)
+        if len(classes) > 2 and cfg.format == "rle":
+            raise UserError(f"parameter format=rle: the Kaggle RLE holds binary masks, and "
+                            f"{cfg.model_uri} segments {len(classes)} classes; use format=png "
+                            f"(class-index PNGs)")
+        if len(classes) > 2:
+            job.sink.classes = len(classes)      # a PngSink: class-index masks
+        if cfg.engine == "spark":
+            from unet.tracking.spark_predict import predict_spark
+            outcome = predict_spark(cfg.model_uri, job.images, job.sink, cfg.threshold, cfg.tta,
+                                    cfg.batch_size, cfg.spark_master)
+        else:
+            segmenter = models.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
+            mlflow.set_tag("tta", segmenter.tta)
+            outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
+                                     cfg.batch_size)
+        report(run, outcome, job.sink, job.ignored)
+
+
+def report(run, outcome: Outcome, sink, ignored: int) -> None:
+    """Logs the counts (and a small CSV); prints the final line; UserError if images failed."""
+    runs.name_run(f"predict {outcome.predicted} images")
+    mlflow.log_metrics({"images_predicted": outcome.predicted,
+                        "images_skipped": outcome.skipped, "images_failed": len(outcome.failed)})
+    mlflow.set_tag("output", sink.describe())
+    if isinstance(sink, CsvSink) and sink.path.stat().st_size <= ARTIFACT_LIMIT:
+        mlflow.log_artifact(str(sink.path))
+    print(f"predict run {run.info.run_id}: {outcome.line()}; output in {sink.describe()}"
+          + (f"; ignored {ignored} file(s) that are not .jpg/.jpeg/.png" if ignored else ""))
+    if outcome.failed:
+        print(f"{len(outcome.failed)} unreadable image(s) skipped:", file=sys.stderr)
+        for path, why in outcome.failed:
+            print(f"  {path}: {why}", file=sys.stderr)
+        total = outcome.predicted + len(outcome.failed)
+        raise UserError(f"{len(outcome.failed)} of {total} image(s) could not be read (listed "
+                        f"above); the others were written")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import mlflow_run, register_untrained_champion
+from conftest import ROOT, mlflow_run, register_untrained_champion
+from unet import rle
 from unet.errors import UserError
-from unet.folder import plan
+from unet.folder import plan, plan_job
+from unet.streaming import CsvSink, predict_stream
+from unet.tracking import models
 
 
 def digests(folder) -> dict[str, str]:
@@ -48,7 +57,7 @@ def test_predict_writes_a_mask_per_image_and_lists_unreadable_files(tracking_uri
     result = mlflow_run("predict", {"input_dir": str(photos), "output_dir": str(clean)},
                         tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "3 mask(s) written" in result.stdout
+    assert "predicted 3, skipped 0 (already done), failed 0" in result.stdout
     assert sorted(p.name for p in clean.iterdir()) == \
         ["car1_mask.png", "car2_mask.png", "car3_mask.png"]
 
@@ -73,4 +82,113 @@ def test_two_images_with_one_stem_are_refused_before_any_write(tmp_path):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / name)
     with pytest.raises(UserError, match="a.jpg and a.png would both write a_mask.png"):
         plan(photos, tmp_path / "out", overlay=False)
+    assert not (tmp_path / "out").exists()
+
+
+def photos_of(folder, count: int, size=(48, 72), seed: int = 0) -> list:
+    """`count` JPEGs of smooth random colour fields (a mask of both values even untrained)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        small = rng.integers(0, 255, (6, 9, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize(size[::-1], Image.BILINEAR)
+        image.save(folder / f"car{i:03d}.jpg", quality=90)
+        paths.append(folder / f"car{i:03d}.jpg")
+    return paths
+
+
+def submission(path) -> list[tuple[str, str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "img,rle_mask"
+    return [tuple(line.split(",")) for line in lines[1:]]
+
+
+def test_rle_rows_from_a_list_decode_to_the_png_masks_and_bad_files_are_named(tracking_uri,
+                                                                             tmp_path):
+    register_untrained_champion()
+    paths = photos_of(tmp_path / "photos", 5, size=(300, 450))   # JPEG draft mode at work
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# the cars\n" + "".join(f"{p}\n" for p in reversed(paths))
+                       + "photos/broken.jpg\n\n" + f"{tmp_path / 'gone.jpg'}\n")
+    result = mlflow_run("predict", {"input_list": str(listing), "output_dir": str(tmp_path / "rle"),
+                                    "format": "rle", "threshold": "0.5"}, tracking_uri)
+    assert result.returncode != 0
+    assert "broken.jpg: not an image" in result.stderr and "gone.jpg" in result.stderr
+    assert "predicted 5, skipped 0 (already done), failed 2" in result.stdout
+    rows = submission(tmp_path / "rle" / "submission.csv")
+    assert [name for name, _ in rows] == [p.name for p in paths]          # sorted, each once
+
+    result = mlflow_run("predict", {"input_dir": str(tmp_path / "photos"),
+                                    "output_dir": str(tmp_path / "png")}, tracking_uri)
+    assert "predicted 5, skipped 0 (already done), failed 1" in result.stdout
+    for name, runs in rows:
+        png = np.asarray(Image.open(tmp_path / "png" / name.replace(".jpg", "_mask.png"))) // 255
+        assert png.shape == (300, 450) and 0 < png.mean() < 1
+        assert np.array_equal(rle.decode(runs, 300, 450), png)
+
+    # the same command again: everything is done, nothing is written twice
+    again = mlflow_run("predict", {"input_list": str(listing), "output_dir": str(tmp_path / "rle"),
+                                   "format": "rle"}, tracking_uri)
+    assert "predicted 0, skipped 5 (already done), failed 2" in again.stdout
+    assert submission(tmp_path / "rle" / "submission.csv") == rows
+
+
+def predict_process(model_uri: str, photos, out, tracking_uri: str) -> subprocess.Popen:
+    """The predict step itself (no `mlflow run` around it, so that SIGKILL hits it)."""
+    cmd = [sys.executable, "-m", "steps.predict", "--model_uri", model_uri, "--input_dir",
+           str(photos), "--output_dir", str(out), "--format", "rle", "--batch_size", "2"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_csv(tracking_uri, tmp_path):
+    model_uri = register_untrained_champion()
+    images = photos_of(tmp_path / "photos", 120, size=(480, 720))
+    # the uninterrupted run, in this process: the same code, model and batches as the step's
+    predict_stream(models.load_segmenter(model_uri), images,
+                   CsvSink(tmp_path / "whole" / "submission.csv"), batch_size=2)
+    expected = (tmp_path / "whole" / "submission.csv").read_bytes()
+    assert expected.count(b"\n") == 121
+
+    csv = tmp_path / "killed" / "submission.csv"
+    victim = predict_process(model_uri, tmp_path / "photos", tmp_path / "killed", tracking_uri)
+    deadline = time.monotonic() + 120
+    while not (csv.exists() and csv.read_bytes().count(b"\n") > 1):   # the first batch is in
+        assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read()
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = csv.read_bytes().count(b"\n") - 1
+    assert 0 < done < 120                                      # killed in the middle
+    with open(csv, "ab") as f:                                 # and as if mid-write: torn row
+        f.write(b"car119.jpg,12 3 4")
+
+    rerun = predict_process(model_uri, tmp_path / "photos", tmp_path / "killed", tracking_uri)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    assert f"predicted {120 - done}, skipped {done} (already done), failed 0" in out
+    assert csv.read_bytes() == expected                        # no duplicate, no torn row
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(input_dir="photos", input_list="list.txt"), "give exactly one of"),
+    (dict(input_dir="", input_list=""), "give exactly one of"),
+    (dict(input_dir="photos", fmt="tiff"), "parameter format=tiff"),
+    (dict(input_dir="photos", fmt="rle", overlay=True), "overlay=true needs format=png"),
+    (dict(input_dir="photos", engine="spark"), "engine=spark writes format=rle only"),
+    (dict(input_list="list.txt", fmt="rle"), "have one file name"),
+])
+def test_a_job_that_cannot_be_written_is_refused_before_any_write(tmp_path, monkeypatch,
+                                                                  params, message):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("photos", "other"):
+        photos_of(tmp_path / folder, 1, size=(8, 8))
+    Path("list.txt").write_text("photos/car000.jpg\nother/car000.jpg\n")
+    params = {"input_dir": "", "input_list": "", **params}
+    with pytest.raises(UserError, match=message):
+        plan_job(params.pop("input_dir"), params.pop("input_list"), str(tmp_path / "out"),
+                 **params)
     assert not (tmp_path / "out").exists()

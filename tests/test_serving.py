@@ -161,3 +161,27 @@ def test_latency_of_one_160x240_image(served):
         masks.add(answer["predictions"][0]["mask"])
     assert len(masks) == 1                  # the same answer every time
     print(f"\np50 latency, one 160x240 JPEG, tiny model: {1000 * statistics.median(times):.1f} ms")
+
+
+def test_format_rle_gives_predicts_runs_and_names_a_bad_image_without_failing_the_batch(
+        tracking_uri, tmp_path):
+    """What predict's Spark engine asks the model for: the rows the local engine writes."""
+    from unet import rle
+    from unet.streaming import CsvSink, predict_stream
+    model_uri = register_untrained_champion()
+    files = {"a.jpg": encoded(photo(400, 600), "JPEG"), "b.png": encoded(photo(33, 51), "PNG")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    model = mlflow.pyfunc.load_model(model_uri)
+    cells = [files["a.jpg"], b"not an image", files["b.png"]]
+    out = model.predict(pd.DataFrame({"image": cells}), params={"format": "rle"})
+    assert list(out.columns) == ["rle_mask", "height", "width", "error"]
+    assert out["error"].tolist()[0] == "" and "not an image" in out["error"][1]
+    assert out[["height", "width"]].values.tolist() == [[400, 600], [0, 0], [33, 51]]
+    predict_stream(models.load_segmenter(model_uri), sorted(tmp_path.glob("*.*g")),
+                   CsvSink(tmp_path / "s.csv"))
+    local = dict(line.split(",") for line in (tmp_path / "s.csv").read_text().splitlines()[1:])
+    assert [local["a.jpg"], local["b.png"]] == [out["rle_mask"][0], out["rle_mask"][2]]
+    assert 0 < rle.decode(local["a.jpg"], 400, 600).mean() < 1
+    default = model.predict(pd.DataFrame({"image": cells[:1]}))          # unchanged default
+    assert list(default.columns) == ["mask", "height", "width"]

@@ -163,18 +163,24 @@ class EvaluateConfig:
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
     model_uri: str           # models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model
-    input_dir: str           # a folder of .jpg/.jpeg/.png images
-    output_dir: str          # gets <stem>_mask.png (and <stem>_overlay.jpg) per image
+    input_dir: str           # a folder of .jpg/.jpeg/.png images, or ...
+    input_list: str          # ... a text file of image paths, one per line
+    output_dir: str          # gets <stem>_mask.png (and <stem>_overlay.jpg) or submission.csv
+    format: str              # png | rle (Kaggle Carvana submission.csv)
     threshold: float
     overlay: bool
     batch_size: int
     tta: str                 # auto (the model's own) | none | hflip | flips
+    engine: str              # local | spark (mlflow.pyfunc.spark_udf; format rle)
+    spark_master: str        # engine=spark: e.g. local[*]
 
     def validate(self) -> None:
         check_tta(self.tta)
-        for name in ("model_uri", "input_dir", "output_dir"):
+        for name in ("model_uri", "output_dir"):    # input_dir/input_list: unet.folder
             if not getattr(self, name).strip():
                 raise UserError(f"parameter {name} is missing")
+        for name, options in (("format", ("png", "rle")), ("engine", ("local", "spark"))):
+            one_of(self, name, options)
         if not 0 < self.threshold < 1:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
         if self.batch_size < 1:
@@ -291,10 +297,6 @@ def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dic
 
 def as_params(config) -> dict[str, str]:
     """A config as the flat text parameters MLflow stores (features as "64,128")."""
-    out = {}
-    for name, value in dataclasses.asdict(config).items():
-        if isinstance(value, (tuple, list)):
-            out[name] = ",".join(map(str, value))
-        else:
-            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return out
+    return {name: ",".join(map(str, value)) if isinstance(value, (tuple, list))
+            else str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in dataclasses.asdict(config).items()}

@@ -1,30 +1,59 @@
-"""Segmenting a folder of photos: one `<stem>_mask.png` (and overlay) per image, at its size."""
+"""What predict reads and writes: the images of a folder or of a list file, and the output
+(masks per image, or one submission CSV), checked before anything is written."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from PIL import Image
-from tqdm import tqdm
-
-from unet import visualize
 from unet.data import IMAGE_EXTS
 from unet.errors import UserError
-from unet.predict import Segmenter, UnreadableImage, read_image
+from unet.streaming import SUBMISSION, CsvSink, PngSink
 
-MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
+FORMATS = ("png", "rle")
+CSV_UNSAFE = set(',"\n\r')      # a name with these would need CSV quoting: refused
 
 
 @dataclasses.dataclass
-class FolderResult:
-    written: list[Path]                   # the masks
-    skipped: list[tuple[Path, str]]       # (image, why) for each one that could not be read
+class Job:
+    images: list[Path]          # sorted: the order rows are written in
+    ignored: int                # files of input_dir that are not images
+    sink: CsvSink | PngSink
 
 
 def plan(input_dir: Path, output_dir: Path, overlay: bool) -> tuple[list[Path], int]:
     """The images of input_dir (sorted; not sub-folders, not hidden files) and how many other
-    files there are. UserError if a write would land on an input or two images share a stem."""
-    input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
+    files there are. UserError if a mask would land on an input or two images share a stem."""
+    images, files = folder_images(Path(input_dir).expanduser(), Path(output_dir).expanduser())
+    check_outputs(images, files, PngSink(Path(output_dir).expanduser(), overlay))
+    return images, len(files) - len(images)
+
+
+def plan_job(input_dir: str, input_list: str, output_dir: str, fmt: str = "png",
+             overlay: bool = False, engine: str = "local") -> Job:
+    """The images of input_dir or input_list (exactly one given) and where their output goes
+    (format png: masks; rle: output_dir/submission.csv). UserError on any conflict."""
+    if bool(input_dir.strip()) == bool(input_list.strip()):
+        raise UserError("give exactly one of the parameters input_dir (a folder of images) and "
+                        "input_list (a text file, one image path per line)")
+    if fmt not in FORMATS:
+        raise UserError(f"parameter format={fmt}: use png or rle")
+    if overlay and fmt != "png":
+        raise UserError("parameter overlay=true needs format=png")
+    if engine == "spark" and fmt != "rle":
+        raise UserError("parameter engine=spark writes format=rle only (a Spark UDF returns "
+                        "strings, not images): add -P format=rle")
+    output = Path(output_dir).expanduser()
+    if input_dir.strip():
+        images, files = folder_images(Path(input_dir).expanduser(), output)
+    else:
+        images = files = list_images(Path(input_list).expanduser())
+    sink = PngSink(output, overlay) if fmt == "png" else CsvSink(output / SUBMISSION)
+    check_outputs(images, files, sink)
+    return Job(images, len(files) - len(images), sink)
+
+
+def folder_images(input_dir: Path, output_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(images, all files) of input_dir, sorted."""
     if not input_dir.is_dir():
         raise UserError(f"parameter input_dir={input_dir}: not a folder")
     if output_dir.resolve() == input_dir.resolve():
@@ -34,10 +63,44 @@ def plan(input_dir: Path, output_dir: Path, overlay: bool) -> tuple[list[Path], 
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
     if not images:
         raise UserError(f"parameter input_dir={input_dir}: no .jpg/.jpeg/.png images in it")
+    return images, files
+
+
+def list_images(input_list: Path) -> list[Path]:
+    """The paths in a text file, one per line (blank lines and `#` comments skipped; relative
+    paths are relative to the file's folder), sorted, each once. Missing files stay in: they
+    fail one by one, named, like unreadable ones."""
+    if not input_list.is_file():
+        raise UserError(f"parameter input_list={input_list}: not a file")
+    lines = [line.strip() for line in input_list.read_text().splitlines()]
+    paths = {(input_list.parent / Path(line).expanduser()) for line in lines
+             if line and not line.startswith("#")}
+    if not paths:
+        raise UserError(f"parameter input_list={input_list}: lists no image")
+    return sorted(paths)
+
+
+def check_outputs(images: list[Path], files: list[Path], sink: CsvSink | PngSink) -> None:
+    """UserError if an output would overwrite an input, or two images would write one output
+    (masks of one stem; rows of one file name)."""
     inputs = {p.resolve() for p in files}
+    if isinstance(sink, CsvSink):
+        if sink.path.resolve() in inputs:
+            raise UserError(f"writing {sink.path} would overwrite an input; choose another "
+                            f"output_dir")
+        names: dict[str, Path] = {}
+        for image in images:
+            if CSV_UNSAFE & set(image.name):
+                raise UserError(f"{image}: a comma, quote or line break in the file name; "
+                                f"rename it (a submission row starts with the bare name)")
+            if image.name in names:
+                raise UserError(f"{names[image.name]} and {image} have one file name, which "
+                                f"a submission row cannot tell apart; rename one of them")
+            names[image.name] = image
+        return
     writers: dict[Path, Path] = {}
     for image in images:
-        for out in outputs(image, output_dir, overlay):
+        for out in sink.outputs(image):
             if out.resolve() in inputs:
                 raise UserError(f"writing {out} would overwrite an input; choose another "
                                 f"output_dir")
@@ -45,40 +108,3 @@ def plan(input_dir: Path, output_dir: Path, overlay: bool) -> tuple[list[Path], 
                 raise UserError(f"{writers[out].name} and {image.name} would both write "
                                 f"{out.name}; rename one of them")
             writers[out] = image
-    return images, len(files) - len(images)
-
-
-def outputs(image: Path, output_dir: Path, overlay: bool) -> list[Path]:
-    """Where the mask (and overlay) of `image` go."""
-    names = [image.stem + MASK_SUFFIX] + ([image.stem + OVERLAY_SUFFIX] if overlay else [])
-    return [output_dir / name for name in names]
-
-
-def predict_folder(segmenter: Segmenter, images: list[Path], output_dir: Path,
-                   threshold: float = 0.5, overlay: bool = False,
-                   batch_size: int = 8) -> FolderResult:
-    """Writes `<stem>_mask.png` (0/255, the image's size) per image (from `plan`) into
-    output_dir, and `<stem>_overlay.jpg` with overlay. Unreadable images are skipped and
-    reported."""
-    output_dir = Path(output_dir).expanduser()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    result = FolderResult([], [])
-    with tqdm(total=len(images), desc="predict", unit="img", dynamic_ncols=True,
-              disable=None) as bar:
-        for start in range(0, len(images), batch_size):
-            readable = []
-            for path in images[start:start + batch_size]:
-                try:
-                    readable.append((path, read_image(path)))
-                except UnreadableImage as e:
-                    result.skipped.append((path, str(e)))
-                    bar.write(f"skipped {path}: {e}")
-            arrays = [array for _, array in readable]
-            for (path, array), mask in zip(readable, segmenter.masks(arrays, threshold, batch_size)):
-                mask_path, *overlay_path = outputs(path, output_dir, overlay)
-                Image.fromarray(mask * 255).save(mask_path)
-                if overlay_path:
-                    Image.fromarray(visualize.overlay(array, mask)).save(overlay_path[0], quality=90)
-                result.written.append(mask_path)
-            bar.update(min(batch_size, len(images) - start))
-    return result

@@ -88,10 +88,7 @@ class Segmenter:
         sizes: list[tuple[int, int]] = []
 
         def flush():
-            probs = self.probabilities_resized(np.stack(batch))
-            for p, (h, w) in zip(probs, sizes):
-                yield (p if p.shape[:2] == (h, w)
-                       else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR))
+            yield from self.probabilities_at(batch, sizes)
             batch.clear()
             sizes.clear()
 
@@ -100,18 +97,39 @@ class Segmenter:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
             sizes.append(image.shape[:2])
-            batch.append(resize_image(image, self.image_size))
+            batch.append(resize_image(image, self.image_size))   # hold the small copy only
             if len(batch) == batch_size:
                 yield from flush()
         if batch:
             yield from flush()
 
+    def probabilities_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]]
+                         ) -> list[np.ndarray]:
+        """One batch: (h, w, 3) uint8 images of any size (e.g. JPEGs decoded in draft mode) ->
+        one (H, W) float32 probability map per image at sizes[i] = (H, W), its full size
+        ((H, W, K) with K classes)."""
+        probs = self.probabilities_resized(np.stack([resize_image(image, self.image_size)
+                                                     for image in images]))
+        return [p if p.shape[:2] == (h, w)
+                else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+                for p, (h, w) in zip(probs, sizes)]
+
+    def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """A probability map at its size -> (H, W) uint8 mask: 0/1 (the probability above
+        `threshold`), or with K classes the index of the most probable class."""
+        return (probs > threshold if self.binary else probs.argmax(-1)).astype(np.uint8)
+
+    def masks_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]],
+                 threshold: float = 0.5) -> list[np.ndarray]:
+        """One batch as `probabilities_at` -> (H, W) uint8 masks (see `decide`): what predict
+        writes."""
+        return [self.decide(p, threshold) for p in self.probabilities_at(images, sizes)]
+
     def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
               batch_size: int = 16) -> Iterator[np.ndarray]:
-        """Yields one (H, W) uint8 mask per image, at the image's size: 0/1 (the probability
-        above `threshold`), or with K classes the most probable class's index."""
+        """Yields one (H, W) uint8 mask per image at the image's size (see `decide`)."""
         for probs in self.probabilities(images, batch_size):
-            yield (probs > threshold if self.binary else probs.argmax(-1)).astype(np.uint8)
+            yield self.decide(probs, threshold)
 
 
 class UnreadableImage(ValueError):
@@ -132,6 +150,34 @@ def read_image(source: bytes | Path) -> np.ndarray:
         raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"unreadable image ({e})") from None
+
+
+def read_for_model(source: bytes | Path, size: tuple[int, int]
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """JPEG/PNG bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
+
+    A JPEG larger than the model input `size` (H, W) is decoded at 1/2, 1/4 or 1/8 of its size
+    (PIL draft mode: the DCT scales, several times faster), never smaller than `size`; other
+    images at full size. Upright as EXIF says, as read_image. The mask belongs at (H, W).
+    Raises UnreadableImage saying why.
+    """
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                        else source) as image:
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
+                width, height = height, width
+                size = size[::-1]
+            if image.format == "JPEG":
+                image.draft(None, (size[1], size[0]))
+            return rgb_array(ImageOps.exif_transpose(image)), (height, width)
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"unreadable image ({e})") from None
+
+
+EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap width and height
 
 
 def encode_png(array: np.ndarray) -> bytes:

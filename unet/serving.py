@@ -9,6 +9,12 @@ at the image's own size; base64 text over HTTP; a model of K > 2 classes gives t
 pixel values 0..K-1, its class names in the model's metadata `classes`), `height`, `width`, and with
 params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
 Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
+
+With params {"format": "rle"} (what predict's Spark engine asks for: a Spark UDF returns
+strings, not images) the output is `rle_mask` (unet.rle: Kaggle Carvana run-length encoding
+at the image's size), `height`, `width` and `error`: "" or why that image could not be read,
+in which case its other cells are empty; one bad image does not fail the others. Images are
+read as predict reads them (JPEG draft mode), so the runs equal predict's local engine's.
 """
 from __future__ import annotations
 
@@ -23,10 +29,14 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from unet.predict import TTA_FLIPS, Segmenter, UnreadableImage, encode_png, read_image
+from unet import rle
+from unet.predict import (TTA_FLIPS, Segmenter, UnreadableImage, encode_png, read_for_model,
+                          read_image)
 
 INPUT_COLUMN = "image"
 DEFAULT_THRESHOLD = 0.5
+FORMATS = ("png", "rle")
+RLE_COLUMNS = ["rle_mask", "height", "width", "error"]
 
 
 def invalid(message: str) -> MlflowException:
@@ -74,9 +84,17 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         tta = str(params.get("tta", "auto"))
         if tta != "auto" and tta not in TTA_FLIPS:
             raise invalid(f"param tta={tta}: use auto, {', '.join(TTA_FLIPS)}")
+        fmt = str(params.get("format", "png"))
+        if fmt not in FORMATS:
+            raise invalid(f"param format={fmt}: use png or rle")
         segmenter = self.segmenter.with_tta(tta)
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
+        if fmt == "rle":
+            if not segmenter.binary:
+                raise invalid(f"param format=rle: the Kaggle RLE holds binary masks; this model "
+                              f"has {len(segmenter.classes)} classes (use format=png)")
+            return rle_rows(segmenter, model_input[INPUT_COLUMN], threshold)
         images = [as_image(i, cell) for i, cell in enumerate(model_input[INPUT_COLUMN])]
         if with_probabilities and not segmenter.binary:
             raise invalid("param return_probabilities: only for binary models; this one has "
@@ -92,6 +110,44 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             rows.append(row)
         return pd.DataFrame(rows, columns=["mask", "height", "width"]
                             + (["probabilities"] if with_probabilities else []))
+
+
+def read_cell(index: int, cell: Any, size: tuple[int, int]
+              ) -> tuple[np.ndarray, tuple[int, int]]:
+    """An input cell as predict reads a file (unet.predict.read_for_model): (image, full size).
+    Bytes may be base64 text (HTTP); UnreadableImage or `invalid` say why not."""
+    if not isinstance(cell, (bytes, bytearray)):
+        image = as_image(index, cell)
+        return image, image.shape[:2]
+    try:
+        return read_for_model(bytes(cell), size)
+    except UnreadableImage as e:
+        try:
+            return read_for_model(base64.b64decode(cell, validate=True), size)
+        except (binascii.Error, UnreadableImage):
+            raise e from None
+
+
+def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.DataFrame:
+    """The output of format "rle": one row per cell, an unreadable image as a row with its
+    `error` (so that a batch of a Spark job goes on)."""
+    rows, images, sizes, at = [], [], [], []
+    for i, cell in enumerate(cells):
+        try:
+            image, size = read_cell(i, cell, segmenter.image_size)
+        except (UnreadableImage, MlflowException) as e:
+            rows.append({"rle_mask": "", "height": 0, "width": 0,
+                         "error": str(getattr(e, "message", e))})
+            continue
+        rows.append(None)
+        images.append(image)
+        sizes.append(size)
+        at.append(i)
+    if images:
+        for i, size, mask in zip(at, sizes, segmenter.masks_at(images, sizes, threshold)):
+            rows[i] = {"rle_mask": rle.encode(mask), "height": size[0], "width": size[1],
+                       "error": ""}
+    return pd.DataFrame(rows, columns=RLE_COLUMNS)
 
 
 def decode_mask(png: bytes) -> np.ndarray:

@@ -28,18 +28,23 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
 MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py", "precision.py",
-                 "predict.py", "serving.py", "transforms.py")
+                 "predict.py", "rle.py", "serving.py", "transforms.py")
 MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy", "pillow", "opencv-python-headless", "albumentations"]
 
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-    outputs=Schema([ColSpec(DataType.binary, "mask"), ColSpec(DataType.long, "height"),
-                    ColSpec(DataType.long, "width"),
-                    ColSpec(DataType.binary, "probabilities", required=False)]),
+    # format "png" (default): mask, height, width [, probabilities]; format "rle": rle_mask,
+    # height, width, error (unet.serving)
+    outputs=Schema([ColSpec(DataType.binary, "mask", required=False),
+                    ColSpec(DataType.long, "height"), ColSpec(DataType.long, "width"),
+                    ColSpec(DataType.binary, "probabilities", required=False),
+                    ColSpec(DataType.string, "rle_mask", required=False),
+                    ColSpec(DataType.string, "error", required=False)]),
     params=ParamSchema([ParamSpec("threshold", DataType.double, DEFAULT_THRESHOLD),
                         ParamSpec("return_probabilities", DataType.boolean, False),
-                        ParamSpec("tta", DataType.string, "auto")]),
+                        ParamSpec("tta", DataType.string, "auto"),
+                        ParamSpec("format", DataType.string, "png")]),
 )
 
 
@@ -66,6 +71,18 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             pip_requirements=MODEL_REQUIREMENTS)
     mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
+
+
+def classes_of(model_uri: str) -> list[str]:
+    """The class names a logged model segments (its metadata `classes`; binary models logged
+    before classes existed have none: background and foreground)."""
+    try:
+        metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    except (MlflowException, OSError) as e:
+        reason = str(e.message if isinstance(e, MlflowException) else e).splitlines()[0]
+        raise UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
+                        f"({reason}); run the pipeline first or pass another model_uri") from None
+    return list(metadata.get("classes") or ("background", "foreground"))
 
 
 def load_segmenter(model_uri: str) -> Segmenter:
