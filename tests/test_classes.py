@@ -19,7 +19,7 @@ from test_bad_input import error_lines, run_step
 from unet import ui
 from unet.classes import BadLabel, Classes, detect_count, load_class_map
 from unet.model import UNet
-from unet.predict import Segmenter, read_image
+from unet.predict import Segmenter, read_for_model, read_image
 from unet.synthetic import PART_NAMES, generate, render
 from unet.tracking import models
 from unet.validation import validate_folder
@@ -160,3 +160,23 @@ def test_the_served_class_map_equals_local_prediction(tmp_path, tracking_uri):
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(
         answer["predictions"][0]["mask"]))))
     assert served.shape == (120, 180) and (served == local).all()
+
+    # predict writes the class map (indices, not 0/255) and a coloured overlay; RLE is refused
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    (photos / "car.jpg").write_bytes(jpeg.getvalue())
+    done = run_step("predict", {"model_uri": uri, "input_dir": str(photos),
+                                "output_dir": str(out), "overlay": "true"}, tracking_uri)
+    assert done.returncode == 0, done.stderr[-2000:]
+    small, size = read_for_model(jpeg.getvalue(), (32, 48))
+    expected = models.load_segmenter(uri).masks_at([small], [size])[0]
+    written = np.asarray(Image.open(out / "car_mask.png"))
+    assert written.shape == (120, 180) and (written == expected).all()
+    assert set(np.unique(written)) <= {0, 1, 2, 3} and len(np.unique(written)) > 1
+    assert (out / "car_overlay.jpg").is_file()
+    refused = run_step("predict", {"model_uri": uri, "input_dir": str(photos), "format": "rle",
+                                   "output_dir": str(tmp_path / "csv")}, tracking_uri)
+    assert refused.returncode == 2
+    assert error_lines(refused) == [
+        f"error: parameter format=rle: the Kaggle RLE holds binary masks, and {uri} segments 4 "
+        f"classes; use format=png (class-index PNGs)"]
