@@ -153,8 +153,7 @@ class EvaluateConfig:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
         if not self.model_name.strip():
             raise UserError("parameter model_name is empty")
-        if self.eval_batch_size < 1:
-            raise UserError(f"parameter eval_batch_size={self.eval_batch_size}: must be >= 1")
+        at_least(self, ("eval_batch_size",), 1)
         check_tta(self.tta)
         if not 0 <= self.floor_margin < 1:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
@@ -183,8 +182,7 @@ class PredictConfig:
             one_of(self, name, options)
         if not 0 < self.threshold < 1:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
-        if self.batch_size < 1:
-            raise UserError(f"parameter batch_size={self.batch_size}: must be >= 1")
+        at_least(self, ("batch_size",), 1)
 
 
 @dataclasses.dataclass(frozen=True)
