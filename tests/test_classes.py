@@ -104,6 +104,10 @@ def test_a_mask_value_outside_the_classes_is_named_in_one_line(tmp_path, trackin
     assert {"test_dice_body", "test_dice_wheels", "test_iou_wheels"} <= set(evaluate.data.metrics)
     assert mlflow.models.get_model_info("models:/three/1").metadata["classes"] == \
         ["background", "body", "wheels"]
+    card = MlflowClient().get_model_version("three", "1").description
+    metrics = evaluate.data.metrics
+    assert (f"(mean of the classes: body {metrics['test_dice_body']:.4f}, wheels "
+            f"{metrics['test_dice_wheels']:.4f})") in card
 
 
 def test_four_parts_end_to_end_with_per_class_metrics(tracking_uri):

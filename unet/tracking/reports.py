@@ -66,14 +66,17 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run) ->
     p = train_run.data.params
     value = lambda name: p.get(f"effective.{name}", p.get(name, "?"))     # noqa: E731
     baselines = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in floor.baselines.items())
+    classes = split.classes.foreground if not split.classes.binary else ()
+    per_class = ("" if not classes else " (mean of the classes: " + ", ".join(
+        f"{name} {metrics[f'dice_{name}']:.4f}" for name in classes) + ")")
     other = promotion.compared_with
     compared = "no other version" if other is None else f"v{other[0]}, Dice {other[1]:.4f}"
     return "\n".join([
         f"**Data**: {source} ({p.get('plan.median_size', '?')} median image size); images "
         f"per split: {sizes} (split run `{split.run_id}`).",
         f"**Test**: Dice {metrics['dice']:.4f}, IoU {metrics['iou']:.4f} per image at full "
-        f"resolution. Trivial baselines: {baselines}; floor {floor.dice:.4f}. Compared with: "
-        f"{compared} on this split.",
+        f"resolution{per_class}. Trivial baselines: {baselines}; floor {floor.dice:.4f}. "
+        f"Compared with: {compared} on this split.",
         f"**Promotion**: {promotion.reason}.",
         f"**Plan**: input {value('image_height')}x{value('image_width')}, features "
         f"{value('features')}, batch {value('batch_size')}, lr {value('lr')} "
