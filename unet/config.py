@@ -14,8 +14,7 @@ import yaml
 
 from unet.errors import UserError
 
-# The project's params.yaml, which the package carries (unet/params.yaml links to it in a
-# checkout; an installed package holds a copy made when it was built).
+# The project's params.yaml, carried by the package (a link in a checkout, a copy when built).
 PARAMS_FILE = Path(__file__).parent / "params.yaml"
 AUTO = "auto"
 LOSSES = ("bce_dice", "bce")              # unet.losses
@@ -59,8 +58,7 @@ class SplitConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise UserError("parameters val_fraction + test_fraction must sum to less than 1 "
                             "(nothing would be left to train on)")
-        if self.num_images < 3:
-            raise UserError(f"parameter num_images={self.num_images}: must be at least 3")
+        at_least(self, ("num_images",), 3)
         if min(self.synthetic_height, self.synthetic_width) < 32:
             raise UserError("parameters synthetic_height/synthetic_width: must be at least 32")
 
@@ -103,11 +101,10 @@ class TrainConfig:
             raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
         if self.lr <= 0:
             raise UserError(f"parameter lr={self.lr}: must be > 0 (e.g. 1e-4)")
-        at_least(self, ("batch_size", "epochs"), 1)
+        at_least(self, ("batch_size", "epochs", "steps_per_epoch", "nproc"), 1)
         for name in ("hflip", "vflip"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: a probability, in [0, 1]")
-        at_least(self, ("num_workers",), 0)
         if not self.features or min(self.features) < 1:
             raise UserError(f"parameter features={self.features}: give positive widths, e.g. 64,128,256,512")
         min_size = 2 ** len(self.features)
@@ -119,11 +116,9 @@ class TrainConfig:
             if getattr(self, f"patch_{side}") > getattr(self, f"image_{side}"):
                 raise UserError(f"parameter patch_{side}={getattr(self, f'patch_{side}')}: "
                                 f"larger than image_{side}={getattr(self, f'image_{side}')}")
-        at_least(self, ("warmup_steps", "patience", "bn_recalibration"), 0)
-        at_least(self, ("steps_per_epoch", "nproc"), 1)
+        at_least(self, ("warmup_steps", "patience", "bn_recalibration", "num_workers"), 0)
         if self.time_budget_min <= 0:
-            raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 "
-                            f"(minutes)")
+            raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 (minutes)")
         if not 0 <= self.color_jitter <= 1:
             raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
         one_of(self, "loss", LOSSES)
@@ -150,8 +145,7 @@ class EvaluateConfig:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
         if not self.model_name.strip():
             raise UserError("parameter model_name is empty")
-        if self.eval_batch_size < 1:
-            raise UserError(f"parameter eval_batch_size={self.eval_batch_size}: must be >= 1")
+        at_least(self, ("eval_batch_size",), 1)
         check_tta(self.tta)
         if not 0 <= self.floor_margin < 1:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
@@ -174,8 +168,7 @@ class PredictConfig:
                 raise UserError(f"parameter {name} is missing")
         if not 0 < self.threshold < 1:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
-        if self.batch_size < 1:
-            raise UserError(f"parameter batch_size={self.batch_size}: must be >= 1")
+        at_least(self, ("batch_size",), 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +180,23 @@ class UiConfig:
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise UserError(f"parameter port={self.port}: must be in 1..65535")
-        if self.tunnel not in TUNNELS:
-            raise UserError(f"parameter tunnel={self.tunnel}: use {' or '.join(TUNNELS)}")
+        one_of(self, "tunnel", TUNNELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The search's own settings (its space is params.yaml `tune.space`: unet/search.py)."""
+    n_trials: int            # the study's target of finished trials, all workers together
+    timeout_min: float       # minutes this worker starts trials for; 0 = no limit
+    study_name: str          # auto: named after the data and the fixed settings
+    storage: str             # "" (sqlite in the cache), an RDB URL or journal:/path
+    time_budget_min: float   # each trial's training budget (checked as train's)
+    heartbeat_s: int         # RDB storage: a worker silent for twice this is presumed dead
+    split_run_id: str        # "": make the split (or reuse an identical finished one)
+
+    def validate(self) -> None:
+        at_least(self, ("n_trials", "heartbeat_s"), 1)
+        at_least(self, ("timeout_min",), 0)
 
 
 def check_tta(tta: str) -> None:
@@ -199,27 +207,22 @@ def check_tta(tta: str) -> None:
 TUNNELS = ("none", "ngrok")
 PIPELINE = ("split_data", "train", "evaluate")   # the steps `main` chains
 STEPS = {"split_data": SplitConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
-         "predict": PredictConfig, "ui": UiConfig}
+         "predict": PredictConfig, "ui": UiConfig, "tune": TuneConfig}
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(Path(path).read_text())
+
+
+PARSERS = {int: int, float: float, bool: lambda text: {"true": True, "false": False}[text.lower()],
+           tuple[int, ...]: lambda text: tuple(int(part) for part in text.split(","))}
 
 
 def parse_value(name: str, text: Any, kind: Any) -> Any:
     """Parses one parameter given as text (or a YAML scalar) into `kind`; UserError if it can't."""
     text = str(text).strip()
     try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind is bool:
-            return {"true": True, "false": False}[text.lower()]
-        if kind == tuple[int, ...]:
-            return tuple(int(part) for part in text.split(","))
-        return text
+        return PARSERS.get(kind, str)(text)
     except (ValueError, KeyError):
         expected = {int: "an integer", float: "a number", bool: "true or false"}.get(
             kind, "a comma list of integers, e.g. 64,128")
@@ -230,7 +233,7 @@ def raw_values(step: str, overrides: dict[str, str] | None = None,
                params: dict[str, Any] | None = None) -> dict[str, Any]:
     """params.yaml's values of `step` < overrides, unparsed; UserError for an unknown name."""
     params = params if params is not None else read_params()
-    raw = dict(params[step])
+    raw = scalars(params[step])
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = set(raw) - {f.name for f in dataclasses.fields(STEPS[step])}
     if unknown:
@@ -248,8 +251,7 @@ def given(step: str, overrides: dict[str, str] | None = None,
 
 
 def preset(step: str, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The parsed values of a named preset of params.yaml (e.g. "seed": the tutorial's
-    settings); {} for "auto"."""
+    """A named preset of params.yaml, parsed (e.g. "seed": the tutorial's); {} for "auto"."""
     if name == AUTO:
         return {}
     params = params if params is not None else read_params()
@@ -264,34 +266,35 @@ def load(step: str, overrides: dict[str, str] | None = None, auto: dict[str, Any
          params: dict[str, Any] | None = None):
     """The typed, validated config of `step`: params.yaml < overrides; a value "auto" takes
     auto[name] (the plan's or a preset's)."""
-    cls = STEPS[step]
-    raw = raw_values(step, overrides, params)
-    hints = get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
+    hints, values = get_type_hints(STEPS[step]), {}
+    for name, value in raw_values(step, overrides, params).items():
         if str(value) == AUTO and name in (auto or {}):
-            value = auto[name]
-            if isinstance(value, (tuple, list)):
-                value = ",".join(map(str, value))
+            value = as_text(auto[name])
         elif str(value) == AUTO and hints[name] is not str:
             raise UserError(f"parameter {name}=auto: nothing gives it a value here; pass a value")
         values[name] = parse_value(name, value, hints[name])
-    config = cls(**values)
+    config = STEPS[step](**values)
     config.validate()
     return config
 
 
 def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """Every parameter of `step` as text: the given value, else params.yaml's."""
-    return {name: str(given.get(name, default)) for name, default in params[step].items()}
+    return {name: str(given.get(name, default)) for name, default in scalars(params[step]).items()}
+
+
+def scalars(section: dict[str, Any]) -> dict[str, Any]:
+    """A section's parameters, without its tables (tune's `space` is no parameter)."""
+    return {k: v for k, v in section.items() if not isinstance(v, dict)}
+
+
+def as_text(value: Any) -> str:
+    """A value as MLflow stores it: features as "64,128", booleans as "true"/"false"."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def as_params(config) -> dict[str, str]:
-    """A config as the flat text parameters MLflow stores (features as "64,128")."""
-    out = {}
-    for name, value in dataclasses.asdict(config).items():
-        if isinstance(value, (tuple, list)):
-            out[name] = ",".join(map(str, value))
-        else:
-            out[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return out
+    """A config as the flat text parameters MLflow stores."""
+    return {name: as_text(value) for name, value in dataclasses.asdict(config).items()}
