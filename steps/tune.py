@@ -22,6 +22,7 @@ def tune() -> None:
     params, given = config.read_params(), cli.overrides("tune")
     own = {f.name for f in dataclasses.fields(config.TuneConfig)}
     cfg = config.load("tune", {k: v for k, v in given.items() if k in own})
+    search.parse_space(params["tune"]["space"])                   # a bad space: before any work
     storage = search.open_storage(cfg.storage, cfg.heartbeat_s)   # before any work
     # Every train parameter as text: the given one, else params.yaml's; the trial's budget
     # is tune's time_budget_min.
@@ -39,9 +40,6 @@ def tune() -> None:
         study = search.open_study(name, storage, settings, params["tune"]["pruner"])
         mlflow.set_tags({"study_name": name, "storage": cfg.storage or "default",
                          "split_run_id": split.run_id})
-        closed = tracking.close_dead_runs(study)
-        if closed:
-            print(f"{closed} trial run(s) of a worker that died marked FAILED")
         search_trials(study, job, cfg, run)
         evaluate_best(study, given, params)
 
@@ -51,8 +49,12 @@ def search_trials(study, job, cfg, run) -> None:
     before = {t.number for t in study.get_trials(deepcopy=False)}
     print(f"study {study.study_name}: {search.finished(study)} of {cfg.n_trials} trials "
           f"finished before this worker; parent run {run.info.run_id}", flush=True)
+    closed = tracking.close_dead_runs(study)
     search.optimize(study, tracking.objective(job, study.study_name), cfg.n_trials,
                     cfg.timeout_min, catch=(UserError,))
+    closed += tracking.close_dead_runs(study)     # workers found dead while this one ran
+    if closed:
+        print(f"{closed} trial run(s) of workers that died marked FAILED")
     mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
             and t.user_attrs.get(search.RUN_ID_ATTR)
             and mlflow.get_run(t.user_attrs[search.RUN_ID_ATTR]).data.tags.get(

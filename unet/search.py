@@ -168,6 +168,7 @@ def open_study(name: str, storage, settings: dict[str, str], pruner: dict[str, i
         sampler=optuna.samplers.TPESampler(constant_liar=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=pruner["startup_trials"],
                                            n_warmup_steps=pruner["warmup_epochs"]))
+    optuna.storages.fail_stale_trials(study)     # dead workers' trials (a no-op without heartbeat)
     stored = study.user_attrs.get("settings")
     if stored is None:
         study.set_user_attr("settings", settings)
@@ -184,9 +185,8 @@ def finished(study) -> int:
 
 def optimize(study, objective, n_trials: int, timeout_min: float, catch=()) -> None:
     """Runs trials in this process until the study holds n_trials finished (complete or
-    pruned) trials, counting every worker's, or timeout_min passes (0: no limit). Trials of
-    dead workers are failed first (heartbeat, RDB storage only)."""
-    optuna.storages.fail_stale_trials(study)     # a no-op without a heartbeat
+    pruned) trials, counting every worker's, or timeout_min passes (0: no limit). Optuna fails
+    dead workers' trials (heartbeat) before each trial it starts."""
     if finished(study) >= n_trials:
         return
     study.optimize(objective, timeout=timeout_min * 60 or None, catch=catch,
