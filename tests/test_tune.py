@@ -191,6 +191,9 @@ def test_two_workers_share_one_study(tracking_uri, tmp_path):
     """Two `mlflow run -e tune` at once, one sqlite storage: one parent run per worker, the
     study holds the sum of their trials, each once."""
     params = tune_params(tmp_path, 6, study_name="shared")
+    # MLflow's own first use of a new sqlite store is not safe from two processes at once
+    # (both migrate it): make the store first, as a team's store would already be.
+    MlflowClient().search_experiments()
     workers = [subprocess.Popen(mlflow_command(params), env=run_env(tracking_uri),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]

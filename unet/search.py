@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -146,16 +147,28 @@ def open_storage(url: str, heartbeat_s: int):
             path = Path(url[len("journal:"):]).expanduser()
             return optuna.storages.JournalStorage(
                 optuna.storages.journal.JournalFileBackend(str(path)))
-        # Workers sharing a sqlite file wait for its lock instead of failing after 5 s.
-        engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1))
+        return _rdb_storage(url, heartbeat_s)
     except Exception as e:   # drivers raise their own types: name the storage, not a traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"parameter storage={url}: cannot open it ({reason})") from None
+
+
+def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3):
+    """RDBStorage with a heartbeat and one retry of a dead worker's trial. Workers started at
+    once on a new database race to create its tables: the loser tries again."""
+    # Workers sharing a sqlite file wait for its lock instead of failing after 5 s.
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1))
+        except Exception as e:
+            if attempt == attempts - 1 or "already exists" not in str(e):
+                raise
+            time.sleep(1 + attempt)
 
 
 def open_study(name: str, storage, settings: dict[str, str], pruner: dict[str, int]):
