@@ -184,14 +184,18 @@ def log_plots(study) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot
     from optuna.visualization import matplotlib as plots
-    for name, plot in (("history", plots.plot_optimization_history),
-                       ("epochs", plots.plot_intermediate_values),
-                       ("importance", plots.plot_param_importances)):
+    for name, plot, x, y in (
+            ("history", plots.plot_optimization_history, "trial", "best val Dice of the trial"),
+            ("epochs", plots.plot_intermediate_values, "epoch", "val Dice"),
+            ("importance", plots.plot_param_importances, None, None)):
         try:
             axes = plot(study)
         except Exception as e:     # Optuna raises several types for "not enough trials"
             print(f"plot {name}: not drawn ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
             continue
+        if x:
+            axes.set_xlabel(x)
+            axes.set_ylabel(y)
         figure = axes.figure
         figure.set_size_inches(9, 5)
         figure.tight_layout()
