@@ -86,6 +86,18 @@ def test_mlproject_declares_tune_with_mains_parameters_and_its_own_budget():
     assert "space" not in defaults and "pruner" not in defaults
 
 
+def test_a_study_started_with_other_settings_is_refused():
+    storage = optuna.storages.InMemoryStorage()
+    rules = PARAMS["tune"]["pruner"]
+    search.open_study("s", storage, {"data": "a", "train": "x"}, rules)
+    search.open_study("s", storage, {"data": "a", "train": "x"}, rules)      # joins it
+    with pytest.raises(UserError, match=r"study s was started with other settings \(train "
+                                        r"differ\): rerun with those, or pass another study_name"):
+        search.open_study("s", storage, {"data": "a", "train": "y"}, rules)
+    assert search.study_name({"data": "a"}) == search.study_name({"data": "a"}) != \
+        search.study_name({"data": "b"})
+
+
 # --- one-line errors, before any work --------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [
