@@ -38,7 +38,7 @@ def tune() -> None:
             params["tune"]["space"])
         name = search.study_name(settings) if cfg.study_name == config.AUTO else cfg.study_name
         study = search.open_study(name, storage, settings, params["tune"]["pruner"])
-        mlflow.set_tags({"study_name": name, "storage": cfg.storage or "default",
+        mlflow.set_tags({"study_name": name, "storage": search.shown(cfg.storage),
                          "split_run_id": split.run_id})
         search_trials(study, job, cfg, run)
         evaluate_best(study, given, params)

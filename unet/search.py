@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -134,6 +135,11 @@ def study_name(settings: dict[str, str]) -> str:
     return f"unet-{digest[:10]}"
 
 
+def shown(url: str) -> str:
+    """A storage URL fit to print and log: a password in it masked."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url) if url else "default"
+
+
 def open_storage(url: str, heartbeat_s: int):
     """Optuna's storage: "" the sqlite file DEFAULT_STORAGE; an RDB URL (sqlite, postgresql,
     mysql) with a heartbeat, so that a dead worker's trial is failed (and retried once) by the
@@ -150,7 +156,7 @@ def open_storage(url: str, heartbeat_s: int):
         return _rdb_storage(url, heartbeat_s)
     except Exception as e:   # drivers raise their own types: name the storage, not a traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"parameter storage={url}: cannot open it ({reason})") from None
+        raise UserError(f"parameter storage={shown(url)}: cannot open it ({reason})") from None
 
 
 def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3):
