@@ -122,6 +122,12 @@ def fit_trial(trial: optuna.Trial, inputs: training.TrainInputs, precision: Prec
         mlflow.set_tag(TRIAL_STATE_TAG, "PRUNED")
         mlflow.end_run("KILLED")
         raise
+    except KeyboardInterrupt:     # Ctrl-C: Optuna fails the trial; the study goes on later
+        mlflow.set_tags({TRIAL_STATE_TAG: "FAIL", runs.INTERRUPTED_TAG: "true"})
+        mlflow.end_run("KILLED")
+        raise KeyboardInterrupt(f"{label}: stopped (its run {run.info.run_id} marked KILLED, "
+                                f"the trial FAIL); the same command goes on with the study") \
+            from None
     except BaseException:
         mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
         raise
