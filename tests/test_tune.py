@@ -164,7 +164,8 @@ def check_search(parent, study) -> None:
         run = MlflowClient().get_run(trial.user_attrs[search.RUN_ID_ATTR])
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[trial.state.name]
         assert (run.info.status, run.data.tags["trial_state"]) == (status, trial.state.name)
-        assert run.data.tags["step"] == "train" and run.data.tags["trial_number"] == str(trial.number)
+        assert run.data.tags["step"] == "train"
+        assert run.data.tags["trial_number"] == str(trial.number)
         steps = [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_dice")]
         if trial.state == TrialState.FAIL:   # killed maybe between logging and reporting
             assert set(trial.intermediate_values) <= set(steps)
@@ -279,7 +280,8 @@ def wait_for_trial_mid_training(storage: str, worker, timeout: float = 600) -> i
         except KeyError:        # not created yet
             trials = []
         done = any(t.state == TrialState.COMPLETE for t in trials)
-        running = [t.number for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        running = [t.number for t in trials
+                   if t.state == TrialState.RUNNING and t.intermediate_values]
         if done and running:
             return running[0]
         time.sleep(0.5)

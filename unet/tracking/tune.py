@@ -68,9 +68,10 @@ def prepare(split: splits.Split, fixed: dict[str, str], space_table: dict) -> Se
     if not searched:
         raise UserError("every parameter of the search space is fixed with -P: nothing to "
                         "search; leave at least one of " + ", ".join(space) + " auto")
+    fixed_here = sorted(set(space) - set(searched))
     print(plan.to_text(), flush=True)
-    print("searching " + ", ".join(searched) + (f"; fixed by -P: {', '.join(sorted(set(space) - set(searched)))}"
-                                                 if len(searched) < len(space) else ""))
+    print("searching " + ", ".join(searched)
+          + (f"; fixed by -P: {', '.join(fixed_here)}" if fixed_here else ""), flush=True)
     return Search(split, fixed, plan.values, searched, precision)
 
 
@@ -197,7 +198,8 @@ def log_plots(study) -> None:
         try:
             axes = plot(study)
         except Exception as e:     # Optuna raises several types for "not enough trials"
-            print(f"plot {name}: not drawn ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"plot {name}: not drawn ({reason})")
             continue
         if x:
             axes.set_xlabel(x)
