@@ -191,6 +191,8 @@ def test_a_tiny_search_has_a_parent_its_trials_and_a_registered_best(tracking_ur
     study = optuna.load_study(study_name="tiny", storage=params["storage"])
     assert search.finished(study) == 4 == len(children(parent.info.run_id))
     assert parent.data.metrics["trials_this_worker"] == 4
+    # features was given: fixed, not searched; lr (auto) was searched
+    assert all("features" not in t.params and "lr" in t.params for t in study.get_trials())
     check_search(parent, study)
 
     # The same command again: the study is done, nothing is rerun, the evaluation is reused.

@@ -64,7 +64,10 @@ def prepare(split: splits.Split, fixed: dict[str, str], space_table: dict) -> Se
     precision = choose_precision(given.get("precision", config.AUTO))
     _, plan = planning.configure(fixed, split.subsets["train"], split.subsets["val"], precision)
     reports.log_plan(plan)
-    searched = {k: v for k, v in space.items() if k not in given}
+    # Fixed: a value other than params.yaml's (`mlflow run` passes every default, so a -P
+    # equal to the default, e.g. rotate_limit=35, can't be told apart and is searched).
+    defaults = config.read_params()["train"]
+    searched = {k: v for k, v in space.items() if str(fixed.get(k, defaults[k])) == str(defaults[k])}
     if not searched:
         raise UserError("every parameter of the search space is fixed with -P: nothing to "
                         "search; leave at least one of " + ", ".join(space) + " auto")
