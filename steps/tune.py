@@ -38,6 +38,7 @@ def tune() -> None:
             params["tune"]["space"])
         name = search.study_name(settings) if cfg.study_name == config.AUTO else cfg.study_name
         study = search.open_study(name, storage, settings, params["tune"]["pruner"])
+        search.enqueue_plan(study, job.space, job.plan)
         mlflow.set_tags({"study_name": name, "storage": search.shown(cfg.storage),
                          "split_run_id": split.run_id})
         search_trials(study, job, cfg, run)
@@ -46,7 +47,6 @@ def tune() -> None:
 
 def search_trials(study, job, cfg, run) -> None:
     """Runs this worker's trials and prints where the study stands."""
-    before = {t.number for t in study.get_trials(deepcopy=False)}
     print(f"study {study.study_name}: {search.finished(study)} of {cfg.n_trials} trials "
           f"finished before this worker; parent run {run.info.run_id}", flush=True)
     closed = tracking.close_dead_runs(study)
@@ -55,8 +55,8 @@ def search_trials(study, job, cfg, run) -> None:
     closed += tracking.close_dead_runs(study)     # workers found dead while this one ran
     if closed:
         print(f"{closed} trial run(s) of workers that died marked FAILED")
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before
-            and t.user_attrs.get(search.RUN_ID_ATTR)
+    # This worker's trials: those whose run is nested under this run.
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(search.RUN_ID_ATTR)
             and mlflow.get_run(t.user_attrs[search.RUN_ID_ATTR]).data.tags.get(
                 "mlflow.parentRunId") == run.info.run_id]
     print(f"study {study.study_name}: this worker ran {len(mine)} trial(s); the study holds "

@@ -191,8 +191,12 @@ def test_a_tiny_search_has_a_parent_its_trials_and_a_registered_best(tracking_ur
     study = optuna.load_study(study_name="tiny", storage=params["storage"])
     assert search.finished(study) == 4 == len(children(parent.info.run_id))
     assert parent.data.metrics["trials_this_worker"] == 4
-    # features was given: fixed, not searched; lr (auto) was searched
-    assert all("features" not in t.params and "lr" in t.params for t in study.get_trials())
+    # features and batch_size were given: fixed, not searched; lr (auto) was searched
+    assert all("features" not in t.params and "batch_size" not in t.params and "lr" in t.params
+               for t in study.get_trials())
+    # the first trial is the plan itself
+    assert study.trials[0].params == {"lr": 1, "loss": "bce_dice",
+                                      "color_jitter": PARAMS["plan"]["color_jitter"]}
     check_search(parent, study)
 
     # The same command again: the study is done, nothing is rerun, the evaluation is reused.

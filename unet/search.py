@@ -198,6 +198,19 @@ def open_study(name: str, storage, settings: dict[str, str], pruner: dict[str, i
     return study
 
 
+def enqueue_plan(study, space: dict[str, Dimension], plan: dict[str, Any]) -> None:
+    """A new study's first trial is the plan itself (every factor 1, the plan's values), so
+    that a search never ends below what train would have done: what the space holds of it."""
+    if study.trials:
+        return
+    point = {name: 1 if name in FACTORS else plan[name] for name, dim in space.items()
+             if name in FACTORS or name in plan}
+    point = {name: value for name, value in point.items()
+             if (value in space[name].choices if space[name].choices is not None
+                 else space[name].low <= value <= space[name].high)}
+    study.enqueue_trial(point, skip_if_exists=True)
+
+
 def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
