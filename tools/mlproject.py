@@ -4,7 +4,8 @@
     python -m tools.mlproject --check  # exit 1 if MLproject is not what params.yaml gives
 
 Each entry point declares the parameters of its section of params.yaml with the same defaults;
-`main` declares those of the steps it chains (not the run ids it fills in itself).
+`main` declares those of the steps it chains (not the run ids it fills in itself); `tune`
+declares its own and main's, its own default winning where both have one (time_budget_min).
 tests/test_config.py fails when the file is out of date.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ TYPES = {int: "int", float: "float"}
 HEADER = """\
 # GENERATED from params.yaml by `python -m tools.mlproject`: edit params.yaml, then rerun it.
 # The pipeline's table of contents: one entry point per step (steps/<name>.py); `main` runs
-# split_data -> train -> evaluate.
+# split_data -> train -> evaluate; `tune` searches train's settings with Optuna.
 name: unet-mlflow
 
 conda_env: conda.yaml
@@ -44,7 +45,8 @@ def render(params: dict | None = None) -> str:
     params = params if params is not None else config.read_params()
     blocks = []
     for step, cls in config.STEPS.items():
-        blocks.append(entry_point(step, params[step], get_type_hints(cls)))
+        if step != "tune":
+            blocks.append(entry_point(step, params[step], get_type_hints(cls)))
     main: dict[str, object] = {}
     hints: dict = {}
     for step in config.PIPELINE:
@@ -52,6 +54,9 @@ def render(params: dict | None = None) -> str:
         main.update({k: v for k, v in params[step].items()
                      if not k.endswith("_run_id") and k not in main})
     blocks.append(entry_point("main", main, hints))
+    tune = config.scalars(params["tune"])
+    blocks.append(entry_point("tune", {**tune, **{k: v for k, v in main.items() if k not in tune}},
+                              {**hints, **get_type_hints(config.TuneConfig)}))
     return HEADER + "\n".join(blocks)
 
 

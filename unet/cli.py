@@ -40,11 +40,13 @@ def main(step: Callable[[], None]) -> None:
 
 def overrides(step: str, argv: list[str] | None = None) -> dict[str, str]:
     """Parses `--name value` for every field of `step`'s config (for "main": of the PIPELINE
-    steps but the run ids that chain them); returns only those given."""
+    steps but the run ids that chain them; "tune": those and its own); returns only those given."""
     parser = argparse.ArgumentParser(prog=f"steps.{step}")
-    if step == "main":
+    if step in ("main", "tune"):   # tune: its own, then main's (the data, train, evaluate)
         fields = [f for name in config.PIPELINE for f in dataclasses.fields(config.STEPS[name])
                   if not f.name.endswith("_run_id")]
+        if step == "tune":
+            fields = list(dataclasses.fields(config.TuneConfig)) + fields
     else:
         fields = dataclasses.fields(config.STEPS[step])
     for name in dict.fromkeys(f.name for f in fields):

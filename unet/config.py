@@ -12,26 +12,13 @@ from typing import Any, get_type_hints
 
 import yaml
 
+# AUTO, LOSSES and TTA_MODES are also read as config.AUTO etc. by the steps and the library.
+from unet.checks import AUTO, LOSSES, TTA_MODES, at_least, check_tta, one_of  # noqa: F401
+from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
 
-# The project's params.yaml, which the package carries (unet/params.yaml links to it in a
-# checkout; an installed package holds a copy made when it was built).
+# The project's params.yaml, carried by the package (a link in a checkout, a copy when built).
 PARAMS_FILE = Path(__file__).parent / "params.yaml"
-AUTO = "auto"
-LOSSES = ("bce_dice", "bce")              # unet.losses
-TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
-
-
-def at_least(config, names: tuple[str, ...], low: int) -> None:
-    for name in names:
-        if getattr(config, name) < low:
-            raise UserError(f"parameter {name}={getattr(config, name)}: must be >= {low}")
-
-
-def one_of(config, name: str, options: tuple) -> None:
-    if getattr(config, name) not in options:
-        raise UserError(f"parameter {name}={getattr(config, name)}: use "
-                        f"{', '.join(map(str, options[:-1]))} or {options[-1]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +48,7 @@ class SplitConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise UserError("parameters val_fraction + test_fraction must sum to less than 1 "
                             "(nothing would be left to train on)")
-        if self.num_images < 3:
-            raise UserError(f"parameter num_images={self.num_images}: must be at least 3")
+        at_least(self, ("num_images",), 3)
         one_of(self, "synthetic_classes", (2, 4))    # 4: background, body, windows, wheels
         if min(self.synthetic_height, self.synthetic_width) < 32:
             raise UserError("parameters synthetic_height/synthetic_width: must be at least 32")
@@ -106,11 +92,10 @@ class TrainConfig:
             raise UserError("parameter split_run_id is missing: pass the run id printed by split_data")
         if self.lr <= 0:
             raise UserError(f"parameter lr={self.lr}: must be > 0 (e.g. 1e-4)")
-        at_least(self, ("batch_size", "epochs"), 1)
+        at_least(self, ("batch_size", "epochs", "steps_per_epoch", "nproc"), 1)
         for name in ("hflip", "vflip"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: a probability, in [0, 1]")
-        at_least(self, ("num_workers",), 0)
         if not self.features or min(self.features) < 1:
             raise UserError(f"parameter features={self.features}: give positive widths, e.g. 64,128,256,512")
         min_size = 2 ** len(self.features)
@@ -122,11 +107,9 @@ class TrainConfig:
             if getattr(self, f"patch_{side}") > getattr(self, f"image_{side}"):
                 raise UserError(f"parameter patch_{side}={getattr(self, f'patch_{side}')}: "
                                 f"larger than image_{side}={getattr(self, f'image_{side}')}")
-        at_least(self, ("warmup_steps", "patience", "bn_recalibration"), 0)
-        at_least(self, ("steps_per_epoch", "nproc"), 1)
+        at_least(self, ("warmup_steps", "patience", "bn_recalibration", "num_workers"), 0)
         if self.time_budget_min <= 0:
-            raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 "
-                            f"(minutes)")
+            raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 (minutes)")
         if not 0 <= self.color_jitter <= 1:
             raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
         one_of(self, "loss", LOSSES)
@@ -159,74 +142,24 @@ class EvaluateConfig:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
 
 
-@dataclasses.dataclass(frozen=True)
-class PredictConfig:
-    model_uri: str           # models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model
-    input_dir: str           # a folder of .jpg/.jpeg/.png images, or ...
-    input_list: str          # ... a text file of image paths, one per line
-    output_dir: str          # gets <stem>_mask.png (and <stem>_overlay.jpg) or submission.csv
-    format: str              # png | rle (Kaggle Carvana submission.csv)
-    threshold: float
-    overlay: bool
-    batch_size: int
-    tta: str                 # auto (the model's own) | none | hflip | flips
-    engine: str              # local | spark (mlflow.pyfunc.spark_udf; format rle)
-    spark_master: str        # engine=spark: e.g. local[*]
-
-    def validate(self) -> None:
-        check_tta(self.tta)
-        for name in ("model_uri", "output_dir"):    # input_dir/input_list: unet.folder
-            if not getattr(self, name).strip():
-                raise UserError(f"parameter {name} is missing")
-        for name, options in (("format", ("png", "rle")), ("engine", ("local", "spark"))):
-            one_of(self, name, options)
-        if not 0 < self.threshold < 1:
-            raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
-        at_least(self, ("batch_size",), 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class UiConfig:
-    host: str                # the interface the UI listens on
-    port: int
-    tunnel: str              # none | ngrok (token from the NGROK_AUTHTOKEN environment variable)
-
-    def validate(self) -> None:
-        if not 0 < self.port < 65536:
-            raise UserError(f"parameter port={self.port}: must be in 1..65535")
-        if self.tunnel not in TUNNELS:
-            raise UserError(f"parameter tunnel={self.tunnel}: use {' or '.join(TUNNELS)}")
-
-
-def check_tta(tta: str) -> None:
-    if tta != AUTO and tta not in TTA_MODES:
-        raise UserError(f"parameter tta={tta}: use auto, {', '.join(TTA_MODES)}")
-
-
-TUNNELS = ("none", "ngrok")
 PIPELINE = ("split_data", "train", "evaluate")   # the steps `main` chains
 STEPS = {"split_data": SplitConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
-         "predict": PredictConfig, "ui": UiConfig}
+         "predict": PredictConfig, "ui": UiConfig, "tune": TuneConfig}
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return yaml.safe_load(Path(path).read_text())
+
+
+PARSERS = {int: int, float: float, bool: lambda text: {"true": True, "false": False}[text.lower()],
+           tuple[int, ...]: lambda text: tuple(int(part) for part in text.split(","))}
 
 
 def parse_value(name: str, text: Any, kind: Any) -> Any:
     """Parses one parameter given as text (or a YAML scalar) into `kind`; UserError if it can't."""
     text = str(text).strip()
     try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind is bool:
-            return {"true": True, "false": False}[text.lower()]
-        if kind == tuple[int, ...]:
-            return tuple(int(part) for part in text.split(","))
-        return text
+        return PARSERS.get(kind, str)(text)
     except (ValueError, KeyError):
         expected = {int: "an integer", float: "a number", bool: "true or false"}.get(
             kind, "a comma list of integers, e.g. 64,128")
@@ -237,7 +170,7 @@ def raw_values(step: str, overrides: dict[str, str] | None = None,
                params: dict[str, Any] | None = None) -> dict[str, Any]:
     """params.yaml's values of `step` < overrides, unparsed; UserError for an unknown name."""
     params = params if params is not None else read_params()
-    raw = dict(params[step])
+    raw = scalars(params[step])
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = set(raw) - {f.name for f in dataclasses.fields(STEPS[step])}
     if unknown:
@@ -255,8 +188,7 @@ def given(step: str, overrides: dict[str, str] | None = None,
 
 
 def preset(step: str, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The parsed values of a named preset of params.yaml (e.g. "seed": the tutorial's
-    settings); {} for "auto"."""
+    """A named preset of params.yaml, parsed (e.g. "seed": the tutorial's); {} for "auto"."""
     if name == AUTO:
         return {}
     params = params if params is not None else read_params()
@@ -271,30 +203,35 @@ def load(step: str, overrides: dict[str, str] | None = None, auto: dict[str, Any
          params: dict[str, Any] | None = None):
     """The typed, validated config of `step`: params.yaml < overrides; a value "auto" takes
     auto[name] (the plan's or a preset's)."""
-    cls = STEPS[step]
-    raw = raw_values(step, overrides, params)
-    hints = get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
+    hints, values = get_type_hints(STEPS[step]), {}
+    for name, value in raw_values(step, overrides, params).items():
         if str(value) == AUTO and name in (auto or {}):
-            value = auto[name]
-            if isinstance(value, (tuple, list)):
-                value = ",".join(map(str, value))
+            value = as_text(auto[name])
         elif str(value) == AUTO and hints[name] is not str:
             raise UserError(f"parameter {name}=auto: nothing gives it a value here; pass a value")
         values[name] = parse_value(name, value, hints[name])
-    config = cls(**values)
+    config = STEPS[step](**values)
     config.validate()
     return config
 
 
 def step_params(step: str, given: dict[str, str], params: dict[str, Any]) -> dict[str, str]:
     """Every parameter of `step` as text: the given value, else params.yaml's."""
-    return {name: str(given.get(name, default)) for name, default in params[step].items()}
+    return {name: str(given.get(name, default)) for name, default in scalars(params[step]).items()}
+
+
+def scalars(section: dict[str, Any]) -> dict[str, Any]:
+    """A section's parameters, without its tables (tune's `space` is no parameter)."""
+    return {k: v for k, v in section.items() if not isinstance(v, dict)}
+
+
+def as_text(value: Any) -> str:
+    """A value as MLflow stores it: features as "64,128", booleans as "true"/"false"."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def as_params(config) -> dict[str, str]:
-    """A config as the flat text parameters MLflow stores (features as "64,128")."""
-    return {name: ",".join(map(str, value)) if isinstance(value, (tuple, list))
-            else str(value).lower() if isinstance(value, bool) else str(value)
-            for name, value in dataclasses.asdict(config).items()}
+    """A config as the flat text parameters MLflow stores."""
+    return {name: as_text(value) for name, value in dataclasses.asdict(config).items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unet.config import LOSSES
+from unet.checks import LOSSES
 
 
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

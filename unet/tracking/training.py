@@ -87,9 +87,11 @@ def log_inputs(inputs: TrainInputs, precision: Precision) -> None:
                      "world_size": distributed.world_size()})
 
 
-def fit(inputs: TrainInputs, precision: Precision, run) -> None:
+def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine.Trainer:
     """Trains in this process (one of several under torchrun); `run` is None but in rank 0,
-    which logs every epoch and, at the end, the best model."""
+    which logs every epoch and, at the end, the best model. `on_epoch(EpochResult)` is called
+    after each epoch is logged (the search reports to Optuna there, and may stop the fit by
+    raising). Returns the Trainer (its best_dice, best_epoch)."""
     cfg = inputs.cfg
     if run is not None:
         log_inputs(inputs, precision)
@@ -117,12 +119,14 @@ def fit(inputs: TrainInputs, precision: Precision, run) -> None:
         print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
               f"{len(data.val_set)} val images, {cfg.epochs} epochs, {precision.name} on "
               f"{precision.device}", flush=True)
-    run_epochs(trainer, train_loader, val_loader, data.val_set, run)
+    run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch)
     if run is not None:
         log_best_model(cfg, trainer, data.val_set, precision, run)
+    return trainer
 
 
-def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) -> None:
+def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
+               on_epoch=None) -> None:
     """The fit loop: logs and prints each epoch (rank 0); an interruption logs the last
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
@@ -139,6 +143,8 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run) 
                   f"{result.val['dice']:.4f}, lr {result.train['lr']:.2e}, "
                   f"{result.train['images_per_second']:.1f} img/s"
                   + (" (best)" if result.improved else ""), flush=True)
+            if on_epoch is not None:
+                on_epoch(result)
     except KeyboardInterrupt:
         if run is None:
             raise

@@ -1,0 +1,26 @@
+"""Checks of parameter values shared by the entry points' configs: each failure is one
+UserError line naming the parameter."""
+from __future__ import annotations
+
+from unet.errors import UserError
+
+AUTO = "auto"
+LOSSES = ("bce_dice", "bce")              # unet.losses
+TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
+
+
+def at_least(config, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        if getattr(config, name) < low:
+            raise UserError(f"parameter {name}={getattr(config, name)}: must be >= {low}")
+
+
+def one_of(config, name: str, options: tuple) -> None:
+    if getattr(config, name) not in options:
+        raise UserError(f"parameter {name}={getattr(config, name)}: use "
+                        f"{', '.join(map(str, options[:-1]))} or {options[-1]}")
+
+
+def check_tta(tta: str) -> None:
+    if tta != AUTO and tta not in TTA_MODES:
+        raise UserError(f"parameter tta={tta}: use auto, {', '.join(TTA_MODES)}")
