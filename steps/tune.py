@@ -29,7 +29,9 @@ def tune() -> None:
     fixed = {**config.step_params("train", given, params),
              "time_budget_min": str(cfg.time_budget_min)}
     split_params = config.step_params("split_data", given, params)
-    with runs.step_run("tune") as run, tempfile.TemporaryDirectory() as tmp:
+    # The parent run records the worker's CPU/memory use (its trials run in this process).
+    with runs.step_run("tune", fixed["system_metrics"].lower() == "true") as run, \
+            tempfile.TemporaryDirectory() as tmp:
         split = tracking.shared_split(cfg.split_run_id, split_params, Path(tmp))
         fixed["split_run_id"] = split.run_id
         job = tracking.prepare(split, fixed, params["tune"]["space"])

@@ -184,10 +184,12 @@ def check_search(parent, study) -> None:
 
 
 def test_a_tiny_search_has_a_parent_its_trials_and_a_registered_best(tracking_uri, tmp_path):
-    params = tune_params(tmp_path, 4, study_name="tiny")
+    params = {**tune_params(tmp_path, 4, study_name="tiny"), "system_metrics": "true"}
     out = mlflow_run("tune", params, tracking_uri)
     assert out.returncode == 0, out.stderr[-3000:]
     (parent,) = tune_parents()
+    # the worker's CPU and memory, on its parent run
+    assert any(name.startswith("system/cpu_utilization") for name in parent.data.metrics)
     study = optuna.load_study(study_name="tiny", storage=params["storage"])
     assert search.finished(study) == 4 == len(children(parent.info.run_id))
     assert parent.data.metrics["trials_this_worker"] == 4
