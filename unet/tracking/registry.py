@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -104,20 +105,35 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     tags.update({f"baseline_dice_{k}": f"{v:.6f}" for k, v in floor.baselines.items()})
     tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        write(client.set_model_version_tag, name, version, key, value)
     # Written last: a version is a candidate for champion only once all its scores are there.
-    client.set_model_version_tag(name, version, "floor_dice", f"{floor.dice:.6f}")
+    write(client.set_model_version_tag, name, version, "floor_dice", f"{floor.dice:.6f}")
     promotion = _verdict(version, dice, floor, *settle(name, split_run_id, outside))
     other = promotion.compared_with
-    client.set_model_version_tag(name, version, "promotion", promotion.reason)
-    client.set_model_version_tag(name, version, "compared_with",
-                                 "none" if other is None else f"v{other[0]} Dice {other[1]:.6f}")
+    write(client.set_model_version_tag, name, version, "promotion", promotion.reason)
+    write(client.set_model_version_tag, name, version, "compared_with",
+          "none" if other is None else f"v{other[0]} Dice {other[1]:.6f}")
     if promotion.alias == CHALLENGER:
-        client.set_registered_model_alias(name, CHALLENGER, version)
+        write(client.set_registered_model_alias, name, CHALLENGER, version)
     return promotion
 
 
 Score = tuple[str, float]                # (version, test Dice on the split being settled)
+
+
+def write(action, *args, attempts: int = 5) -> None:
+    """A registry write (a version tag, an alias), again when it collides with the same write
+    of another evaluation: MLflow's SQL store reads, then inserts, so two processes tagging one
+    version at once can hit the key's UNIQUE constraint; the next try finds the row and
+    updates it."""
+    for attempt in range(attempts):
+        try:
+            action(*args)
+            return
+        except Exception:  # noqa: BLE001 - sqlite's IntegrityError, or a server's MlflowException
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def settle(name: str, split_run_id: str, outside: Score | None = None,
@@ -147,9 +163,9 @@ def settle(name: str, split_run_id: str, outside: Score | None = None,
         if held == best[0]:
             displaced = outside if outside is not None and outside[0] != best[0] else None
             if (client.get_registered_model(name).aliases.get(CHALLENGER)) == int(best[0]):
-                client.delete_registered_model_alias(name, CHALLENGER)
+                write(client.delete_registered_model_alias, name, CHALLENGER)
             return best, ranked[1] if len(ranked) > 1 else displaced
-        client.set_registered_model_alias(name, CHAMPION, best[0])
+        write(client.set_registered_model_alias, name, CHAMPION, best[0])
     raise RuntimeError(f"the champion of {name} did not settle in {rounds} rounds: other "
                        f"evaluations keep moving it; run evaluate again")
 
