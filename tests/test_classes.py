@@ -130,7 +130,7 @@ def test_four_parts_end_to_end_with_per_class_metrics(tracking_uri):
     test_images = int(client.get_run(evaluate.data.tags["split_run_id"]).data.metrics["test_images"])
     assert counts.shape == (4, 4) and counts.sum() == test_images * 48 * 72
     assert Image.open(os.path.join(folder, "confusion_matrix.png")).size[0] > 200
-    info = mlflow.models.get_model_info(f"models:/parts/1")
+    info = mlflow.models.get_model_info("models:/parts/1")
     assert info.metadata["classes"] == list(PART_NAMES)
 
 

@@ -12,8 +12,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-# AUTO, LOSSES and TTA_MODES are also read as config.AUTO etc. by the steps and the library.
-from unet.checks import AUTO, LOSSES, TTA_MODES, at_least, check_tta, one_of  # noqa: F401
+# AUTO and LOSSES are also read as config.AUTO, config.LOSSES by the steps and the library.
+from unet.checks import AUTO, LOSSES, at_least, check_tta, one_of  # noqa: F401
 from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
 

@@ -73,15 +73,20 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     return info.model_uri
 
 
+def unloadable(model_uri: str, error: Exception) -> UserError:
+    """The one line for a model that can't be read from the tracking store."""
+    reason = str(error.message if isinstance(error, MlflowException) else error).splitlines()[0]
+    return UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
+                     f"({reason}); run the pipeline first or pass another model_uri")
+
+
 def classes_of(model_uri: str) -> list[str]:
     """The class names a logged model segments (its metadata `classes`; binary models logged
     before classes existed have none: background and foreground)."""
     try:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
     except (MlflowException, OSError) as e:
-        reason = str(e.message if isinstance(e, MlflowException) else e).splitlines()[0]
-        raise UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
-                        f"({reason}); run the pipeline first or pass another model_uri") from None
+        raise unloadable(model_uri, e) from None
     return list(metadata.get("classes") or ("background", "foreground"))
 
 
@@ -90,7 +95,5 @@ def load_segmenter(model_uri: str) -> Segmenter:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as e:
-        reason = str(e.message if isinstance(e, MlflowException) else e).splitlines()[0]
-        raise UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
-                        f"({reason}); run the pipeline first or pass another model_uri") from None
+        raise unloadable(model_uri, e) from None
     return model.unwrap_python_model().segmenter
