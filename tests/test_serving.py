@@ -49,7 +49,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def request_for(*files: bytes, **params) -> dict:
-    """The JSON body of the README's curl line."""
+    """The JSON body of the curl line in docs/predict.md (Serve it over HTTP)."""
     body = {"dataframe_split": {"columns": ["image"],
                                 "data": [[base64.b64encode(f).decode()] for f in files]}}
     return {**body, "params": params} if params else body

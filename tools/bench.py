@@ -222,7 +222,7 @@ def machine() -> str:
 
 
 def run(cfg: dict, num_workers: int, log=print) -> dict:
-    """Every measurement of the benchmark; returns the figures (see README "Speed")."""
+    """Every measurement of the benchmark; returns the figures (see docs/speed.md)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = precisions.choose_precision("auto")
     result: dict = {"machine": machine(), "torch": torch.__version__, "device": str(device),
@@ -287,7 +287,7 @@ def summarize(rounds: dict[str, list[float]], flops_per_image: float, data_image
 
 
 def table(r: dict) -> str:
-    """The figures as a Markdown table (what the README shows)."""
+    """The figures as a Markdown table (what docs/speed.md shows)."""
     d, rss = r["data"], r["peak_rss_mb"]
     c = r["config"]
     h, w = c["source_size"]

@@ -1,4 +1,4 @@
-"""The README's pictures of the MLflow UI, taken from a real store with headless Chromium.
+"""The UI pictures of README.md and docs/ui.md, taken from a real store with headless Chromium.
 
     python -m tools.screenshots STORE_URI OUT_DIR [--experiment unet-carvana] [--model unet-carvana]
 
