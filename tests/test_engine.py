@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unet import batchnorm, engine
+from unet import batchnorm, checkpoint, engine
 from unet.errors import UserError
 from unet.losses import make_loss, soft_dice_loss
 from unet.model import UNet
@@ -56,7 +56,7 @@ def test_training_learns_and_resumes_with_the_same_state(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    engine.save_checkpoint({"epoch": 1}, path)
+    checkpoint.save_checkpoint({"epoch": 1}, path)
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
@@ -64,7 +64,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
-        engine.save_checkpoint({"epoch": 2}, path)
+        checkpoint.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]   # no temp file left
@@ -137,12 +137,64 @@ def test_bn_recalibration_equals_the_statistics_computed_on_the_same_batches():
     assert first_bn.momentum == 0.1                          # training goes on as before
 
 
-def test_early_stopping_ends_after_patience_rounds_without_a_better_dice(tmp_path):
+def test_early_stopping_waits_until_the_lr_has_annealed_to_half_its_peak(tmp_path):
     precision = choose_precision("fp32", "cpu")
     loader = toy_loader()
-    # lr 0: the weights never change, so the Dice of round 1 is never beaten
+    # lr ~0: the weights never change, so the Dice of round 1 is never beaten. Cosine over
+    # 10 rounds x 4 steps: after round e the lr is 0.5 (1 + cos(pi 4e / 40)) of its peak:
+    # 0.976, 0.905, 0.794, 0.655 (> 1/2: patience 2 is used up, but no stop), then 0.5.
     schedule = Schedule(lr=1e-12, epochs=10, steps_per_epoch=4, patience=2)
+    assert [schedule.may_stop(4 * e) for e in range(1, 7)] == [False] * 4 + [True] * 2
     trainer = engine.Trainer(UNet(features=(4, 8)), schedule, precision, tmp_path / "last.pt")
     epochs = [r.epoch for r in trainer.fit(loader, loader)]
-    assert epochs == [1, 2, 3] and trainer.stopped_early and trainer.best_epoch == 1
+    assert epochs == [1, 2, 3, 4, 5] and trainer.stopped_early and trainer.best_epoch == 1
     assert torch.load(tmp_path / "last.pt", weights_only=True)["stopped_early"] is True
+    # A constant lr never anneals: the patience applies as it is.
+    constant = Schedule(lr=1e-12, epochs=10, steps_per_epoch=4, patience=2,
+                        lr_schedule="constant")
+    trainer = engine.Trainer(UNet(features=(4, 8)), constant, precision, tmp_path / "c.pt")
+    assert [r.epoch for r in trainer.fit(loader, loader)] == [1, 2, 3]
+
+
+def test_the_weight_average_follows_the_rule_on_a_toy_sequence():
+    from unet.averaging import WeightAverage, decay_of
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, horizon_steps=4)          # decay 0.75
+    assert decay_of(4) == 0.75 and decay_of(0) == 0.0
+    expected = 0.0
+    for n, w in enumerate([8.0, 4.0, 0.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        average.update(model)
+        decay = min(0.75, (1 + n) / (10 + n))     # 2/11, 3/12, 4/13, 5/14, 6/15, then 0.75
+        expected = decay * expected + (1 - decay) * w
+        assert average.model.weight.item() == pytest.approx(expected, rel=1e-6)
+    # by hand for the first two: 9/11 * 8 = 6.545..., then 3/12 * 6.545 + 9/12 * 4 = 4.636...
+    first = 9 / 11 * 8
+    assert 3 / 12 * first + 9 / 12 * 4 == pytest.approx(4.6364, abs=1e-4)
+
+
+def test_keep_final_logs_the_last_round_and_keep_best_the_best_one(tmp_path):
+    precision = choose_precision("fp32", "cpu")
+    loader = toy_loader()
+    results = {}
+    for keep in ("final", "best"):
+        torch.manual_seed(0)
+        schedule = Schedule(lr=2e-2, epochs=4, steps_per_epoch=4)
+        trainer = engine.Trainer(UNet(features=(4, 8)), schedule, precision,
+                                 tmp_path / f"{keep}.pt", average_steps=5, keep=keep)
+        rounds = list(trainer.fit(loader, loader))
+        dice = [r.val["dice"] for r in rounds]
+        results[keep] = (trainer, dice)
+        evaluated = trainer.evaluated.state_dict()
+        if keep == "final":
+            assert trainer.kept_epoch == 4 and trainer.kept_dice == dice[-1]
+            assert all(torch.equal(evaluated[k], v) for k, v in trainer.kept_state.items())
+        else:
+            assert trainer.kept_epoch == 1 + dice.index(max(dice))
+            assert trainer.kept_dice == max(dice) == trainer.best_dice
+    # The validated weights are the average, not the trained ones.
+    trainer = results["final"][0]
+    assert not torch.equal(trainer.model.head.weight, trainer.average.model.head.weight)

@@ -28,3 +28,29 @@ def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
     disc = (np.asarray(drawing)[:40, :40] > 0).sum()             # one disc's pixels
     assert fp.small_object_px == pytest.approx(2 * math.sqrt(disc / math.pi))  # not the speck
     assert fp.foreground_fraction == pytest.approx(np.mean(shares))
+
+
+def test_colour_images_get_colour_augmentation_and_grey_images_do_not(tmp_path):
+    """The plan's appearance follows the data: hue, channel shuffle and greyscale for colour
+    photos; brightness and contrast only for grey images, even when saved as RGB JPEGs."""
+    from unet.fingerprint import has_colour
+    from unet.planning import make_plan
+    from unet.config import read_params
+    from unet.fingerprint import Machine, Speed
+    rng = np.random.default_rng(0)
+    grey = (rng.random((64, 96)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "grey_rgb.jpg", quality=90)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    colour = grey[..., None] * np.array([1.0, 0.6, 0.2])
+    Image.fromarray(colour.astype(np.uint8)).save(tmp_path / "colour.jpg", quality=90)
+    assert not has_colour(tmp_path / "grey_rgb.jpg") and not has_colour(tmp_path / "grey.png")
+    assert has_colour(tmp_path / "colour.jpg")
+    rules, machine = read_params()["plan"], Machine("cpu", False, 2)
+    for image, expected in (("colour.jpg", "colour"), ("grey_rgb.jpg", "grey")):
+        mask = tmp_path / "m.png"
+        Image.fromarray((grey > 128).astype(np.uint8) * 255).save(mask)
+        pairs = [Pair("x", tmp_path / image, mask)] * 4
+        plan = make_plan(fingerprint(pairs, pairs), machine, 5, {"epochs": 2}, rules)
+        assert plan.values["appearance"] == expected
+        assert plan.values["patience"] == 0                      # the schedule is spent
+        assert plan.values["average_steps"] == 10                # 5% of 4 steps, at least 10

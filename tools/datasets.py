@@ -3,11 +3,15 @@
 * `carvana_folder`: Carvana's layout and size (`train/<car>_<view>.jpg` 1918x1280,
   `train_masks/<car>_<view>_mask.gif`), cars from the built-in generator under another seed and
   another look: a dusk grade (hue turned, warm tint, lower contrast, gamma) and stronger noise.
+  Options: `views` per car (Carvana has 16), `unseen_paints` (the cars the pipeline's default
+  split puts in val and test wear paints that no training car wears: generalization from few
+  cars), `parts` (palette PNG masks of background, body, wheels instead of binary GIFs).
 * `cells_folder`: another kind of data: microscopy-like fields of many small, partly touching
   cells on an unevenly lit background, PNG images with 0/255 PNG masks
   (`images/<slide>_<field>.png`, `masks/<slide>_<field>_mask.png`), 384x512.
 
     python -m tools.datasets carvana OUT --images 64 --seed 2026
+    python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
 """
 from __future__ import annotations
@@ -20,9 +24,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from unet import synthetic
+from unet import config, synthetic
+from unet.data import Pair, split_pairs
 
 CARVANA_LAYOUT = {}     # the pipeline's defaults: train/, train_masks/, _mask.gif
+PARTS_LAYOUT = {"mask_ext": ".png"}
+PART_NAMES = ("background", "body", "wheels")
 CELLS_LAYOUT = {"image_dir": "images", "mask_dir": "masks", "mask_suffix": "_mask",
                 "mask_ext": ".png"}
 
@@ -40,22 +47,49 @@ def dusk(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _car(args) -> None:
-    out, car_seed, view, height, width = args
-    image, mask = synthetic.render(car_seed, view, height, width)
+    out, car_seed, view, height, width, paint, parts = args
+    image, mask = synthetic.render(car_seed, view, height, width, 4 if parts else 2, paint)
     graded = dusk(np.asarray(image), np.random.default_rng([car_seed, view, 7]))
     stem = f"{car_seed & 0xFFFFFFFFFFFF:012x}_{view:02d}"
     Image.fromarray(graded).save(out / "train" / f"{stem}.jpg", quality=90)
-    synthetic.save_mask_gif(mask, out / "train_masks" / f"{stem}_mask.gif")
+    if not parts:
+        synthetic.save_mask_gif(mask, out / "train_masks" / f"{stem}_mask.gif")
+        return
+    # background 0, body 1 (windows are part of the body here), wheels 2: a palette PNG.
+    indices = np.asarray(mask)
+    png = Image.fromarray(np.select([indices == 3, indices > 0], [2, 1], 0).astype(np.uint8), "P")
+    png.putpalette(synthetic.MASK_PALETTE[:3] + [200, 40, 40, 255, 200, 0] + [0] * 759)
+    png.save(out / "train_masks" / f"{stem}_mask.png")
 
 
-def carvana_folder(out: Path, images: int, seed: int, size=(1280, 1918), workers: int = 2) -> Path:
+def held_out_paints(cars: list[int], views: int) -> dict[int, int]:
+    """car -> paint index: the cars that split_data's defaults put in val and test get the
+    last half of the palette, the training cars the first half (backgrounds still use every
+    colour, so a held-out paint is seen in training only as background)."""
+    defaults = config.read_params()["split_data"]
+    pairs = [Pair(f"{car & 0xFFFFFFFFFFFF:012x}_{view:02d}", Path(), Path())
+             for car in cars for view in range(1, views + 1)]
+    split = split_pairs(pairs, defaults["val_fraction"], defaults["test_fraction"],
+                        defaults["seed"])
+    held = {pair.group for name in ("val", "test") for pair in split[name]}
+    half = len(synthetic.PALETTE) // 2
+    seen, unseen = iter(range(10**6)), iter(range(10**6))
+    return {car: (half + next(unseen) % half if f"{car & 0xFFFFFFFFFFFF:012x}" in held
+                  else next(seen) % half) for car in cars}
+
+
+def carvana_folder(out: Path, images: int, seed: int, size=(1280, 1918), workers: int = 2,
+                   views: int = 4, unseen_paints: bool = False, parts: bool = False) -> Path:
     out = Path(out)
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "train_masks").mkdir(parents=True, exist_ok=True)
-    cars = np.random.default_rng(seed).integers(0, 2**63 - 1, size=-(-images // 4))
-    jobs = [(out, int(car), view, *size) for car in cars for view in range(1, 5)][:images]
+    cars = [int(c) for c in np.random.default_rng(seed).integers(0, 2**63 - 1,
+                                                                 size=-(-images // views))]
+    paints = held_out_paints(cars, views) if unseen_paints else {}
+    jobs = [(out, car, view, *size, paints.get(car), parts)
+            for car in cars for view in range(1, views + 1)][:images]
     with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_car, jobs, chunksize=8))
+        list(pool.map(_car, jobs, chunksize=4))
     return out
 
 
@@ -106,9 +140,19 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--views", type=int, default=4, help="carvana: views per car")
+    parser.add_argument("--unseen-paints", action="store_true",
+                        help="carvana: val/test cars wear paints no training car wears")
+    parser.add_argument("--parts", action="store_true",
+                        help="carvana: palette PNG masks of background, body, wheels")
+    parser.add_argument("--size", default="1280x1918", help="carvana: HxW")
     args = parser.parse_args()
-    make = carvana_folder if args.kind == "carvana" else cells_folder
-    print(make(args.out, args.images, args.seed))
+    if args.kind == "cells":
+        print(cells_folder(args.out, args.images, args.seed))
+        return
+    size = tuple(int(v) for v in args.size.split("x"))
+    print(carvana_folder(args.out, args.images, args.seed, size, views=args.views,
+                         unseen_paints=args.unseen_paints, parts=args.parts))
 
 
 if __name__ == "__main__":

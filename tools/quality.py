@@ -1,12 +1,15 @@
-"""Time-to-quality benchmark: the pipeline's defaults against the seed tutorial's settings on
-folders the defaults were not tuned on, each run as a user would run it.
+"""Quality that holds: each folder trained with several seeds, as a user runs the pipeline, on
+folders the defaults were not tuned on; worst and median test Dice per folder, never the best.
 
-    python -m tools.quality OUT [--carvana 64,320,1600] [--cells 96] [--json FILE]
+    python -m tools.quality OUT [--folders car8,car24,car64,cells96,parts8] [--seeds 1,2,3]
+                                [--set name=value ...] [--json FILE]
 
-For each folder (generated into OUT/data once, see tools/datasets.py) and each setting
-(`plan`: only the layout parameters; `seed`: the same plus `-P preset=seed`) it runs
-`mlflow run <project> --env-manager local` into OUT/mlflow.db, then reads the test Dice from the
-runs and prints one table: test Dice and wall time side by side.
+For each folder (generated into OUT/data once, see tools/datasets.py) the split is made once
+(`mlflow run -e split_data`, only the layout parameters), then for each training seed `-e train
+-P seed=S` and `-e evaluate` run with `--env-manager local` into OUT/mlflow.db, as `main` would
+run them. `--set` adds train parameters to every run (e.g. `--set preset=seed`, or the
+settings of an earlier version to compare with). The table gives worst and median test Dice
+(mean foreground Dice for several classes), the wall time of train + evaluate, and the CPU.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +30,19 @@ import torch
 from tools import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"plan": {}, "seed": {"preset": "seed"}}
+# name -> (how to make it, layout parameters)
+FOLDERS = {
+    "car8": (lambda out, seed: datasets.carvana_folder(out, 128, seed, views=16,
+                                                      unseen_paints=True),
+             datasets.CARVANA_LAYOUT),
+    "car24": (lambda out, seed: datasets.carvana_folder(out, 384, seed, views=16),
+              datasets.CARVANA_LAYOUT),
+    "car64": (lambda out, seed: datasets.carvana_folder(out, 64, seed), datasets.CARVANA_LAYOUT),
+    "cells96": (lambda out, seed: datasets.cells_folder(out, 96, seed), datasets.CELLS_LAYOUT),
+    "parts8": (lambda out, seed: datasets.carvana_folder(out, 128, seed, size=(640, 960),
+                                                        views=16, parts=True),
+               datasets.PARTS_LAYOUT),
+}
 
 
 def generated(path: Path, make) -> Path:
@@ -39,89 +56,104 @@ def generated(path: Path, make) -> Path:
     return path
 
 
-def folders(out: Path, carvana: list[int], cells: int, seed: int) -> dict[str, tuple[Path, dict]]:
-    """name -> (folder, layout parameters); generated where missing."""
-    made = {}
-    for n in carvana:
-        path = generated(out / "data" / f"carvana-{n}",
-                         lambda folder: datasets.carvana_folder(folder, n, seed))
-        made[f"carvana-{n}"] = (path, datasets.CARVANA_LAYOUT)
-    if cells:
-        path = generated(out / "data" / f"cells-{cells}",
-                         lambda folder: datasets.cells_folder(folder, cells, seed))
-        made[f"cells-{cells}"] = (path, datasets.CELLS_LAYOUT)
-    return made
+def cpu_flags() -> str:
+    """The CPU model and the flags that decide the training speed."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if info else set()
+    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    isa = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"{model.group(1) if model else platform.machine()}, {os.cpu_count()} cores, "
+            f"flags {' '.join(wanted)}" + (f", ATEN_CPU_CAPABILITY={isa}" if isa else "")
+            + f", torch {torch.__version__}")
 
 
-def run(name: str, folder: Path, layout: dict, setting: str, store: str, log: Path) -> dict:
-    params = {"data_dir": str(folder), **layout, **SETTINGS[setting],
-              "model_name": f"{name}-{setting}"}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local"]
+def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
+    """Runs an entry point as a user would; returns its run id (printed by MLflow)."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry,
+           "--env-manager", "local", "--experiment-name", "quality"]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
     # `mlflow run` starts the steps with the `python` on PATH: this interpreter's.
     env = {**os.environ, "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for key, value in params.items():
-        cmd += ["-P", f"{key}={value}"]
+    with open(log, "a") as f:
+        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+    text = log.read_text()
+    found = re.findall(r"=== Run \(ID '([0-9a-f]+)'\) succeeded ===", text)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"{entry} failed (exit {done.returncode}), see {log}")
+    return found[-1]
+
+
+def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: Path) -> dict:
+    log = out / f"{name}-seed{seed}.log"
+    log.unlink(missing_ok=True)
     start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    train_id = mlflow_run("train", {"split_run_id": split_id, "seed": seed, **extra}, store, log)
+    evaluate_id = mlflow_run("evaluate", {"train_run_id": train_id, "model_name": name},
+                             store, log)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        return {"folder": name, "setting": setting, "error": f"exit {done.returncode}, see {log}"}
     import mlflow
-    mlflow.set_tracking_uri(store)
-    client = mlflow.MlflowClient()
-    main = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="tags.step = 'main'",
-                              order_by=["attributes.start_time DESC"], max_results=1)[0]
-    train = client.get_run(main.data.tags["train_run_id"])
-    evaluate = client.get_run(main.data.tags["evaluate_run_id"])
-    m = evaluate.data.metrics
-    return {"folder": name, "setting": setting, "test_dice": m["test_dice"],
-            "floor_dice": m["floor_dice"], "wall_seconds": wall,
-            "train_seconds": (train.info.end_time - train.info.start_time) / 1000,
-            "best_val_dice": train.data.metrics["best_val_dice"],
-            "epochs_run": int(train.data.metrics["best_epoch"]),
-            "tta": train.data.tags.get("tta"), "alias": evaluate.data.tags.get("model_alias"),
-            "train_images": int(train.data.params.get("plan.train_images", 0))}
+    client = mlflow.MlflowClient(store)
+    train, evaluate = client.get_run(train_id), client.get_run(evaluate_id)
+    m, t = evaluate.data.metrics, train.data.metrics
+    rounds = sorted(client.get_metric_history(train_id, "val_dice"), key=lambda x: x.step)
+    # test_dice: per-image Dice; with several classes, the mean over the foreground classes.
+    return {"folder": name, "seed": seed, "test_dice": m["test_dice"],
+            "alias": evaluate.data.tags.get("model_alias", ""), "wall_seconds": wall,
+            "kept_val_dice": t.get("kept_val_dice", t["best_val_dice"]),
+            "val_dice_last3": [r.value for r in rounds[-3:]],
+            "steps": int(train.data.params.get("effective.epochs", 0))
+            * int(train.data.params.get("effective.steps_per_epoch", 0)),
+            "batch": train.data.params.get("effective.batch_size"),
+            "size": f"{train.data.params.get('effective.image_height')}x"
+                    f"{train.data.params.get('effective.image_width')}"}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| folder | train images | setting | test Dice | wall (whole pipeline) | train step | alias |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['folder']} | | {r['setting']} | {r['error']} | | | |")
-            continue
-        lines.append(f"| {r['folder']} | {r['train_images']} | {r['setting']} | "
-                     f"{r['test_dice']:.4f} | {r['wall_seconds'] / 60:.1f} min | "
-                     f"{r['train_seconds'] / 60:.1f} min | {r['alias']} |")
+    lines = ["| folder | seeds | worst | median | wall per run (train + evaluate) | plan |",
+             "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["folder"] for r in results):
+        runs = [r for r in results if r["folder"] == name]
+        dice = [r["test_dice"] for r in runs]
+        wall = statistics.median(r["wall_seconds"] for r in runs) / 60
+        lines.append(f"| {name} | {', '.join(f'{d:.4f}' for d in dice)} | {min(dice):.4f} | "
+                     f"{statistics.median(dice):.4f} | {wall:.1f} min | {runs[0]['steps']} "
+                     f"steps, batch {runs[0]['batch']}, {runs[0]['size']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.quality", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--carvana", default="64,320,1600", help="folder sizes, comma list")
-    parser.add_argument("--cells", type=int, default=96, help="images in the cells folder (0: none)")
-    parser.add_argument("--settings", default="plan,seed")
-    parser.add_argument("--seed", type=int, default=2026, help="data seed (not the built-in 42)")
+    parser.add_argument("--folders", default=",".join(FOLDERS))
+    parser.add_argument("--seeds", default="1,2,3", help="training seeds (the split is kept)")
+    parser.add_argument("--data-seed", type=int, default=2026, help="not the built-in 42")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a train parameter for every run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
-    carvana = [int(n) for n in args.carvana.split(",") if n]
+    extra = dict(item.split("=", 1) for item in args.set)
     results = []
-    for name, (folder, layout) in folders(args.out, carvana, args.cells, args.seed).items():
-        for setting in args.settings.split(","):
-            result = run(name, folder, layout, setting, store, args.out / f"{name}-{setting}.log")
+    for name in args.folders.split(","):
+        make, layout = FOLDERS[name]
+        folder = generated(args.out / "data" / name, lambda f: make(f, args.data_seed))
+        split_id = mlflow_run("split_data", {"data_dir": folder, **layout}, store,
+                              args.out / f"{name}-split.log")
+        for seed in (int(s) for s in args.seeds.split(",")):
+            try:
+                result = one_seed(name, split_id, seed, extra, store, args.out)
+            except RuntimeError as e:
+                result = {"folder": name, "seed": seed, "error": str(e)}
             results.append(result)
             print(json.dumps(result), flush=True)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, CUDA: {torch.cuda.is_available()}")
-    print(table(results))
+    print(f"\n{cpu_flags()}" + (f"; train parameters {extra}" if extra else ""))
+    print(table([r for r in results if "error" not in r]))
 
 
 if __name__ == "__main__":

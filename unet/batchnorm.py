@@ -49,3 +49,12 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor], precision) ->
     distributed.average_buffers([b for layer in layers
                                  for b in (layer.running_mean, layer.running_var)])
     return seen
+
+
+def calibration_batches(dataset, images: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Image batches (B, 3, H, W) of `images` items of `dataset` drawn with `seed` (this
+    process's share of them under several processes), for BatchNorm recalibration."""
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    chosen = chosen[:images][distributed.rank()::distributed.world_size()].tolist()
+    return [torch.stack([dataset[i][0] for i in chosen[start:start + batch_size]])
+            for start in range(0, len(chosen), batch_size)]

@@ -14,6 +14,7 @@ import yaml
 
 # AUTO and LOSSES are also read as config.AUTO, config.LOSSES by the steps and the library.
 from unet.checks import AUTO, LOSSES, at_least, check_tta, one_of  # noqa: F401
+from unet.transforms import APPEARANCES
 from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
 
@@ -72,7 +73,10 @@ class TrainConfig:
     features: tuple[int, ...]
     loss: str                # bce_dice | bce
     color_jitter: float      # augmentation: brightness/contrast/saturation strength
+    appearance: str          # colour | grey | jitter: what else the colour augmentation varies
     patience: int            # stop after this many rounds without a better val Dice; 0 never
+    average_steps: int       # memory of the weight average (EMA) in optimizer steps; 0 off
+    keep: str                # final | best: which round's (averaged) weights are the model
     bn_recalibration: int    # training images BatchNorm statistics are recomputed on; 0 off
     rotate_limit: float      # augmentation: max rotation in degrees
     hflip: float             # augmentation: probability of a horizontal flip
@@ -114,6 +118,9 @@ class TrainConfig:
             raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
         one_of(self, "loss", LOSSES)
         one_of(self, "lr_schedule", ("cosine", "constant"))
+        one_of(self, "appearance", APPEARANCES)
+        one_of(self, "keep", ("final", "best"))
+        at_least(self, ("average_steps",), 0)
         one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
         if self.batch_size % self.nproc:
             raise UserError(f"parameters batch_size={self.batch_size}, nproc={self.nproc}: the "

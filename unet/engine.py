@@ -4,8 +4,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 from unet import batchnorm, distributed
+from unet.checkpoint import save_checkpoint
+from unet.averaging import WeightAverage
 from unet.seeding import rng_state, set_rng_state
 from unet.errors import UserError
 from unet.losses import make_loss
@@ -43,24 +43,15 @@ def make_loader(dataset, batch_size: int, num_workers: int, seed: int, precision
         pin_memory=precision.device.type == "cuda")
 
 
-def calibration_batches(dataset, images: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """Image batches (B, 3, H, W) of `images` items of `dataset` drawn with `seed` (this
-    process's share of them under several processes), for BatchNorm recalibration."""
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    chosen = chosen[:images][distributed.rank()::distributed.world_size()].tolist()
-    return [torch.stack([dataset[i][0] for i in chosen[start:start + batch_size]])
-            for start in range(0, len(chosen), batch_size)]
-
-
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training can't go on from here."""
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     loss_fn: nn.Module, precision: Precision, scaler: torch.amp.GradScaler,
-                    scheduler=None, desc: str = "train") -> dict[str, float]:
+                    scheduler=None, desc: str = "train", after_step=None) -> dict[str, float]:
     """One pass over loader of (images (B, 3, H, W), masks (B, H, W)), one optimizer (and
-    scheduler) step per batch; returns mean loss, images seen and images per second, over all
+    scheduler) step per batch, then `after_step()` (the weight average); returns mean loss, images seen and images per second, over all
     processes when there are several."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
@@ -84,6 +75,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -134,23 +127,6 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
     return result
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then an atomic rename: a crash mid-write
-    leaves the previous checkpoint intact, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclasses.dataclass
 class EpochResult:
     epoch: int                    # 1-based, completed
@@ -160,8 +136,13 @@ class EpochResult:
 
 
 class Trainer:
-    """Adam over `schedule`, loss `loss` ("bce_dice" or "bce"); keeps the best-by-validation-Dice
-    weights.
+    """Adam over `schedule`, loss `loss` ("bce_dice" or "bce").
+
+    The weights validated and kept are an exponential moving average of the trained ones over
+    about `average_steps` steps (unet.averaging; 0: the trained weights themselves). `keep`
+    says which round's are the run's model: "final" (the end of the schedule, where the lr has
+    annealed: a noisy validation of one or two cars cannot pick a lucky early round) or "best"
+    (the round of the best validation Dice).
 
     Before every validation the BatchNorm statistics are recalibrated on `calibration` (a list
     of un-augmented training image batches (B, 3, H, W); empty = keep the running averages), so
@@ -184,7 +165,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, schedule: Schedule, precision: Precision,
                  checkpoint_path: Path, loss: str = "bce_dice", calibration=(), wrap=None,
-                 seed: int = 0, classes: tuple[str, ...] | None = None):
+                 seed: int = 0, classes: tuple[str, ...] | None = None,
+                 average_steps: int = 0, keep: str = "final"):
         self.precision = precision
         self.seed = seed
         self.model = prepare(model, precision)
@@ -195,6 +177,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, schedule.total_steps,
                                                    schedule.warmup_steps, schedule.lr_schedule))
+        self.average = WeightAverage(self.model, average_steps) if average_steps else None
+        self.keep = keep
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
         self.classes = classes             # class names when K > 2 (the model has K channels)
         self.loss_fn = make_loss(loss, len(classes) if classes else 2)
@@ -202,16 +186,24 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path)
         self.epoch = 0
         self.stopped_early = False
-        self.best_dice = -1.0
+        self.best_dice = -1.0          # the best validation round (reported; kept if keep=best)
         self.best_epoch = 0
-        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.kept_dice, self.kept_epoch = -1.0, 0
+        self.kept_state = copy.deepcopy(self.evaluated.state_dict())
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are validated and may be kept: the average, or the trained ones."""
+        return self.average.model if self.average else self.model
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "stopped_early": self.stopped_early,
                 "best_dice": self.best_dice, "best_epoch": self.best_epoch,
-                "best_model": self.best_state, "rng": rng_state()}
+                "kept_dice": self.kept_dice, "kept_epoch": self.kept_epoch,
+                "kept_model": self.kept_state, "rng": rng_state(),
+                "average": self.average.state_dict() if self.average else None}
 
     def load_state(self, state: dict) -> None:
         """Resumes from a checkpoint written by `fit` (training continues at epoch + 1)."""
@@ -225,16 +217,22 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_dice = state["epoch"], state["best_dice"]
         self.stopped_early = state.get("stopped_early", False)
-        self.best_epoch, self.best_state = state["best_epoch"], state["best_model"]
+        self.best_epoch = state["best_epoch"]
+        # Checkpoints from before weight averaging kept the best round's weights.
+        self.kept_state = state.get("kept_model", state.get("best_model"))
+        self.kept_dice = state.get("kept_dice", state["best_dice"])
+        self.kept_epoch = state.get("kept_epoch", state["best_epoch"])
+        if self.average and state.get("average"):
+            self.average.load_state_dict(state["average"])
         # The sampler and the augmentation are reseeded from (seed, epoch) every epoch; the
         # global generators are restored too, for whatever else draws from them.
         if "rng" in state:
             set_rng_state(state["rng"])
 
     def validate(self, val_loader) -> dict[str, float]:
-        """Recalibrates BatchNorm, then validates the current weights in eval mode."""
-        batchnorm.recalibrate(self.model, self.calibration, self.precision)
-        return validate(self.model, val_loader, self.loss_fn, self.precision,
+        """Recalibrates BatchNorm, then validates the evaluated weights in eval mode."""
+        batchnorm.recalibrate(self.evaluated, self.calibration, self.precision)
+        return validate(self.evaluated, val_loader, self.loss_fn, self.precision,
                         names=self.classes)
 
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
@@ -253,7 +251,7 @@ class Trainer:
                 transform.set_random_seed(self.seed * 100_003 + epoch)
             train = train_one_epoch(self.train_module, train_loader, self.optimizer, self.loss_fn,
                                     self.precision, self.scaler, self.scheduler,
-                                    desc=f"epoch {epoch}/{epochs}")
+                                    desc=f"epoch {epoch}/{epochs}", after_step=self._average)
             train["lr"] = self.scheduler.get_last_lr()[0]
             val = self.validate(val_loader)
             if not math.isfinite(val["loss"]):
@@ -262,12 +260,15 @@ class Trainer:
             improved = val["dice"] > self.best_dice
             if improved:
                 self.best_dice, self.best_epoch = val["dice"], epoch
-                self.best_state = copy.deepcopy(self.model.state_dict())
+            if improved or self.keep == "final":
+                self.kept_dice, self.kept_epoch = val["dice"], epoch
+                self.kept_state = copy.deepcopy(self.evaluated.state_dict())
             self.epoch = epoch
-            # Early stopping: the best weights are kept, so rounds that do not beat them
-            # only cost time.
+            # Early stopping, only once the lr has annealed (Schedule.may_stop): before
+            # that, rounds without progress are noise, not a plateau.
             self.stopped_early = bool(patience) and epoch < epochs and \
-                epoch - self.best_epoch >= patience
+                epoch - self.best_epoch >= patience and \
+                self.schedule.may_stop(epoch * self.schedule.steps_per_epoch)
             if distributed.is_main():
                 try:
                     save_checkpoint(self.state(), self.checkpoint_path)
@@ -277,3 +278,7 @@ class Trainer:
                                     f"there (epoch {epoch - 1}) is intact: free space and "
                                     f"resume from it") from None
             yield EpochResult(epoch, train, val, improved)
+
+    def _average(self) -> None:
+        if self.average is not None:
+            self.average.update(self.model)

@@ -29,6 +29,7 @@ class Fingerprint:
     foreground_fraction: float     # mean share of object pixels per mask
     small_object_px: float | None  # 10th percentile of the objects' equivalent diameters
     classes: int = 2
+    colour: bool = True            # the images have colour (not grey stored as RGB)
 
 
 def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
@@ -53,7 +54,20 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) ->
     heights, widths = zip(*sizes)
     return Fingerprint(len(train), len(val), int(np.median(heights)), int(np.median(widths)),
                        float(np.mean(fractions)),
-                       float(np.percentile(diameters, 10)) if diameters else None)
+                       float(np.percentile(diameters, 10)) if diameters else None,
+                       colour=any(has_colour(pair.image) for pair in spread(train, 8)))
+
+
+def has_colour(path, tolerance: float = 3.0) -> bool:
+    """Whether an image holds colour: its channels differ by more than `tolerance` grey
+    levels on average (JPEG's chroma noise stays below that on a grey image saved as RGB).
+    Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters."""
+    with Image.open(path) as image:
+        if image.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+            return False
+        image.draft("RGB", (image.width // 8, image.height // 8))
+        rgb = np.asarray(image.convert("RGB"), np.float32)
+    return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from unet import distributed, engine, seeding, transforms
+from unet import batchnorm, distributed, engine, seeding, transforms
 from unet.cache import ArrayCache
 from unet.classes import Classes, load_class_map
 from unet.config import TrainConfig
@@ -39,7 +39,8 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
     seed = cfg.seed + distributed.rank()
     size, patch = (cfg.image_height, cfg.image_width), (cfg.patch_height, cfg.patch_width)
     augment = transforms.train_transform(cfg.rotate_limit, cfg.hflip, cfg.vflip,
-                                         cfg.color_jitter, seed, patch if patch != size else None)
+                                         cfg.color_jitter, seed, patch if patch != size else None,
+                                         cfg.appearance)
     cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
     masks = {} if classes.binary else {
         "read_mask": functools.partial(load_class_map, classes=classes),
@@ -57,14 +58,15 @@ def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
     seeding.seed_everything(cfg.seed)       # the same initial weights in every process
     schedule = Schedule(cfg.lr, cfg.epochs, cfg.steps_per_epoch, cfg.warmup_steps,
                         cfg.lr_schedule, cfg.patience)
-    calibration = engine.calibration_batches(
+    calibration = batchnorm.calibration_batches(
         data.train_set.with_transform(transforms.eval_transform()), cfg.bn_recalibration,
         data.batch_size, cfg.seed)
     classes = data.classes
     trainer = engine.Trainer(UNet(out_channels=classes.out_channels, features=cfg.features),
                              schedule, precision, checkpoint, cfg.loss, calibration,
                              wrap=lambda model: distributed.wrap(model, cfg.sync_bn),
-                             seed=data.seed, classes=None if classes.binary else classes.names)
+                             seed=data.seed, classes=None if classes.binary else classes.names,
+                             average_steps=cfg.average_steps, keep=cfg.keep)
     if cfg.compile:
         trainer.model.compile()   # in place: state_dict keys stay those of the UNet
     return trainer

@@ -26,7 +26,7 @@ from unet.precision import Precision
 # Settings the plan fills in when the user leaves them "auto".
 PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",
            "image_height", "image_width", "patch_height", "patch_width", "features", "loss",
-           "color_jitter", "patience", "bn_recalibration")
+           "color_jitter", "appearance", "patience", "average_steps", "bn_recalibration")
 
 
 @dataclasses.dataclass
@@ -66,8 +66,9 @@ class Plan:
                   f"{v['epochs'] * v['steps_per_epoch']} (warm-up {v['warmup_steps']}, "
                   f"early stop after {v['patience'] or 'never'})",
                   f"  optim    Adam lr {v['lr']:.3g} {v['lr_schedule']}, loss {v['loss']}, "
-                  f"colour jitter {v['color_jitter']}, BN recalibration on "
-                  f"{v['bn_recalibration']} images"]
+                  f"weights averaged over ~{v['average_steps']} steps, BN recalibration on "
+                  f"{v['bn_recalibration']} images",
+                  f"  augment  colour jitter {v['color_jitter']}, appearance {v['appearance']}"]
         if self.estimated_minutes is not None:
             lines.append(f"  time     ~{self.estimated_minutes:.1f} min of a "
                          f"{self.budget_minutes:g} min budget "
@@ -198,10 +199,17 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
             notes.append(f"over budget: ~{estimate:.1f} min for the minimum of "
                          f"{rules['min_steps']} steps and their validations; raise "
                          f"time_budget_min or set epochs")
-    # Warm-up over 5% of the steps (at most max_warmup); patience a quarter of the rounds.
+    # Warm-up over 5% of the steps (at most max_warmup). The budget is spent on the schedule:
+    # no early stopping (on 2 validation cars, rounds without progress were noise and runs
+    # stopped with the lr at half its peak); the model is the weight average at its end.
     v.setdefault("warmup_steps", min(rules["max_warmup"],
                                      math.ceil(rules["warmup_fraction"] * total)))
-    v.setdefault("patience", max(rules["min_patience"], v["epochs"] // 4))
+    v.setdefault("patience", 0)
+    v.setdefault("average_steps", max(10, round(rules["average_fraction"] * total)))
+    # Colour augmentation that makes colour no cue, unless there is no colour to vary.
+    v.setdefault("appearance", "colour" if fp.colour else "grey")
+    if not fp.colour:
+        notes.append("appearance: grey images (brightness and contrast vary, no hue)")
     return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
                 estimate, notes)
 

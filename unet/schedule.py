@@ -11,7 +11,7 @@ import torch
 class Schedule:
     """How long and how fast to train: `epochs` validation rounds of `steps_per_epoch`
     optimizer steps, lr warmed up then decayed per step (see lr_factor); stop early after
-    `patience` rounds without a better validation Dice (0: never)."""
+    `patience` rounds without a better validation Dice (0: never), once may_stop allows."""
     lr: float
     epochs: int
     steps_per_epoch: int
@@ -22,6 +22,16 @@ class Schedule:
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def may_stop(self, step: int) -> bool:
+        """Whether early stopping may end training after `step` optimizer steps: once a
+        decaying lr is at most half its peak (a round without progress at a high lr is noise,
+        and stopping there keeps weights that never annealed); a constant lr never anneals,
+        so there the user's patience applies as it is."""
+        if self.lr_schedule == "constant":
+            return True
+        return step >= self.warmup_steps and \
+            lr_factor(step, self.total_steps, self.warmup_steps, self.lr_schedule) <= 0.5
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

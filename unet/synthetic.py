@@ -61,13 +61,17 @@ def _background(rng: np.random.Generator, h: int, w: int, paint: np.ndarray) -> 
     return canvas
 
 
-def render(car_seed: int, view: int, height: int, width: int, classes: int = 2
-           ) -> tuple[Image.Image, Image.Image]:
+def render(car_seed: int, view: int, height: int, width: int, classes: int = 2,
+           paint: int | None = None) -> tuple[Image.Image, Image.Image]:
     """One view of one car -> (RGB image, 'L' mask), both (height, width). The mask holds 0/1
-    (classes=2) or the part indices of PART_NAMES (classes=4); the image is the same."""
+    (classes=2) or the part indices of PART_NAMES (classes=4); the image is the same.
+    `paint` (an index of PALETTE) overrides the car's own colour, e.g. to keep some colours
+    out of a training split."""
     if classes not in (2, len(PART_NAMES)):
         raise ValueError(f"synthetic classes: 2 or {len(PART_NAMES)}, not {classes}")
     shape = _car_shape(np.random.default_rng(car_seed))
+    if paint is not None:
+        shape["paint"] = PALETTE[paint]
     rng = np.random.default_rng([car_seed, view])
     canvas = _background(rng, height, width, shape["paint"])
 

@@ -1,7 +1,7 @@
 """Preprocessing presets (albumentations): resize once, then augment and normalize per read.
 
-Train: Resize -> [RandomCrop] -> Rotate(limit) -> HorizontalFlip -> VerticalFlip -> ColorJitter -> Normalize
-       -> ToTensorV2.
+Train: Resize -> [RandomCrop] -> Rotate(limit) -> HorizontalFlip -> VerticalFlip -> appearance
+       (ColorJitter, ChannelShuffle, ToGray) -> Normalize -> ToTensorV2.
 Eval:  Resize -> Normalize -> ToTensorV2, with the same normalization as training (the seed
 tutorial used mean 8.0 for validation, which shifted every validation input by -8).
 Resize is deterministic, so the Dataset applies it once (`resize_pair`) and caches the result.
@@ -16,6 +16,9 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
+
+# What the colour augmentation varies besides brightness, contrast and saturation (`appearance`).
+APPEARANCES = ("colour", "grey", "jitter")
 
 # Images are scaled to [0, 1]: mean 0, std 1 after dividing by 255 (as in the seed tutorial).
 NORMALIZE = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), max_pixel_value=255.0)
@@ -47,18 +50,36 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]
     return resize_image(image, size), resize_mask(mask, size)
 
 
+def appearance_transforms(strength: float, appearance: str = "colour") -> list:
+    """How the look of an image varies in training: brightness, contrast (and saturation) by
+    up to +-strength, and by `appearance`:
+    - "colour" (colour images): any hue, channels swapped, sometimes greyscale. A folder of
+      few groups (cars, slides) shows few object colours; a test car of a paint no training
+      car had was missed entirely (Dice 0.03-0.19) until colour stopped being a cue;
+    - "grey" (greyscale images): brightness and contrast only (hue means nothing there);
+    - "jitter": hue by up to +-strength/4 (this project's setting before 2026-12).
+    strength 0: none of it."""
+    if strength <= 0:
+        return []
+    if appearance == "grey":
+        return [A.ColorJitter(brightness=strength, contrast=strength, saturation=0, hue=0,
+                              p=0.8)]
+    hue = 0.5 if appearance == "colour" else min(0.5, strength / 4)
+    jitter = A.ColorJitter(brightness=strength, contrast=strength, saturation=strength,
+                           hue=hue, p=0.8)
+    if appearance == "jitter":
+        return [jitter]
+    return [jitter, A.ChannelShuffle(p=0.3), A.ToGray(p=0.1)]
+
+
 def train_transform(rotate_limit: float = 35, hflip: float = 0.5, vflip: float = 0.1,
                     color_jitter: float = 0.0, seed: int | None = None,
-                    patch: tuple[int, int] | None = None) -> A.Compose:
+                    patch: tuple[int, int] | None = None,
+                    appearance: str = "colour") -> A.Compose:
     """Augmentation on already-resized pairs; yields (3, H, W) float image, (H, W) mask, or
-    with `patch` (h, w) a random crop of that size taken first.
-
-    color_jitter s > 0 varies brightness, contrast and saturation by up to +-s and hue by up
-    to +-s/4 of the colour circle (real photos differ in light and paint); 0 leaves colours.
-    """
-    colour = ([A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                             saturation=color_jitter, hue=min(0.5, color_jitter / 4), p=0.8)]
-              if color_jitter > 0 else [])
+    with `patch` (h, w) a random crop of that size taken first. Colours vary by
+    `color_jitter` and `appearance` (appearance_transforms)."""
+    colour = appearance_transforms(color_jitter, appearance)
     crop = [A.RandomCrop(*patch)] if patch else []
     return A.Compose([
         *crop,

@@ -164,21 +164,24 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
 
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
-    """Logs the best-by-validation-Dice weights as the run's model, with the test-time
-    augmentation that validation measured to help, and an input example."""
-    best = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
-    best.load_state_dict(trainer.best_state)
-    segmenter = Segmenter(best, (cfg.image_height, cfg.image_width), precision,
+    """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
+    model, with the test-time augmentation that validation measured to help, and an input
+    example."""
+    kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
+    kept.load_state_dict(trainer.kept_state)
+    segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
                           classes=trainer.classes)
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)
     example = transforms.resize_image(image, (cfg.image_height // 2, cfg.image_width // 2))
     model_uri = models.log_model(segmenter, example)
-    mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch})
+    mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch,
+                        "kept_val_dice": trainer.kept_dice, "kept_epoch": trainer.kept_epoch})
     mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower()})
     stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
             f"{cfg.patience} epochs); " if trainer.stopped_early else "")
-    print(f"train run {run.info.run_id}: {stop}best val Dice {trainer.best_dice:.4f} "
-          f"(epoch {trainer.best_epoch}), test-time augmentation {segmenter.tta}; "
-          f"model {model_uri}")
+    print(f"train run {run.info.run_id}: {stop}kept the {cfg.keep} weights (epoch "
+          f"{trainer.kept_epoch}, val Dice {trainer.kept_dice:.4f}; best round "
+          f"{trainer.best_epoch}: {trainer.best_dice:.4f}), test-time augmentation "
+          f"{segmenter.tta}; model {model_uri}")

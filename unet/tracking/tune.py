@@ -138,8 +138,8 @@ def fit_trial(trial: optuna.Trial, inputs: training.TrainInputs, precision: Prec
     finally:   # the model and the last checkpoint are logged: the local copy only fills disks
         shutil.rmtree(training.CHECKPOINTS / run.info.run_id, ignore_errors=True)
     mlflow.set_tag(TRIAL_STATE_TAG, "COMPLETE")
-    runs.name_run(f"{label} Dice {trainer.best_dice:.3f}")
-    return trainer.best_dice
+    runs.name_run(f"{label} Dice {trainer.kept_dice:.3f}")
+    return trainer.kept_dice
 
 
 def close_dead_runs(study) -> int:
