@@ -19,7 +19,8 @@ def train() -> None:
         if inputs.cfg.nproc > 1 and not distributed.launched():
             training.launch(inputs, "steps.train", Path(tmp))
             return
-        precision = choose_precision(inputs.cfg.precision, distributed.device())
+        precision = choose_precision(inputs.cfg.precision, distributed.device(),
+                                     inputs.cfg.memory_format)
         distributed.init(precision.device.type)
         try:
             # Only the main process has a run: the others never touch MLflow.

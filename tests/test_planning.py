@@ -30,7 +30,8 @@ def test_rules_are_the_ones_params_yaml_states():
     assert RULES["cpu"] == {"pixels": 24576, "features": "16,32,64,128", "batch_size": 8}
     assert (RULES["lr"], RULES["min_steps"], RULES["max_passes"]) == (2e-3, 250, 100)
     assert (RULES["min_rounds"], RULES["max_rounds"], RULES["round_overhead_seconds"]) == (10, 30, 1.0)
-    assert (RULES["warmup_fraction"], RULES["max_warmup"], RULES["min_patience"]) == (0.05, 100, 4)
+    assert (RULES["warmup_fraction"], RULES["max_warmup"], RULES["average_fraction"]) == (0.05, 100, 0.05)
+    assert (RULES["min_budget_steps"], RULES["min_crop_share"]) == (800, 0.5)
     assert RULES["bn_recalibration"] == 64
 
 
@@ -46,7 +47,8 @@ def test_a_tiny_folder_repeats_epochs_up_to_100_passes():
     # rounds: max(5, ceil(500 / 30) = 17) capped at ceil(500 / 10) = 50 -> 17; round(500/17) = 29
     assert (v["steps_per_epoch"], v["epochs"]) == (17, 29)
     assert v["warmup_steps"] == math.ceil(0.05 * 29 * 17) == 25
-    assert v["patience"] == 7                                       # 29 // 4
+    assert v["patience"] == 0                          # the schedule is spent, never cut
+    assert v["average_steps"] == round(0.05 * 493) == 25
     assert p.estimated_minutes == pytest.approx((493 * 0.2 + 29 * 2.9) / 60)
     assert "100 passes over the data" in p.to_text()
 
@@ -56,7 +58,7 @@ def test_a_mid_folder_fills_the_time_budget():
     v = p.values
     # 28 steps per pass; (300 - 30 * ((48 + 64) / 40 + 1)) / 0.2 = 930 steps < 2800
     assert (v["steps_per_epoch"], v["epochs"]) == (31, 30)        # max(28, ceil(930/30) = 31)
-    assert v["warmup_steps"] == 47 and v["patience"] == 7          # ceil(46.5), 30 // 4
+    assert v["warmup_steps"] == 47 and v["patience"] == 0          # ceil(46.5)
     assert p.estimated_minutes == pytest.approx((930 * 0.2 + 30 * 3.8) / 60)
     assert p.estimated_minutes <= 5
     assert "the time budget" in p.to_text()
@@ -68,7 +70,7 @@ def test_a_large_folder_validates_within_a_pass_and_never_trains_a_handful_of_st
     # 1400 steps per pass; the budget leaves nothing after validation -> min_steps 250,
     # validated 10 times: 25 steps (200 images) per round, less than a pass.
     assert (v["steps_per_epoch"], v["epochs"]) == (25, 10)
-    assert v["warmup_steps"] == 13 and v["patience"] == 4
+    assert v["warmup_steps"] == 13 and v["average_steps"] == 12    # 5% of 250
     assert "over budget" in p.to_text()
 
 
@@ -113,3 +115,33 @@ def test_the_gpu_rules_and_the_batch_for_several_processes():
     assert (p.values["image_height"], p.values["image_width"]) == (256, 384)
     few = make_plan(carvana(train=9, val=3), CPU, 5.0, {"epochs": 1}, RULES, nproc=3)
     assert few.values["batch_size"] == 6            # min(8, 9 // 2) = 4, up to a multiple of 3
+
+
+def test_a_slow_machine_trains_on_smaller_crops_of_the_same_input():
+    """30 steps per pass, rounds of (12 + 64) / 40 + 1 = 2.9 s. At 0.5 s per step on 128x192
+    the budget settles at 501 steps ((300 - 30 * 2.9) / 0.5 = 426 -> 14 rounds -> 518 -> 17
+    rounds -> 501): fewer than min_budget_steps (800). Crops of max(0.5, 501 / 800) = 0.626
+    of the pixels: 15391 px with the aspect 1.5 -> sqrt(15391 / 1.5) = 101.3 -> 96 x 144,
+    measured again."""
+    calls = []
+
+    def measure(features, patch, size, batch):
+        calls.append(patch)
+        # a step costs its pixels; the probe found NCHW faster here
+        return Speed(0.5 * patch[0] * patch[1] / 24576, 40.0, channels_last=False)
+    p = make_plan(carvana(train=240, val=12), Machine("cpu", False, 2), 5.0, {}, RULES,
+                  measure=measure)
+    v = p.values
+    assert calls == [(128, 192), (96, 144)]
+    assert (v["image_height"], v["image_width"]) == (128, 192)      # predicted at this size
+    assert (v["patch_height"], v["patch_width"]) == (96, 144)
+    # 0.28125 s per step: 757 -> 25 rounds -> 808 -> 27 rounds -> 788 steps, rounds of a pass
+    # (30 steps): round(788 / 30) = 26 rounds
+    assert (v["epochs"], v["steps_per_epoch"]) == (26, 30)
+    assert v["memory_format"] == "contiguous"
+    assert "501 steps in the budget (< 800); 96x144 crops of the same input get 788" in p.to_text()
+    # A fast machine keeps whole inputs: 1065 steps >= 800.
+    fast, calls = plan(carvana(train=240, val=12))
+    assert (fast.values["patch_height"], fast.values["patch_width"]) == (128, 192)
+    assert calls == [((16, 32, 64, 128), (128, 192), (128, 192), 8)]
+    assert fast.values["memory_format"] == "channels_last"

@@ -90,13 +90,31 @@ class Machine:
 class Speed:
     seconds_per_step: float       # one optimizer step at the planned batch and size
     eval_images_per_second: float
+    channels_last: bool = True    # the faster memory format for training steps here
 
 
 def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[int, int],
-                  batch_size: int, precision: Precision, steps: int = 2) -> Speed:
-    """Times a few training steps on `patch`-sized crops and forward passes on whole
-    `size` inputs of a fresh UNet on random images, after a warm-up (the first call of each
-    shape pays for kernel selection and allocation)."""
+                  batch_size: int, precision: Precision, steps: int = 2,
+                  formats: Sequence[bool] = (True, False)) -> Speed:
+    """Times a few training steps on `patch`-sized crops in each memory format of `formats`
+    (channels_last or not: which is faster depends on the CPU and the number format, so it
+    is measured, not assumed), and forward passes on whole `size` inputs in the faster one,
+    of a fresh UNet on random images, after a warm-up (the first call of each shape pays for
+    kernel selection and allocation)."""
+    timings = {channels_last: _measure(features, patch, size, batch_size,
+                                       dataclasses.replace(precision, channels_last=channels_last),
+                                       steps, forward=False)[0]
+               for channels_last in formats}
+    channels_last = min(timings, key=timings.get)
+    _, eval_speed = _measure(features, patch, size, batch_size,
+                             dataclasses.replace(precision, channels_last=channels_last), steps,
+                             forward=True)
+    return Speed(timings[channels_last], eval_speed, channels_last)
+
+
+def _measure(features, patch, size, batch_size, precision: Precision, steps: int,
+             forward: bool) -> tuple[float, float]:
+    """(seconds per training step, or the forward passes' images per second)."""
     model = prepare(UNet(features=features), precision)   # as the Trainer places it
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = make_loss("bce_dice")
@@ -130,9 +148,9 @@ def measure_speed(features: Sequence[int], patch: tuple[int, int], size: tuple[i
             best = min(best, (time.perf_counter() - start) / n)
         return best
 
-    model.train()
-    per_step = timed(train_step, steps)
+    if not forward:
+        model.train()
+        return timed(train_step, steps), 0.0
     model.eval()
     with torch.no_grad():
-        per_forward = timed(lambda: model(whole), steps)
-    return Speed(per_step, batch_size / per_forward)
+        return 0.0, batch_size / timed(lambda: model(whole), steps)

@@ -26,7 +26,8 @@ from unet.precision import Precision
 # Settings the plan fills in when the user leaves them "auto".
 PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",
            "image_height", "image_width", "patch_height", "patch_width", "features", "loss",
-           "color_jitter", "appearance", "patience", "average_steps", "bn_recalibration")
+           "color_jitter", "appearance", "patience", "average_steps", "bn_recalibration",
+           "memory_format")
 
 
 @dataclasses.dataclass
@@ -61,7 +62,8 @@ class Plan:
         whole = (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
         patch = "" if whole else f" (trained on {v['patch_height']}x{v['patch_width']} crops)"
         lines += [f"  input    {v['image_height']}x{v['image_width']}{patch}, features "
-                  f"{','.join(map(str, v['features']))}, batch {v['batch_size']}",
+                  f"{','.join(map(str, v['features']))}, batch {v['batch_size']}, "
+                  f"{v['memory_format']}",
                   f"  steps    {v['epochs']} epochs x {v['steps_per_epoch']} = "
                   f"{v['epochs'] * v['steps_per_epoch']} (warm-up {v['warmup_steps']}, "
                   f"early stop after {v['patience'] or 'never'})",
@@ -181,14 +183,21 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
     if "epochs" in v:
         v.setdefault("steps_per_epoch", natural)
     else:
+        def steps_in_budget(speed: Speed) -> tuple[int, str, float]:
+            # Each validation round costs a pass over the validation images, the BN
+            # recalibration images and about a second of checkpointing and logging.
+            round_seconds = ((fp.val_images + v["bn_recalibration"])
+                             / speed.eval_images_per_second + rules["round_overhead_seconds"])
+            return (*budget_steps(budget_minutes * 60, speed.seconds_per_step, round_seconds,
+                                  natural, rules, v.get("steps_per_epoch")), round_seconds)
+
         speed = measure(v["features"], (v["patch_height"], v["patch_width"]), size,
                         v["batch_size"])
-        # Each validation round costs a pass over the validation images, the BN
-        # recalibration images and about a second of checkpointing and logging.
-        round_seconds = ((fp.val_images + v["bn_recalibration"]) / speed.eval_images_per_second
-                         + rules["round_overhead_seconds"])
-        steps, why = budget_steps(budget_minutes * 60, speed.seconds_per_step, round_seconds,
-                                  natural, rules, v.get("steps_per_epoch"))
+        steps, why, _ = steps_in_budget(speed)
+        if planned_size and "patch_height" not in given and "patch_width" not in given:
+            speed, steps, why = fit_crops_to_machine(v, speed, steps, why, rules, measure,
+                                                     steps_in_budget, notes)
+        round_seconds = steps_in_budget(speed)[2]
         v.setdefault("steps_per_epoch", rounds_of(steps, natural, rules)[1])
         v["epochs"] = max(1, round(steps / v["steps_per_epoch"]))
         notes.append(f"steps: set by {why} ({natural} steps per pass over the data)")
@@ -208,10 +217,41 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
     v.setdefault("average_steps", max(10, round(rules["average_fraction"] * total)))
     # Colour augmentation that makes colour no cue, unless there is no colour to vary.
     v.setdefault("appearance", "colour" if fp.colour else "grey")
+    # The memory format the probe found faster (channels_last is oneDNN's and cuDNN's best
+    # in bf16/fp16; on an fp32-only CPU NCHW can win).
+    v.setdefault("memory_format", "contiguous" if speed and not speed.channels_last
+                 else "channels_last")
     if not fp.colour:
         notes.append("appearance: grey images (brightness and contrast vary, no hue)")
     return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
                 estimate, notes)
+
+
+def fit_crops_to_machine(v: dict, speed: Speed, steps: int, why: str, rules: dict, measure,
+                         steps_in_budget, notes: list[str]) -> tuple[Speed, int, str]:
+    """On a machine too slow for the budget to buy `min_budget_steps` steps at the planned
+    crops, train on smaller crops of the same input (never below `min_crop_share` of its
+    pixels): a step costs about its pixels, and more, cheaper steps reached the quality that a
+    faster machine reaches on whole inputs, while the model still sees and predicts the input
+    at the planned scale. Returns the (speed, steps, why) in effect."""
+    wanted = rules["min_budget_steps"]
+    if steps >= wanted or not why.startswith("the time budget"):
+        return speed, steps, why
+    size = (v["image_height"], v["image_width"])
+    pixels = v["patch_height"] * v["patch_width"]
+    share = max(rules["min_crop_share"] * size[0] * size[1] / pixels, steps / wanted)
+    patch = plan_patch(size, int(pixels * share), 2 ** len(v["features"]))
+    if patch == (v["patch_height"], v["patch_width"]):
+        return speed, steps, why
+    faster = measure(v["features"], patch, size, v["batch_size"])
+    more, more_why, _ = steps_in_budget(faster)
+    if more <= steps:
+        return speed, steps, why
+    notes.append(f"crops: this machine runs {speed.seconds_per_step * 1000:.0f} ms per step on "
+                 f"{v['patch_height']}x{v['patch_width']}, {steps} steps in the budget "
+                 f"(< {wanted}); {patch[0]}x{patch[1]} crops of the same input get {more}")
+    v["patch_height"], v["patch_width"] = patch
+    return faster, more, more_why
 
 
 def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pair],
@@ -232,7 +272,11 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     config.load("train", overrides, auto=placeholders, params=params)
     fixed = {**config.preset("train", explicit.get("preset", config.AUTO), params),
              **{k: v for k, v in explicit.items() if k in PLANNED}}
+    # The memory formats to time: both, unless the user chose one.
+    formats = ((explicit["memory_format"] == "channels_last",) if "memory_format" in explicit
+               else (True, False))
     plan = make_plan(fingerprint(train, val), Machine.of(precision), explicit["time_budget_min"],
                      fixed, params["plan"], explicit["nproc"],
-                     measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision))
+                     measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision,
+                                                                     formats=formats))
     return config.load("train", overrides, auto=plan.values, params=params), plan
