@@ -264,7 +264,8 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     # A placeholder must not fail a check that the plan's own value would pass (or name a
     # value the user never saw): sizes agree with the sizes given.
     seed = config.preset("train", "seed", params)
-    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"])}
+    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"]),
+                    "memory_format": "channels_last"}
     for side in ("height", "width"):
         image = explicit.get(f"image_{side}",
                              max(seed[f"image_{side}"], explicit.get(f"patch_{side}", 0)))
