@@ -83,7 +83,7 @@ class TrainConfig:
     vflip: float             # augmentation: probability of a vertical flip
     num_workers: int
     precision: str           # auto | fp32 | bf16 | fp16
-    memory_format: str       # channels_last | contiguous (the faster one measured by the plan)
+    memory_format: str       # channels_last | contiguous (the plan measures which is faster)
     seed: int
     resume_from: str         # "" or a train run id (its last checkpoint) or a checkpoint file
     nproc: int               # processes per machine; > 1 trains with DistributedDataParallel
@@ -123,7 +123,7 @@ class TrainConfig:
         one_of(self, "keep", ("final", "best"))
         at_least(self, ("average_steps",), 0)
         one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
-        one_of(self, "memory_format", ("channels_last", "contiguous"))
+        one_of(self, "memory_format", ("auto", "channels_last", "contiguous"))
         if self.batch_size % self.nproc:
             raise UserError(f"parameters batch_size={self.batch_size}, nproc={self.nproc}: the "
                             f"batch is shared out among the processes; make it a multiple of nproc")

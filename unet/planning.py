@@ -218,9 +218,9 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
     # Colour augmentation that makes colour no cue, unless there is no colour to vary.
     v.setdefault("appearance", "colour" if fp.colour else "grey")
     # The memory format the probe found faster (channels_last is oneDNN's and cuDNN's best
-    # in bf16/fp16; on an fp32-only CPU NCHW can win).
-    v.setdefault("memory_format", "contiguous" if speed and not speed.channels_last
-                 else "channels_last")
+    # in bf16/fp16; on an fp32-only CPU NCHW can win); unmeasured, the precision's default.
+    v.setdefault("memory_format", ("channels_last" if speed.channels_last else "contiguous")
+                 if speed else "auto")
     if not fp.colour:
         notes.append("appearance: grey images (brightness and contrast vary, no hue)")
     return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
@@ -264,8 +264,7 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     # A placeholder must not fail a check that the plan's own value would pass (or name a
     # value the user never saw): sizes agree with the sizes given.
     seed = config.preset("train", "seed", params)
-    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"]),
-                    "memory_format": "channels_last"}
+    placeholders = {**seed, "steps_per_epoch": 1, "batch_size": 8 * max(1, explicit["nproc"])}
     for side in ("height", "width"):
         image = explicit.get(f"image_{side}",
                              max(seed[f"image_{side}"], explicit.get(f"patch_{side}", 0)))

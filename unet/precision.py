@@ -34,12 +34,13 @@ class Precision:
 
 
 def choose_precision(requested: str = "auto", device: str | None = None,
-                     memory_format: str = "channels_last") -> Precision:
+                     memory_format: str = "auto") -> Precision:
     """CUDA: bf16 autocast where supported, else fp16 with a GradScaler. CPU: bf16 autocast when
     the processor has bf16 instructions (several times faster than fp32 there), else fp32.
-    `memory_format` channels_last (NHWC: what oneDNN and cuDNN run fastest in bf16; training
-    measures it against "contiguous" NCHW on each machine: on an AVX2 CPU in fp32 a step of
-    the seed-size model ran 0.73x as fast in channels_last)."""
+    `memory_format` channels_last (NHWC) or contiguous (NCHW); auto: channels_last on CUDA and
+    with bf16 (what oneDNN and cuDNN run fastest there), NCHW in fp32 on a CPU (on an AVX2
+    CPU a training step of the seed-size model ran 0.73x as fast in channels_last). The
+    training plan measures both on the machine instead (unet.fingerprint.measure_speed)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         if requested == "auto":
@@ -49,6 +50,8 @@ def choose_precision(requested: str = "auto", device: str | None = None,
     elif requested == "fp16":
         raise UserError("parameter precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+    if memory_format == "auto":
+        memory_format = "channels_last" if dev.type == "cuda" or dtype else "contiguous"
     return Precision(dev, dtype, channels_last=memory_format == "channels_last",
                      grad_scaler=dtype is torch.float16)
 
