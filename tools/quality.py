@@ -112,14 +112,17 @@ def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: 
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| folder | seeds | worst | median | wall per run (train + evaluate) | plan |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| folder | test Dice per seed | worst | median | kept vs last 3 rounds | "
+             "wall per run (train + evaluate) | plan |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["folder"] for r in results):
         runs = [r for r in results if r["folder"] == name]
         dice = [r["test_dice"] for r in runs]
         wall = statistics.median(r["wall_seconds"] for r in runs) / 60
+        # The kept model's val Dice against the last rounds': a spike would stand out.
+        spread = max(abs(r["kept_val_dice"] - v) for r in runs for v in r["val_dice_last3"])
         lines.append(f"| {name} | {', '.join(f'{d:.4f}' for d in dice)} | {min(dice):.4f} | "
-                     f"{statistics.median(dice):.4f} | {wall:.1f} min | {runs[0]['steps']} "
+                     f"{statistics.median(dice):.4f} | {spread:.4f} | {wall:.1f} min | "
+                     f"{runs[0]['steps']} "
                      f"steps, batch {runs[0]['batch']}, {runs[0]['size']} |")
     return "\n".join(lines)
 
