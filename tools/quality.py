@@ -97,6 +97,11 @@ def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: 
     import mlflow
     client = mlflow.MlflowClient(store)
     train, evaluate = client.get_run(train_id), client.get_run(evaluate_id)
+
+    def value(name: str) -> str:
+        """A train value in effect: the plan's (effective.*) or the one given."""
+        params = train.data.params
+        return params.get(f"effective.{name}", params.get(name))
     m, t = evaluate.data.metrics, train.data.metrics
     rounds = sorted(client.get_metric_history(train_id, "val_dice"), key=lambda x: x.step)
     # test_dice: per-image Dice; with several classes, the mean over the foreground classes.
@@ -104,11 +109,9 @@ def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: 
             "alias": evaluate.data.tags.get("model_alias", ""), "wall_seconds": wall,
             "kept_val_dice": t.get("kept_val_dice", t["best_val_dice"]),
             "val_dice_last3": [r.value for r in rounds[-3:]],
-            "steps": int(train.data.params.get("effective.epochs", 0))
-            * int(train.data.params.get("effective.steps_per_epoch", 0)),
-            "batch": train.data.params.get("effective.batch_size"),
-            "size": f"{train.data.params.get('effective.image_height')}x"
-                    f"{train.data.params.get('effective.image_width')}"}
+            "steps": int(value("epochs")) * int(value("steps_per_epoch")),
+            "batch": value("batch_size"), "patch": f"{value('patch_height')}x{value('patch_width')}",
+            "size": f"{value('image_height')}x{value('image_width')}"}
 
 
 def table(results: list[dict]) -> str:
@@ -123,7 +126,7 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {name} | {', '.join(f'{d:.4f}' for d in dice)} | {min(dice):.4f} | "
                      f"{statistics.median(dice):.4f} | {spread:.4f} | {wall:.1f} min | "
                      f"{runs[0]['steps']} "
-                     f"steps, batch {runs[0]['batch']}, {runs[0]['size']} |")
+                     f"steps, batch {runs[0]['batch']}, {runs[0]['size']} (crops {runs[0]['patch']}) |")
     return "\n".join(lines)
 
 
