@@ -145,3 +145,11 @@ def test_a_slow_machine_trains_on_smaller_crops_of_the_same_input():
     assert (fast.values["patch_height"], fast.values["patch_width"]) == (128, 192)
     assert calls == [((16, 32, 64, 128), (128, 192), (128, 192), 8)]
     assert fast.values["memory_format"] == "channels_last"
+    # A machine so slow that the minimum of 250 steps overruns the budget: crops of half the
+    # input (the floor), which is what 250 steps there cost least.
+    def crawl(features, patch, size, batch):
+        return Speed(2.0 * patch[0] * patch[1] / 24576, 40.0)
+    slow = make_plan(carvana(train=240, val=12), Machine("cpu", False, 2), 5.0, {}, RULES,
+                     measure=crawl)
+    assert (slow.values["patch_height"], slow.values["patch_width"]) == (96, 144)
+    assert slow.values["epochs"] * slow.values["steps_per_epoch"] >= 250
