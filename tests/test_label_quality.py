@@ -1,9 +1,17 @@
-"""unet/label_quality.py: the score on hand-made masks and probabilities."""
+"""unet/label_quality.py: the score on hand-made masks and probabilities; split_data's
+parameter exclude (in-process and through the real `mlflow run`)."""
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pytest
 import torch
 
+from conftest import mlflow_run
+from test_bad_input import error_lines, run_step
 from unet import label_quality as lq
+from unet.synthetic import generate
+from unet.validation import exclude, validate_folder
 
 
 def square(h=20, w=20, top=5, left=5, size=10) -> np.ndarray:
@@ -84,3 +92,105 @@ def test_ranking_file_round_trips_to_the_flagged_stems(tmp_path):
     assert lq.read_stems(tmp_path / "ranking.csv") == ["a"]
     (tmp_path / "stems.txt").write_text("# masks to drop\nx_01\n\n  y_02  # swapped\n")
     assert lq.read_stems(tmp_path / "stems.txt") == ["x_01", "y_02"]
+
+
+def test_exclude_drops_exactly_the_listed_images_and_the_report_names_them(tracking_uri,
+                                                                             tmp_path):
+    stems = generate(tmp_path / "data", 12, 32, 48, seed=5)
+    dropped = [stems[1], stems[6], stems[7]]
+    listing = tmp_path / "flagged.txt"
+    listing.write_text("# masks that look wrong\n" + "\n".join(dropped) + "\n")
+    result = mlflow_run("split_data", {"data_dir": str(tmp_path / "data"),
+                                       "exclude": str(listing)}, tracking_uri)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    split = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/split.json")
+    kept = [Path(name).stem for name in split["train"] + split["val"] + split["test"]]
+    assert sorted(kept) == sorted(set(stems) - set(dropped))
+    assert run.data.metrics["data_excluded"] == 3 and run.data.metrics["data_pairs_ok"] == 9
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/data_report.txt")
+    for stem in dropped:
+        assert f"{stem}.jpg: left out by parameter exclude ({listing})" in text
+    assert "excluded: 3" in text
+
+
+def test_exclude_reads_the_flagged_rows_of_a_ranking(tmp_path):
+    stems = generate(tmp_path, 8, 32, 48, seed=1)
+    report = validate_folder(tmp_path / "train", tmp_path / "train_masks")
+    rows = [lq.Row(stems[2], "train", 0.8, 0.2, 900, [0.8], True),
+            lq.Row(stems[0], "test", 0.02, 0.97, 4, [0.02], False)]
+    lq.write_ranking(tmp_path / "ranking.csv", rows, ("background", "car"))
+    out = exclude(report, lq.read_stems(tmp_path / "ranking.csv"), "ranking.csv")
+    assert [p.stem for p in out.pairs] == [s for s in sorted(stems) if s != stems[2]]
+    assert out.counts["excluded"] == 1
+
+
+def test_a_missing_exclude_file_or_an_unknown_stem_is_one_line(tracking_uri, tmp_path):
+    stems = generate(tmp_path / "data", 8, 32, 48, seed=2)
+    missing = run_step("split_data", {"data_dir": str(tmp_path / "data"),
+                                      "exclude": str(tmp_path / "nope.txt")}, tracking_uri)
+    (line,) = error_lines(missing)
+    assert f"exclude={tmp_path / 'nope.txt'}: no such file" in line
+    (tmp_path / "stems.txt").write_text(f"{stems[0]}\nno_such_car_01\n")
+    unknown = run_step("split_data", {"data_dir": str(tmp_path / "data"),
+                                      "exclude": str(tmp_path / "stems.txt")}, tracking_uri)
+    (line,) = error_lines(unknown)
+    assert "1 stem(s) are no image of the folder, e.g. 'no_such_car_01'" in line
+
+
+class Oracle:
+    """A stand-in Segmenter (binary, input 32x48) sure of the given masks, in the order the
+    images come: what a model that learned the clean masks would say."""
+    binary, image_size = True, (32, 48)
+
+    def __init__(self, masks: list[np.ndarray]):
+        self.queue = [sure_of(m) for m in masks]
+
+    def probabilities_resized(self, images: np.ndarray) -> np.ndarray:
+        assert images.shape[1:] == (32, 48, 3) and images.dtype == np.uint8
+        out, self.queue = self.queue[:len(images)], self.queue[len(images):]
+        return np.stack(out)
+
+
+def test_a_corrupted_mask_ranks_first_and_the_run_shows_it(tracking_uri, tmp_path):
+    from PIL import Image
+
+    from steps.main import label_line
+    from tools.datasets import corrupt
+    from unet.data import Pair, load_mask
+    from unet.synthetic import save_mask_gif
+    from unet.tracking import reports
+    from unet.transforms import resize_mask
+
+    data = tmp_path / "data"
+    stems = generate(data, 8, 32, 48, seed=4)
+    pairs = [Pair(s, data / "train" / f"{s}.jpg", data / "train_masks" / f"{s}_mask.gif")
+             for s in stems]
+    clean = [resize_mask(load_mask(p.mask), (32, 48)) for p in pairs]
+    save_mask_gif(Image.fromarray(corrupt(load_mask(pairs[5].mask), "emptied"), "L"),
+                  pairs[5].mask)
+    subsets = {"train": pairs[:4], "val": pairs[4:6], "test": pairs[6:]}
+    rows, worst = lq.score_pairs(Oracle(clean), subsets, load_mask, threshold=0.3,
+                                 batch_size=3, keep=2)
+    assert [r.stem for r in rows][0] == stems[5] and rows[0].subset == "val"
+    assert rows[0].score == pytest.approx(0.9) and rows[0].dice == 0.0
+    assert [r.flagged for r in rows] == [True] + [False] * 7
+    assert sorted(worst) == sorted(r.stem for r in rows[:2])
+    with mlflow.start_run() as run:
+        line = reports.log_label_quality(rows, worst, 0.3, ("background", "car"), 1.5,
+                                         tmp_path / "out")
+    assert line.startswith("**Labels**: 1 of 8 masks look wrong (label-quality score above 0.3")
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                     artifact_path="label_quality"))
+    table = (local / "ranking.csv").read_text().splitlines()
+    assert len(table) == 9 and table[1].startswith(f"1,{stems[5]},val,0.9000,0.0000,")
+    assert sorted(p.name for p in (local / "panels").iterdir())[0] == f"01_{stems[5]}.jpg"
+    with Image.open(local / "panels" / f"01_{stems[5]}.jpg") as panel:
+        assert panel.size == (4 * 48, 32 + 14)          # image | mask | prediction | heat
+    finished = mlflow.get_run(run.info.run_id).data
+    assert finished.tags["label_suspects"] == "1" and finished.metrics["label_suspects"] == 1
+    assert label_line(finished.tags, finished.metrics) == (
+        f"1 mask looks wrong (label-quality score above 0.3): see "
+        f"{finished.tags['label_ranking']}; check them, then rerun with "
+        f"-P exclude=<that file or a file of stems>")
+    assert finished.tags["label_ranking"].endswith("label_quality/ranking.csv")

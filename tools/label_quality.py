@@ -103,8 +103,8 @@ def main() -> None:
     extra = [x for p in args.params for x in ("-P", p)]
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    jobs = [(n, args.corrupt) for n in args.images] + ([(n, 0.0) for n in args.images]
-                                                       if args.clean else [])
+    jobs = ([(n, args.corrupt) for n in args.images] if args.corrupt else []) + \
+        ([(n, 0.0) for n in args.images] if args.clean else [])
     for images, fraction in jobs:
         data_dir = folder(out, images, args.seed + images, fraction)
         corrupted = (json.loads((data_dir / "corrupted.json").read_text()) if fraction else {})
