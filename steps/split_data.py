@@ -53,6 +53,9 @@ def checked_pairs(cfg, data_dir: Path) -> validation.DataReport:
     if bad:
         print(f"skipped {bad} bad file(s) (on_bad_data=skip): {report.summary(5)}; "
               f"see {report_uri}")
+    if report.counts.get("excluded"):
+        print(f"left out {report.counts['excluded']} image(s) named in {cfg.exclude} "
+              f"(parameter exclude); see {report_uri}")
     return report
 
 
