@@ -1,5 +1,6 @@
 """unet/label_quality.py: the score on hand-made masks and probabilities; split_data's
 parameter exclude (in-process and through the real `mlflow run`)."""
+import json
 from pathlib import Path
 
 import mlflow
@@ -194,3 +195,26 @@ def test_a_corrupted_mask_ranks_first_and_the_run_shows_it(tracking_uri, tmp_pat
         f"{finished.tags['label_ranking']}; check them, then rerun with "
         f"-P exclude=<that file or a file of stems>")
     assert finished.tags["label_ranking"].endswith("label_quality/ranking.csv")
+
+
+def test_the_corruptions_of_tools_datasets(tmp_path):
+    from tools.datasets import CORRUPTIONS, corrupt, corrupt_masks
+    from unet.data import load_mask
+
+    mask = square(h=20, w=40, top=5, left=10, size=10)          # columns 10..19
+    shifted = corrupt(mask, "shifted")
+    assert np.array_equal(shifted[:, 14:24], mask[:, 10:20]) and shifted.sum() == mask.sum()
+    half = corrupt(mask, "half_erased")
+    assert half[5:15, 10:15].all() and half.sum() == mask.sum() // 2
+    assert not half[:, 15:].any()
+    assert corrupt(mask, "emptied").sum() == 0
+    other = square(h=20, w=40, left=25)
+    assert np.array_equal(corrupt(mask, "swapped", other), other)
+    stems = generate(tmp_path, 24, 32, 48, seed=6)
+    before = {s: load_mask(tmp_path / "train_masks" / f"{s}_mask.gif") for s in stems}
+    record = corrupt_masks(tmp_path, 0.1, seed=1)              # ceil(2.4) = 3 masks
+    assert list(record.values()) == list(CORRUPTIONS[:3])
+    assert json.loads((tmp_path / "corrupted.json").read_text()) == record
+    changed = {s for s in stems
+               if not np.array_equal(before[s], load_mask(tmp_path / "train_masks" / f"{s}_mask.gif"))}
+    assert changed == set(record)
