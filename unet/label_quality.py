@@ -128,9 +128,9 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
             arrays[pair.stem] = (image, mask, probs)
             # Keep the arrays of the worst so far only: a 5,000-image folder stays small.
             if len(arrays) > 4 * keep:
-                worst = {r.stem for r in sorted(rows, key=lambda r: -r.score)[:keep]}
+                worst = {r.stem for r in sorted(rows, key=rank_key)[:keep]}
                 arrays = {k: v for k, v in arrays.items() if k in worst}
-    rows.sort(key=lambda r: (-r.score, r.stem))
+    rows.sort(key=rank_key)
     kept = {}
     for row in rows[:keep]:
         image, mask, probs = arrays[row.stem]
@@ -138,6 +138,11 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
         heat = disagreement(probs, mask).max(0).values.numpy()
         kept[row.stem] = Scored(image, mask, pred, heat)
     return rows, kept
+
+
+def rank_key(row: Row) -> tuple[float, str]:
+    """Worst first; ties by stem, so the ranking does not depend on the order of the images."""
+    return -row.score, row.stem
 
 
 def write_ranking(path: Path, rows: Sequence[Row], class_names: Sequence[str]) -> None:
