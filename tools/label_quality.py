@@ -21,6 +21,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "label-quality"
+
+
+def experiment(out: Path, tracking_uri: str) -> None:
+    """The runs' experiment, its artifacts under OUT (not ./mlruns of the working directory)."""
+    import mlflow
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=(out / "mlruns").as_uri())
 
 
 def folder(out: Path, images: int, seed: int, fraction: float) -> Path:
@@ -41,6 +50,7 @@ def folder(out: Path, images: int, seed: int, fraction: float) -> Path:
 def run_pipeline(data_dir: Path, tracking_uri: str, model_name: str, extra: list[str]) -> tuple[str, float]:
     """`mlflow run . -e main` on data_dir; (the evaluate run's id, wall seconds)."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local",
+           "--experiment-name", EXPERIMENT,
            "-P", f"data_dir={data_dir}", "-P", f"model_name={model_name}", *extra]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     start = time.perf_counter()
@@ -100,6 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    experiment(out, tracking_uri)
     extra = [x for p in args.params for x in ("-P", p)]
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
