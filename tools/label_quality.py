@@ -4,6 +4,10 @@ their masks corrupted (tools.datasets.corrupt_masks) and on clean ones, and repo
 the corrupted masks rank in the worst 10% of the evaluate run's label_quality/ranking.csv.
 
     python -m tools.label_quality OUT --images 64 400 --corrupt 0.05 --clean
+    python -m tools.label_quality OUT --images 400 --clean --score-with models:/NAME/1
+
+With --score-with, no pipeline runs: an already trained model scores every mask of the folders
+(cheap: one forward pass per image; every prediction is then out of sample).
 
 Writes OUT/report.json and prints a table. Folders are generated once under OUT and reused.
 """
@@ -96,6 +100,24 @@ def measure(rows: list[dict], corrupted: dict[str, str]) -> dict:
     return result
 
 
+def score_folder(data_dir: Path, model_uri: str, threshold: float) -> tuple[list[dict], float]:
+    """Without training: every pair of data_dir scored by an already trained model (whose
+    predictions are then all out of sample), as ranking.csv rows (subset "folder")."""
+    from unet import label_quality
+    from unet.data import load_mask
+    from unet.tracking import models
+    from unet.validation import validate_folder
+    pairs = validate_folder(data_dir / "train", data_dir / "train_masks").pairs
+    start = time.perf_counter()
+    rows, _ = label_quality.score_pairs(models.load_segmenter(model_uri), {"folder": pairs},
+                                        load_mask, threshold, keep=1)
+    seconds = time.perf_counter() - start
+    path = data_dir.parent / f"{data_dir.name}-scored.csv"
+    label_quality.write_ranking(path, rows, ("background", "object"))
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f)), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.label_quality", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
@@ -105,6 +127,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("-P", dest="params", action="append", default=[],
                         help="more name=value for mlflow run (e.g. time_budget_min=5)")
+    parser.add_argument("--score-with", default="",
+                        help="a model URI: score the folders with it instead of running the pipeline")
+    parser.add_argument("--threshold", type=float, default=0.3)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,13 +137,22 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     experiment(out, tracking_uri)
     extra = [x for p in args.params for x in ("-P", p)]
-    report_path = out / "report.json"
+    report_path = out / ("report-scored.json" if args.score_with else "report.json")
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     jobs = ([(n, args.corrupt) for n in args.images] if args.corrupt else []) + \
         ([(n, 0.0) for n in args.images] if args.clean else [])
     for images, fraction in jobs:
         data_dir = folder(out, images, args.seed + images, fraction)
         corrupted = (json.loads((data_dir / "corrupted.json").read_text()) if fraction else {})
+        if args.score_with:
+            rows, seconds = score_folder(data_dir, args.score_with, args.threshold)
+            result = measure(rows, corrupted) | {"model": args.score_with,
+                                                 "label_quality_seconds": round(seconds, 1)}
+            report[f"{data_dir.name}-scored"] = result
+            report_path.write_text(json.dumps(report, indent=1) + "\n")
+            print(f"{data_dir.name} scored: {json.dumps({k: v for k, v in result.items() if k != 'scores'})}",
+                  flush=True)
+            continue
         run_id, seconds = run_pipeline(data_dir, tracking_uri, f"lq-{data_dir.name}", extra)
         import mlflow
         evaluate = mlflow.get_run(run_id)
