@@ -1,12 +1,15 @@
 """Entry point evaluate: test a train run's model at full resolution next to the trivial
 baselines, then register it and move the aliases (unet/tracking/registry.py)."""
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 import mlflow
 
-from unet import cli, config
+from unet import cli, config, label_quality
+from unet.classes import load_class_map
+from unet.data import load_mask
 from unet.errors import UserError
 from unet.evaluation import evaluate_pairs
 from unet.tracking import models, registry, reports, runs, splits
@@ -25,6 +28,7 @@ def evaluate() -> None:
         splits.log_split_inputs(split, ("test",))
         model_uri = train_run.data.tags["model_uri"]
         metrics = test_model(cfg, model_uri, split.subsets["test"], Path(tmp) / "predictions")
+        labels = check_labels(cfg, model_uri, split, Path(tmp) / "labels")
         floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin,
                                    split.classes)
 
@@ -38,7 +42,8 @@ def evaluate() -> None:
                                                   split.run_id, train_run.info.run_id,
                                                   score_champion, floor)
         registry.describe(cfg.model_name, promotion.version,
-                          reports.model_card(split, metrics, floor, promotion, train_run))
+                          reports.model_card(split, metrics, floor, promotion, train_run,
+                                             labels))
         announce(run, cfg.model_name, metrics, promotion)
 
 
@@ -65,6 +70,26 @@ def test_model(cfg: config.EvaluateConfig, model_uri: str, test: list, out_dir: 
     mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
     mlflow.log_artifacts(str(out_dir), "predictions")
     return metrics
+
+
+def check_labels(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path) -> str:
+    """Scores every mask of the split against the model (unet.label_quality) and logs the
+    ranking; returns the model card's line ("" with -P label_quality=false)."""
+    if not cfg.label_quality:
+        return ""
+    segmenter = models.load_segmenter(model_uri).with_tta(cfg.tta)
+    read_mask = load_mask if segmenter.binary else functools.partial(
+        load_class_map, classes=split.classes)
+    start = time.perf_counter()
+    rows, worst = label_quality.score_pairs(segmenter, split.subsets, read_mask,
+                                            cfg.label_threshold, cfg.eval_batch_size)
+    line = reports.log_label_quality(rows, worst, cfg.label_threshold, split.classes.names,
+                                     time.perf_counter() - start, out_dir)
+    excluded = int(mlflow.get_run(split.run_id).data.metrics.get("data_excluded", 0))
+    print(f"label quality: {sum(r.flagged for r in rows)} of {len(rows)} masks score above "
+          f"{cfg.label_threshold:g} ({time.perf_counter() - start:.0f} s)")
+    return line + (f" {excluded} image(s) were left out at split_data (parameter exclude)."
+                   if excluded else "")
 
 
 if __name__ == "__main__":

@@ -47,12 +47,25 @@ def summary(done: dict, main_run) -> None:
     print(f"  model {name} version {version}, aliases: {', '.join(aliases) or 'none'}"
           f" (load it as models:/{name}@{registry.CHAMPION})")
     print(f"  {tags.get('promotion', '')}")
+    if "label_suspects" in tags:
+        print(f"  {label_line(tags, metrics)}")
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):     # a tracking server serves the UI itself
         print(f"  open the UI: {uri} (experiment of run {main_run.info.run_id})")
     else:
         print(f"  open the UI: mlflow ui --backend-store-uri {uri}"
               f"  (then http://127.0.0.1:5000, experiment of run {main_run.info.run_id})")
+
+
+def label_line(tags: dict, metrics: dict) -> str:
+    """The summary's line on the label-quality check of the evaluate run."""
+    count, threshold = int(tags["label_suspects"]), tags["label_threshold"]
+    if not count:
+        return (f"labels: no mask looks wrong (worst label-quality score "
+                f"{metrics['label_score_max']:.3f}, threshold {threshold})")
+    return (f"{count} mask{'s look' if count > 1 else ' looks'} wrong (label-quality score above "
+            f"{threshold}): see {tags['label_ranking']}; check them, then rerun with "
+            f"-P exclude=<that file or a file of stems>")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import tempfile
 from pathlib import Path
 
 
-from unet import cli, config, data, synthetic, validation
+from unet import cli, config, data, label_quality, synthetic, validation
 from unet.errors import UserError
 from unet.tracking import reports, runs, splits
 
@@ -19,21 +19,7 @@ def split_data() -> None:
                                cfg.synthetic_width, cfg.seed, cfg.synthetic_classes)
         else:
             data_dir = Path(cfg.data_dir).expanduser().resolve()
-        report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
-                                            cfg.mask_suffix, cfg.mask_ext,
-                                            multiclass_ok=cfg.multiclass_masks == "threshold",
-                                            classes=_class_names(cfg))
-        report_uri = reports.log_data_report(report)
-        bad = report.counts["bad_files"]
-        if bad and cfg.on_bad_data == "fail":
-            raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}. Every problem "
-                            f"is listed in {report_uri}. Fix or remove them, or pass "
-                            f"-P on_bad_data=skip to train on the other pairs")
-        if not report.pairs:
-            raise UserError(f"no usable image/mask pair in {data_dir}: see {report_uri}")
-        if bad:
-            print(f"skipped {bad} bad file(s) (on_bad_data=skip): {report.summary(5)}; "
-                  f"see {report_uri}")
+        report = checked_pairs(cfg, data_dir)
         pairs = report.pairs
         subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
@@ -45,6 +31,41 @@ def split_data() -> None:
         print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
               f"{'the built-in set' if builtin else data_dir}: {sizes}; "
               f"{report.classes.count} classes ({', '.join(report.classes.names)})")
+
+
+def checked_pairs(cfg, data_dir: Path) -> validation.DataReport:
+    """The data check of data_dir, less the images of parameter exclude, logged as the data
+    report; UserError on bad files (on_bad_data=fail) or when no pair is left."""
+    report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
+                                        cfg.mask_suffix, cfg.mask_ext,
+                                        multiclass_ok=cfg.multiclass_masks == "threshold",
+                                        classes=_class_names(cfg))
+    if cfg.exclude:
+        report = validation.exclude(report, *read_exclude(cfg.exclude))
+    report_uri = reports.log_data_report(report)
+    bad = report.counts["bad_files"]
+    if bad and cfg.on_bad_data == "fail":
+        raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}. Every problem "
+                        f"is listed in {report_uri}. Fix or remove them, or pass "
+                        f"-P on_bad_data=skip to train on the other pairs")
+    if not report.pairs:
+        raise UserError(f"no usable image/mask pair in {data_dir}: see {report_uri}")
+    if bad:
+        print(f"skipped {bad} bad file(s) (on_bad_data=skip): {report.summary(5)}; "
+              f"see {report_uri}")
+    if report.counts.get("excluded"):
+        print(f"left out {report.counts['excluded']} image(s) named in {cfg.exclude} "
+              f"(parameter exclude); see {report_uri}")
+    return report
+
+
+def read_exclude(name: str) -> tuple[list[str], str]:
+    """(the stems file `name` lists, its absolute path); UserError if there is no such file."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(f"parameter exclude={name}: no such file; give the absolute path of a "
+                        f"file of image stems, one a line (or evaluate's label_quality/ranking.csv)")
+    return label_quality.read_stems(path), str(path.resolve())
 
 
 def _class_names(cfg) -> str:

@@ -25,7 +25,7 @@ def test_modules_stay_readable_and_steps_stay_thin():
 def test_the_core_imports_without_mlflow():
     code = ("import sys, unet.model, unet.engine, unet.data, unet.planning, unet.predict, "
             "unet.fitting, unet.evaluation, unet.baselines, unet.rle, unet.streaming, "
-            "unet.folder; "
+            "unet.folder, unet.label_quality; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'steps')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout

@@ -51,6 +51,8 @@ def test_a_tiny_folder_repeats_epochs_up_to_100_passes():
     assert v["average_steps"] == round(0.05 * 493) == 25
     assert p.estimated_minutes == pytest.approx((493 * 0.2 + 29 * 2.9) / 60)
     assert "100 passes over the data" in p.to_text()
+    # The label-quality check's cost: 100 images at the measured 40 images/s of evaluation.
+    assert "evaluate scores every mask: ~2 s per 100 images" in p.to_text()
 
 
 def test_a_mid_folder_fills_the_time_budget():

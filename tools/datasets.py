@@ -10,13 +10,20 @@
   cells on an unevenly lit background, PNG images with 0/255 PNG masks
   (`images/<slide>_<field>.png`, `masks/<slide>_<field>_mask.png`), 384x512.
 
+* `corrupt_masks`: label errors in a Carvana-layout folder, for the label-quality check
+  (docs/label-quality.md): a share of the masks shifted by a tenth of the width, swapped with
+  another car's, half erased or emptied, in turn; `corrupted.json` in the folder records which.
+
     python -m tools.datasets carvana OUT --images 64 --seed 2026
     python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
+    python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -134,6 +141,51 @@ def cells_folder(out: Path, images: int, seed: int, size=(384, 512), workers: in
     return out
 
 
+CORRUPTIONS = ("shifted", "swapped", "half_erased", "emptied")
+CORRUPTED_FILE = "corrupted.json"
+
+
+def corrupt(mask: np.ndarray, kind: str, other: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint8 0/1 mask -> the same mask made wrong: `shifted` right by a tenth of the
+    width (the uncovered strip empty), `swapped` for `other` (another image's mask), with its
+    object's right half erased (`half_erased`), or `emptied`."""
+    out = np.zeros_like(mask)
+    if kind == "shifted":
+        dx = mask.shape[1] // 10
+        out[:, dx:] = mask[:, :-dx]
+    elif kind == "swapped":
+        out = other.copy()
+    elif kind == "half_erased":
+        cols = np.flatnonzero(mask.any(0))
+        out = mask.copy()
+        if cols.size:
+            out[:, (cols[0] + cols[-1] + 1) // 2:] = 0
+    elif kind != "emptied":
+        raise ValueError(f"unknown corruption {kind!r}: use one of {', '.join(CORRUPTIONS)}")
+    return out
+
+
+def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
+    """Corrupts ceil(fraction * images) masks of a Carvana-layout folder in place (random
+    images; the kinds of CORRUPTIONS in turn; a swap takes the mask of an image of another
+    car) and writes {stem: kind} to folder/corrupted.json. Returns that record."""
+    from unet.data import load_mask
+    masks = sorted((Path(folder) / "train_masks").glob("*_mask.gif"))
+    rng = np.random.default_rng(seed)
+    count = math.ceil(fraction * len(masks))
+    chosen = [masks[i] for i in sorted(rng.choice(len(masks), count, replace=False))]
+    record = {}
+    for i, path in enumerate(chosen):
+        kind, stem = CORRUPTIONS[i % len(CORRUPTIONS)], path.name[:-len("_mask.gif")]
+        others = [m for m in masks if m not in chosen and m.name.split("_")[0] != stem.split("_")[0]]
+        other = load_mask(others[int(rng.integers(len(others)))]) if kind == "swapped" else None
+        wrong = corrupt(load_mask(path), kind, other)
+        synthetic.save_mask_gif(Image.fromarray(wrong, "L"), path)
+        record[stem] = kind
+    (Path(folder) / CORRUPTED_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["carvana", "cells"])
@@ -146,6 +198,8 @@ def main() -> None:
     parser.add_argument("--parts", action="store_true",
                         help="carvana: palette PNG masks of background, body, wheels")
     parser.add_argument("--size", default="1280x1918", help="carvana: HxW")
+    parser.add_argument("--corrupt", type=float, default=0.0,
+                        help="carvana: share of the masks to corrupt (see corrupt_masks)")
     args = parser.parse_args()
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))
@@ -153,6 +207,8 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     print(carvana_folder(args.out, args.images, args.seed, size, views=args.views,
                          unseen_paints=args.unseen_paints, parts=args.parts))
+    if args.corrupt:
+        print(f"corrupted: {corrupt_masks(args.out, args.corrupt, args.seed)}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class SplitConfig:
     multiclass_masks: str    # error | threshold (binarize grey masks of several levels at half)
     classes: str             # auto (detected from the masks) | names, background first
     synthetic_classes: int   # built-in set: 2 or 4 (body, windows, wheels)
+    exclude: str = ""        # a file of stems to leave out ("": none)
 
     def validate(self) -> None:
         one_of(self, "on_bad_data", ("fail", "skip"))
@@ -137,6 +138,8 @@ class EvaluateConfig:
     eval_batch_size: int
     tta: str                 # auto (the model's own) | none | hflip | flips
     floor_margin: float      # test Dice must beat the best trivial baseline by this much
+    label_quality: bool = True      # score every mask of the split (unet.label_quality)
+    label_threshold: float = 0.3    # a score above this flags a mask
 
     def validate(self) -> None:
         if not self.train_run_id:
@@ -149,6 +152,8 @@ class EvaluateConfig:
         check_tta(self.tta)
         if not 0 <= self.floor_margin < 1:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
+        if not 0 < self.label_threshold <= 1:
+            raise UserError(f"parameter label_threshold={self.label_threshold}: must be in (0, 1]")
 
 
 PIPELINE = ("split_data", "train", "evaluate")   # the steps `main` chains

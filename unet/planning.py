@@ -75,6 +75,12 @@ class Plan:
             lines.append(f"  time     ~{self.estimated_minutes:.1f} min of a "
                          f"{self.budget_minutes:g} min budget "
                          f"({self.speed.seconds_per_step * 1000:.0f} ms per step measured)")
+        if self.speed is not None:
+            # evaluate's label-quality check (unet/label_quality.py) costs one forward pass
+            # per image of the split at this input size, plus decoding.
+            lines.append(f"  labels   after training, evaluate scores every mask: ~"
+                         f"{100 / self.speed.eval_images_per_second:.0f} s per 100 images "
+                         f"(x2 / x4 with test-time flips); -P label_quality=false skips it")
         lines += [f"  why      {note}" for note in self.notes]
         return "\n".join(lines)
 

@@ -47,6 +47,7 @@ NOTES = {
     "empty_mask": "empty mask (no foreground; used)",
     "hidden_file": "hidden file (ignored)",
     "non_image_file": "not an image or mask by its name (ignored)",
+    "excluded": "left out by parameter exclude",
 }
 
 
@@ -271,3 +272,20 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
             pairs.append(pair)
     problems.sort(key=lambda f: str(f.path))
     return DataReport(pairs, problems, notes, found_classes)
+
+
+def exclude(report: DataReport, stems: list[str], source: str) -> DataReport:
+    """The report without the pairs of `stems` (parameter exclude, read from file `source`);
+    each left-out image becomes a note naming the file. UserError naming a stem that is no
+    image of the folder."""
+    known = {p.stem for p in report.pairs} | {f.path.stem for f in report.problems}
+    unknown = [stem for stem in stems if stem not in known]
+    if unknown:
+        raise UserError(f"parameter exclude={source}: {len(unknown)} stem(s) are no image of the "
+                        f"folder, e.g. {unknown[0]!r}: write one image name without extension a "
+                        f"line")
+    left_out = set(stems)
+    notes = report.notes + [Finding(p.image, "excluded", source) for p in report.pairs
+                            if p.stem in left_out]
+    return dataclasses.replace(report, pairs=[p for p in report.pairs if p.stem not in left_out],
+                               notes=notes)

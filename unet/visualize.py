@@ -91,3 +91,22 @@ def confusion_image(matrix: np.ndarray, names: tuple[str, ...], cell: int = 48) 
                       fill=(255, 0, 0) if level < 128 else (0, 0, 0))
     draw.text((margin, 2), "truth (rows) vs prediction (columns)", fill=(0, 0, 0))
     return np.asarray(picture)
+
+
+def heat_image(heat: np.ndarray) -> np.ndarray:
+    """(H, W) float in [0, 1] -> (H, W, 3) uint8: black (agreement or doubt) through red to
+    yellow (the model is sure the mask is wrong there)."""
+    h = np.clip(heat, 0, 1)
+    return (np.stack([np.minimum(1, 2 * h), np.clip(2 * h - 1, 0, 1), np.zeros_like(h)], -1)
+            * 255).astype(np.uint8)
+
+
+def label_panel(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, heat: np.ndarray,
+                classes: int = 2, caption: str = "") -> np.ndarray:
+    """(H, W, 3) uint8, (H, W) mask and prediction, (H, W) disagreement in [0, 1] ->
+    (H + 14, 4W, 3) uint8: image | mask | prediction | disagreement, a caption above."""
+    row = np.concatenate([image, colour_mask(mask, classes), colour_mask(pred, classes),
+                          heat_image(heat)], axis=1)
+    strip = Image.new("RGB", (row.shape[1], 14), (255, 255, 255))
+    ImageDraw.Draw(strip).text((4, 1), caption, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), row], axis=0)

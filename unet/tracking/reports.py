@@ -6,10 +6,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from PIL import Image
 
+from unet import label_quality
 from unet.tracking.runs import CHECKPOINT_ARTIFACT
+from unet.visualize import label_panel
 
 REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
+LABELS = "label_quality"             # the evaluate run's folder of the label-quality check
+RANKING = f"{LABELS}/ranking.csv"
 
 
 def log_plan(plan) -> None:
@@ -58,7 +63,8 @@ def log_epoch(outbox, result, checkpoint: Path, samples: np.ndarray) -> None:
     outbox.log_image(samples, key="samples", step=result.epoch)
 
 
-def model_card(split, metrics: dict[str, float], floor, promotion, train_run) -> str:
+def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
+               labels: str = "") -> str:
     """A model version's description: its data, test scores next to the trivial baselines and
     the previous champion, the plan it was trained with, and where its pictures are."""
     sizes = ", ".join(f"{len(pairs)} {name}" for name, pairs in split.subsets.items())
@@ -86,4 +92,38 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run) ->
         "**Pictures**: per-epoch validation samples in the train run (image key `samples`); "
         "test panels (image | truth | prediction | overlay) in the evaluate run's "
         "`predictions/panels/`.",
-    ])
+    ] + ([labels] if labels else []))
+
+
+def log_label_quality(rows, worst: dict, threshold: float, class_names, seconds: float,
+                      out_dir: Path) -> str:
+    """The label-quality check (unet.label_quality) in the evaluate run: `label_quality/`
+    ranking.csv (worst first) and ranking.json (a table in the UI), panels/<rank>_<stem>.jpg
+    of the worst (image | mask | prediction | disagreement); metrics label_suspects,
+    label_score_max, label_quality_seconds; tags label_suspects, label_ranking. Returns the
+    model card's line."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_quality.write_ranking(out_dir / "ranking.csv", rows, class_names)
+    (out_dir / "panels").mkdir(exist_ok=True)
+    for rank, row in enumerate(rows[:len(worst)], start=1):
+        s = worst[row.stem]
+        caption = (f"#{rank} {row.stem} ({row.subset}) score {row.score:.3f} Dice {row.dice:.3f}"
+                   + (" FLAGGED" if row.flagged else ""))
+        Image.fromarray(label_panel(s.image, s.mask, s.pred, s.heat, len(class_names),
+                                    caption)).save(out_dir / "panels" / f"{rank:02d}_{row.stem}.jpg")
+    mlflow.log_artifacts(str(out_dir), LABELS)
+    mlflow.log_table({"stem": [r.stem for r in rows], "subset": [r.subset for r in rows],
+                      "score": [round(r.score, 4) for r in rows],
+                      "dice": [round(r.dice, 4) for r in rows],
+                      "disagree_px": [r.disagree_px for r in rows],
+                      "flagged": [r.flagged for r in rows]}, f"{LABELS}/ranking.json")
+    flagged = sum(r.flagged for r in rows)
+    top = rows[0].score if rows else 0.0
+    mlflow.log_metrics({"label_suspects": flagged, "label_score_max": top,
+                        "label_quality_seconds": seconds})
+    uri = mlflow.get_artifact_uri(RANKING)
+    mlflow.set_tags({"label_suspects": str(flagged), "label_ranking": uri,
+                     "label_threshold": f"{threshold:g}"})
+    return (f"**Labels**: {flagged} of {len(rows)} masks look wrong (label-quality score above "
+            f"{threshold:g}; worst {top:.3f}): `{RANKING}` of the evaluate run ranks them, "
+            f"`{LABELS}/panels/` shows the worst.")
