@@ -7,7 +7,7 @@ import mlflow
 
 from unet import cli, config
 from unet.errors import UserError
-from unet.folder import plan_job
+from unet.folder import claim, plan_job
 from unet.streaming import CsvSink, Outcome, predict_stream
 from unet.tracking import models, runs
 
@@ -20,19 +20,23 @@ def predict() -> None:
         runs.log_effective_params(config.as_params(cfg))
         job = plan_job(cfg.input_dir, cfg.input_list, cfg.output_dir, cfg.format, cfg.overlay,
                        cfg.engine)
-        classes = models.classes_of(cfg.model_uri)
+        model = models.resolve(cfg.model_uri)      # an alias may move while a job resumes
+        classes = models.classes_of(model)
         if len(classes) > 2 and cfg.format == "rle":
             raise UserError(f"parameter format=rle: the Kaggle RLE holds binary masks, and "
                             f"{cfg.model_uri} segments {len(classes)} classes; use format=png "
                             f"(class-index PNGs)")
         if len(classes) > 2:
             job.sink.classes = len(classes)      # a PngSink: class-index masks
+        claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}",
+                               "tta": cfg.tta, "format": cfg.format})
+        mlflow.set_tag("model", model)
         if cfg.engine == "spark":
             from unet.tracking.spark_predict import predict_spark
-            outcome = predict_spark(cfg.model_uri, job.images, job.sink, cfg.threshold, cfg.tta,
+            outcome = predict_spark(model, job.images, job.sink, cfg.threshold, cfg.tta,
                                     cfg.batch_size, cfg.spark_master)
         else:
-            segmenter = models.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
+            segmenter = models.load_segmenter(model).with_tta(cfg.tta)
             mlflow.set_tag("tta", segmenter.tta)
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
                                      cfg.batch_size)
