@@ -223,3 +223,26 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     assert digests(out) == masks                     # nothing written by the refused runs
     again = predict(model_uri="models:/first/1")     # the same model and settings: resumes
     assert again.returncode == 0 and "predicted 0, skipped 3" in again.stdout
+
+
+def test_predict_refuses_an_image_over_the_pixel_limit_from_its_header(tracking_uri, tmp_path):
+    from test_serving import bomb_png
+    from unet.streaming import PngSink
+    photos = tmp_path / "photos"
+    photos_of(photos, 2)
+    (photos / "bomb.png").write_bytes(bomb_png())            # 17 KB, 12000 x 12000 declared
+    gif = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    gif.save(photos / "other.png", format="GIF")            # a GIF named .png
+    segmenter = models.load_segmenter(register_untrained_champion())
+    started = time.perf_counter()
+    outcome = predict_stream(segmenter, sorted(photos.iterdir()), PngSink(tmp_path / "out"),
+                             max_pixels=100_000_000)
+    assert time.perf_counter() - started < 30
+    failed = {path.name: why for path, why in outcome.failed}
+    assert outcome.predicted == 2 and set(failed) == {"bomb.png", "other.png"}
+    assert failed["bomb.png"] == "12000x12000 pixels is over the limit of 100 megapixels per image"
+    assert "no JPEG or PNG header" in failed["other.png"]
+    small = predict_stream(segmenter, sorted(photos.glob("car*")), PngSink(tmp_path / "o2"),
+                           max_pixels=48 * 72 - 1)          # the limit is a parameter
+    assert small.predicted == 0 and "48x72" not in small.failed[0][1] and \
+        "72x48 pixels is over the limit" in small.failed[0][1]

@@ -23,6 +23,7 @@ class PredictConfig:
     tta: str                 # auto (the model's own) | none | hflip | flips
     engine: str              # local | spark (mlflow.pyfunc.spark_udf; format rle)
     spark_master: str        # engine=spark: e.g. local[*]
+    max_megapixels: float    # an image declaring more pixels is refused before it is decoded
 
     def validate(self) -> None:
         check_tta(self.tta)
@@ -34,6 +35,8 @@ class PredictConfig:
         if not 0 < self.threshold < 1:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
         at_least(self, ("batch_size",), 1)
+        if self.max_megapixels <= 0:
+            raise UserError(f"parameter max_megapixels={self.max_megapixels}: must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
