@@ -44,6 +44,7 @@ class UiConfig:
     host: str                # the interface the UI listens on
     port: int
     tunnel: str              # none | ngrok (token from the NGROK_AUTHTOKEN environment variable)
+    public: bool             # tunnel=ngrok without NGROK_BASIC_AUTH: true opens it anyway
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -57,7 +58,7 @@ class TuneConfig:
     n_trials: int            # the study's target of finished trials, all workers together
     timeout_min: float       # minutes this worker starts trials for; 0 = no limit
     study_name: str          # auto: named after the data and the fixed settings
-    storage: str             # "" (sqlite in the cache), an RDB URL or journal:/path
+    storage: str             # "" (env UNET_TUNE_STORAGE, else sqlite in the cache), an RDB URL or journal:/path
     time_budget_min: float   # each trial's training budget (checked as train's)
     heartbeat_s: int         # RDB storage: a worker silent for twice this is presumed dead
     split_run_id: str        # "": make the split (or reuse an identical finished one)

@@ -66,3 +66,20 @@ def answer(error: Exception) -> str:
     text = str(getattr(error, "message", error)).strip().splitlines() or [type(error).__name__]
     line = mask(text[0])[:200]
     return f"HTTP {status}: {line}" if status else line
+
+
+def unreachable(error: BaseException) -> bool:
+    """True for MLflow's way of saying the tracking server did not answer at all (after its
+    own retries): no HTTP status, a connection or timeout failure."""
+    import requests
+    if isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+        return True
+    message = getattr(error, "message", "")
+    return isinstance(error, MlflowException) and http_status(error) is None and (
+        "failed with exception" in message or "failed with timeout" in message)
+
+
+def cannot_reach(uri: str) -> str:
+    """The one line for a tracking server that does not answer (its password masked)."""
+    return (f"the tracking server {mask(uri)} cannot be reached (MLFLOW_TRACKING_URI): start "
+            f"it, check the address, or unset MLFLOW_TRACKING_URI for the local store")
