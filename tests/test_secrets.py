@@ -83,3 +83,28 @@ def test_the_ngrok_tunnel_needs_a_login_or_an_explicit_public(tracking_uri):
     assert "TUNNEL OPENED {'basic_auth': ['me:a-long-password']}" in with_login.stdout
     public = ui("--public", "true")
     assert "TUNNEL OPENED {}" in public.stdout
+
+
+def test_a_run_that_cannot_be_ended_keeps_the_steps_own_line(monkeypatch, capsys):
+    """Training that gave up waiting for the server raises its UserError (how to send the
+    kept records later); MLflow then fails to end the run on the same absent server. The
+    user gets the step's line, not the second failure."""
+    from mlflow.exceptions import MlflowException
+    from unet import cli
+    from unet.errors import UserError
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://u:secret@127.0.0.1:9")
+    monkeypatch.setattr("unet.tracking.failures.server_answers", lambda uri: True)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+    def step():
+        try:
+            raise UserError("3 record(s) kept: python -m unet.tracking.outbox r1 sends them")
+        finally:                                    # what mlflow.start_run's exit then does
+            raise MlflowException("API request to http://u:secret@127.0.0.1:9/api/2.0/mlflow/"
+                                  "runs/update failed with exception Max retries exceeded")
+    with pytest.raises(SystemExit) as ended:
+        cli.main(step)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: 3 record(s) kept: python -m unet.tracking.outbox r1 sends them"]

@@ -55,7 +55,11 @@ def main(step: Callable[[], None]) -> None:
     except Exception as e:
         if not (uri.startswith(("http://", "https://")) and unreachable(e)):
             raise
-        print(f"error: {cannot_reach(uri)}", file=sys.stderr)
+        # Ending the run with the server away fails too; a UserError before it says more.
+        earlier = e.__context__
+        while earlier is not None and not isinstance(earlier, UserError):
+            earlier = earlier.__context__
+        print(f"error: {mask(str(earlier)) if earlier else cannot_reach(uri)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         print(f"interrupted: {e or 'stopped by a signal'}", file=sys.stderr)
