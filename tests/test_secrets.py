@@ -22,7 +22,7 @@ ENTRY_POINTS = {
 def test_mask_hides_passwords_in_any_url():
     assert mask("http://u:secret@host:5000/x and postgresql://me:p%40ss@db/optuna") == \
         "http://u:***@host:5000/x and postgresql://me:***@db/optuna"
-    assert mask("https://token@host") == "https://***@host"
+    assert mask("postgresql://nobody@db/optuna") == "postgresql://nobody@db/optuna"
     assert mask("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-# scheme://user:password@ -> scheme://user:***@ (a bare scheme://token@ is masked whole)
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s:]+)(:[^/@\s]*)?@")
+# scheme://user:password@ -> scheme://user:***@ (a user name alone is not a secret)
+_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]+):[^/@\s]*@")
 
 
 def mask(text: str) -> str:
-    """`text` with the password (or token) of every URL in it replaced by ***."""
-    return _USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@" if m[3] else f"{m[1]}***@", text)
+    """`text` with the password of every URL in it replaced by ***."""
+    return _PASSWORD.sub(r"\1:***@", text)
