@@ -4,6 +4,7 @@ from mlflow.exceptions import ExecutionException
 
 from unet import cli, config
 from unet.errors import UserError
+from unet.secrets import mask
 from unet.tracking import registry, runs
 
 CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from the step before
@@ -49,7 +50,7 @@ def summary(done: dict, main_run) -> None:
     print(f"  {tags.get('promotion', '')}")
     if "label_suspects" in tags:
         print(f"  {label_line(tags, metrics)}")
-    uri = mlflow.get_tracking_uri()
+    uri = mask(mlflow.get_tracking_uri())          # a password in it is never printed
     if uri.startswith(("http://", "https://")):     # a tracking server serves the UI itself
         print(f"  open the UI: {uri} (experiment of run {main_run.info.run_id})")
     else:

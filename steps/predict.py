@@ -1,13 +1,14 @@
 """Entry point predict: segment a folder (or a list) of images with a registered model, as
 masks or one Kaggle submission CSV, streaming and resumable; engine=spark runs the model as a
 Spark UDF."""
+import os
 import sys
 
 import mlflow
 
-from unet import cli, config
+from unet import cli, config, serving
 from unet.errors import UserError
-from unet.folder import plan_job
+from unet.folder import claim, plan_job
 from unet.streaming import CsvSink, Outcome, predict_stream
 from unet.tracking import models, runs
 
@@ -20,22 +21,27 @@ def predict() -> None:
         runs.log_effective_params(config.as_params(cfg))
         job = plan_job(cfg.input_dir, cfg.input_list, cfg.output_dir, cfg.format, cfg.overlay,
                        cfg.engine)
-        classes = models.classes_of(cfg.model_uri)
+        model = models.resolve(cfg.model_uri)      # an alias may move while a job resumes
+        classes = models.classes_of(model)
         if len(classes) > 2 and cfg.format == "rle":
             raise UserError(f"parameter format=rle: the Kaggle RLE holds binary masks, and "
                             f"{cfg.model_uri} segments {len(classes)} classes; use format=png "
                             f"(class-index PNGs)")
         if len(classes) > 2:
             job.sink.classes = len(classes)      # a PngSink: class-index masks
-        if cfg.engine == "spark":
+        claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}",
+                               "tta": cfg.tta, "format": cfg.format})
+        mlflow.set_tag("model", model)
+        if cfg.engine == "spark":   # the model's limit in the Spark workers: their environment
+            os.environ[serving.MAX_PIXELS_ENV] = f"{cfg.max_megapixels:g}"
             from unet.tracking.spark_predict import predict_spark
-            outcome = predict_spark(cfg.model_uri, job.images, job.sink, cfg.threshold, cfg.tta,
+            outcome = predict_spark(model, job.images, job.sink, cfg.threshold, cfg.tta,
                                     cfg.batch_size, cfg.spark_master)
         else:
-            segmenter = models.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
+            segmenter = models.load_segmenter(model).with_tta(cfg.tta)
             mlflow.set_tag("tta", segmenter.tta)
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
-                                     cfg.batch_size)
+                                     cfg.batch_size, max_pixels=int(cfg.max_megapixels * 1e6))
         report(run, outcome, job.sink, job.ignored)
 
 
@@ -50,7 +56,7 @@ def report(run, outcome: Outcome, sink, ignored: int) -> None:
     print(f"predict run {run.info.run_id}: {outcome.line()}; output in {sink.describe()}"
           + (f"; ignored {ignored} file(s) that are not .jpg/.jpeg/.png" if ignored else ""))
     if outcome.failed:
-        print(f"{len(outcome.failed)} unreadable image(s) skipped:", file=sys.stderr)
+        print(f"{len(outcome.failed)} image(s) skipped (unreadable or over the limits):", file=sys.stderr)
         for path, why in outcome.failed:
             print(f"  {path}: {why}", file=sys.stderr)
         total = outcome.predicted + len(outcome.failed)

@@ -23,7 +23,8 @@ def tune() -> None:
     own = {f.name for f in dataclasses.fields(config.TuneConfig)}
     cfg = config.load("tune", {k: v for k, v in given.items() if k in own})
     search.parse_space(params["tune"]["space"])                   # a bad space: before any work
-    storage = search.open_storage(cfg.storage, cfg.heartbeat_s)   # before any work
+    storage_url = search.storage_url(cfg.storage)                 # -P storage, or the env
+    storage = search.open_storage(storage_url, cfg.heartbeat_s)   # before any work
     # Every train parameter as text: the given one, else params.yaml's; the trial's budget
     # is tune's time_budget_min.
     fixed = {**config.step_params("train", given, params),
@@ -41,7 +42,7 @@ def tune() -> None:
         name = search.study_name(settings) if cfg.study_name == config.AUTO else cfg.study_name
         study = search.open_study(name, storage, settings, params["tune"]["pruner"])
         search.enqueue_plan(study, job.space, job.plan)
-        mlflow.set_tags({"study_name": name, "storage": search.shown(cfg.storage),
+        mlflow.set_tags({"study_name": name, "storage": search.shown(storage_url),
                          "split_run_id": split.run_id})
         search_trials(study, job, cfg, run)
         evaluate_best(study, given, params)

@@ -4,6 +4,7 @@ import signal
 import sys
 
 from unet import cli, config, ui
+from unet.secrets import mask
 from unet.tracking import runs
 
 
@@ -12,13 +13,14 @@ def serve_ui() -> None:
     store = runs.store_uri()
     # SIGTERM (a test, a notebook stopping the cell) ends like Ctrl-C, through `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    tunnel = ui.Tunnel(cfg.port) if cfg.tunnel == "ngrok" else None   # fails before starting
+    tunnel = (ui.Tunnel(cfg.port, cfg.public) if cfg.tunnel == "ngrok"   # fails before
+              else None)                                                   # starting anything
     server = ui.start_server(ui.server_command(store, cfg.host, cfg.port,
                                                tunnel.host if tunnel else None))
     try:
         url = ui.local_url(cfg.host, cfg.port)
         ui.wait_until_up(server, f"{url}/health")
-        print(f"MLflow UI for {store}\n  local:  {url}"
+        print(f"MLflow UI for {mask(store)}\n  local:  {url}"
               + (f"\n  public: {tunnel.public_url}" if tunnel else "")
               + "\nCtrl-C to stop.", flush=True)
         server.wait()

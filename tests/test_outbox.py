@@ -2,6 +2,7 @@
 for longer than MLflow's retry budget, then started again on the same store."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,190 @@ def test_training_survives_an_outage_longer_than_the_retry_budget(server, tmp_pa
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 3   # each epoch once
     assert len(epochs) == 25 or run.data.tags.get("stopped_early") == "true"
     assert "model_uri" in run.data.tags
+
+
+# No retries, but time to answer on a loaded machine (a timeout is an outage to the outbox).
+PATIENT = {**SHORT_RETRIES, "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+class Proxy:
+    """An HTTP proxy on 127.0.0.1 in front of `target`, as an authenticating gateway would be:
+    /health answers 401; a request whose body holds `refuse` gets 403; while `down`, every
+    request gets 503."""
+
+    def __init__(self, target: str, refuse: bytes):
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+        proxy = self
+        self.down = False
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.down:
+                    return self.answer(503, b"gateway: upstream away")
+                if self.path == "/health":
+                    return self.answer(401, b"gateway: log in first")
+                if refuse in body:
+                    return self.answer(403, b"gateway: forbidden by policy")
+                request = urllib.request.Request(
+                    target + self.path, data=body if body else None, method=self.command,
+                    headers={k: v for k, v in self.headers.items()
+                             if k.lower() in ("content-type",)})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, data, kind = response.status, response.read(), \
+                            response.headers.get("Content-Type", "")
+                except urllib.error.HTTPError as e:
+                    status, data, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+                self.answer(status, data, kind)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_refused_record_goes_to_the_dead_letters_and_the_others_are_sent(server, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for key, value in PATIENT.items():
+        monkeypatch.setenv(key, value)
+    proxy = Proxy(server.url, refuse=b"forbidden")
+    try:
+        run_id = MlflowClient(server.url).create_run("0").info.run_id
+        outbox = Outbox(run_id, proxy.url)
+        outbox.log_metrics({"loss": 1.0}, step=1)      # /health's 401: the server is there
+        outbox.log_metrics({"forbidden": 9.0}, step=1)     # refused as it is sent: goes on
+        proxy.down = True
+        outbox.log_metrics({"loss": 0.5}, step=2)
+        outbox.log_metrics({"forbidden": 8.0}, step=2)     # kept, refused when sent
+        outbox.log_metrics({"loss": 0.25}, step=3)
+        assert outbox.pending == 3
+        proxy.down = False
+        started = time.monotonic()
+        outbox.wait_until_sent(limit_s=60)                 # ends: nothing left waiting
+        assert time.monotonic() - started < 30
+    finally:
+        proxy.close()
+    assert outbox.pending == 0
+    assert history(run_id, "loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert history(run_id, "forbidden") == []
+    dead = [json.loads(line) for line in (spool_dir(run_id) / "dead.jsonl").read_text()
+            .splitlines()]
+    assert [(r["step"], r["metrics"]) for r in dead] == [(1, {"forbidden": 9.0}),
+                                                        (2, {"forbidden": 8.0})]
+    assert all("HTTP 403" in r["dead"] and "forbidden by policy" in r["dead"] for r in dead)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "refused" in line]
+    assert len(lines) == 2 and all("HTTP 403" in line and "dead.jsonl" in line
+                                   and "metrics record of step" in line for line in lines)
+
+
+def test_the_end_of_training_wait_is_bounded_and_says_how_to_send_the_rest(tmp_path,
+                                                                        monkeypatch):
+    from unet.errors import UserError
+    monkeypatch.chdir(tmp_path)
+    for key, value in SHORT_RETRIES.items():
+        monkeypatch.setenv(key, value)
+    outbox = Outbox("r1", f"http://u:secret@127.0.0.1:{free_port()}")   # nothing listens
+    outbox.log_metrics({"loss": 1.0}, step=1)
+    started = time.monotonic()
+    with pytest.raises(UserError) as refused:
+        outbox.wait_until_sent(limit_s=1, poll_seconds=0.2)
+    assert time.monotonic() - started < 20
+    message = str(refused.value)
+    assert "python -m unet.tracking.outbox r1" in message and "1 record(s)" in message
+    assert "secret" not in message and "u:***@" in message
+    assert outbox.pending == 1                         # kept: nothing lost
+
+
+# One step of an outbox's life in its own process, killed (SIGKILL) right after `point`:
+# "write" a kept file (before its journal line), "send" an upload, "rewrite" the journal
+# without the sent record, "delete" the sent record's file.
+KILLED = """
+import os, pathlib, shutil, signal, sys
+from mlflow.tracking import MlflowClient
+from unet.tracking import outbox as ob
+url, run_id, point, phase = sys.argv[1:]
+def then_kill(fn):
+    def call(*args, **kwargs):
+        fn(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return call
+box = ob.Outbox(run_id, url)
+if phase == "keep":                     # url: nothing listens, every record is kept
+    if point == "write":
+        ob.shutil.copy2 = then_kill(shutil.copy2)
+    box.log_metrics({"loss": 1.0}, step=1)
+    pathlib.Path("last.pt").write_bytes(b"epoch 1")
+    box.log_artifact(pathlib.Path("last.pt"), "checkpoints")
+    box.log_metrics({"loss": 0.5}, step=2)
+else:                                   # url: the server, the kept records are sent
+    if point == "send":
+        MlflowClient.log_artifact = then_kill(MlflowClient.log_artifact)
+    elif point == "rewrite":
+        os.replace = then_kill(os.replace)
+    elif point == "delete":
+        shutil.rmtree = then_kill(shutil.rmtree)
+    box.flush()
+print("not killed")
+"""
+
+
+def dangling(run_id: str) -> list[str]:
+    """The journal's lines that name a kept file which is not there."""
+    journal = spool_dir(run_id) / "records.jsonl"
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    return [line for line in lines if line.endswith("}") and not all(
+        Path(json.loads(line)[key]).exists() for key in ("file", "image")
+        if key in json.loads(line) and isinstance(json.loads(line)[key], str))]
+
+
+def test_a_kill_at_any_point_of_the_cycle_loses_nothing_and_leaves_no_dangling_line(
+        server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key, value in PATIENT.items():
+        monkeypatch.setenv(key, value)
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for point in ("write", "send", "rewrite", "delete"):
+        run_id = MlflowClient(server.url).create_run("0").info.run_id
+        for phase, url in (("keep", closed), ("send", server.url)):
+            result = subprocess.run([sys.executable, "-c", KILLED, url, run_id, point, phase],
+                                    env=env, cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=300)
+            killed = result.returncode == -9
+            assert killed == (point == "write") if phase == "keep" else killed, \
+                (point, phase, result.returncode, result.stderr[-2000:])
+            assert dangling(run_id) == [], (point, phase)
+            if killed:
+                break
+        assert Outbox(run_id, server.url).flush(), point     # the next start sends the rest
+        # A kill while the artifact was being kept: that call never returned (its file is
+        # still where training wrote it); everything accepted before it is there.
+        expected = [(1, 1.0)] if point == "write" else [(1, 1.0), (2, 0.5)]
+        assert history(run_id, "loss") == expected, point
+        if point != "write":
+            sent = MlflowClient().download_artifacts(run_id, "checkpoints/last.pt",
+                                                     str(tmp_path / point))
+            assert Path(sent).read_bytes() == b"epoch 1", point
+        assert not spool_dir(run_id).exists() or list(spool_dir(run_id).iterdir()) == [], \
+            (point, list(spool_dir(run_id).iterdir()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,7 @@ def test_predict_writes_a_mask_per_image_and_lists_unreadable_files(tracking_uri
                         tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "predicted 3, skipped 0 (already done), failed 0" in result.stdout
-    assert sorted(p.name for p in clean.iterdir()) == \
+    assert sorted(p.name for p in clean.iterdir() if not p.name.startswith(".")) == \
         ["car1_mask.png", "car2_mask.png", "car3_mask.png"]
 
 
@@ -192,3 +193,56 @@ def test_a_job_that_cannot_be_written_is_refused_before_any_write(tmp_path, monk
         plan_job(params.pop("input_dir"), params.pop("input_list"), str(tmp_path / "out"),
                  **params)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tmp_path):
+    from test_bad_input import error_lines, run_step
+    first = register_untrained_champion("first")
+    register_untrained_champion("second")
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos_of(photos, 3)
+
+    def predict(**params):
+        return run_step("predict", {"input_dir": str(photos), "output_dir": str(out),
+                                    "model_uri": first, **params}, tracking_uri)
+    made = predict()
+    assert made.returncode == 0, made.stderr[-3000:]
+    record = json.loads((out / ".predict.json").read_text())
+    assert record == {"model": "models:/first/1", "threshold": "0.5", "tta": "auto",
+                      "format": "png"}
+    masks = digests(out)
+
+    other = predict(model_uri="models:/second@champion", threshold="0.9")
+    assert other.returncode == 2
+    (line,) = error_lines(other)
+    assert "model=models:/first/1, threshold=0.5" in line
+    assert "model=models:/second/1, threshold=0.9" in line and "start afresh" in line
+    register_untrained_champion("first")             # first@champion moves to version 2
+    moved = predict()
+    assert moved.returncode == 2 and "model=models:/first/2" in error_lines(moved)[0]
+    assert digests(out) == masks                     # nothing written by the refused runs
+    again = predict(model_uri="models:/first/1")     # the same model and settings: resumes
+    assert again.returncode == 0 and "predicted 0, skipped 3" in again.stdout
+
+
+def test_predict_refuses_an_image_over_the_pixel_limit_from_its_header(tracking_uri, tmp_path):
+    from test_serving import bomb_png
+    from unet.streaming import PngSink
+    photos = tmp_path / "photos"
+    photos_of(photos, 2)
+    (photos / "bomb.png").write_bytes(bomb_png())            # 17 KB, 12000 x 12000 declared
+    gif = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    gif.save(photos / "other.png", format="GIF")            # a GIF named .png
+    segmenter = models.load_segmenter(register_untrained_champion())
+    started = time.perf_counter()
+    outcome = predict_stream(segmenter, sorted(photos.iterdir()), PngSink(tmp_path / "out"),
+                             max_pixels=100_000_000)
+    assert time.perf_counter() - started < 30
+    failed = {path.name: why for path, why in outcome.failed}
+    assert outcome.predicted == 2 and set(failed) == {"bomb.png", "other.png"}
+    assert failed["bomb.png"] == "12000x12000 pixels is over the limit of 100 megapixels per image"
+    assert "no JPEG or PNG header" in failed["other.png"]
+    small = predict_stream(segmenter, sorted(photos.glob("car*")), PngSink(tmp_path / "o2"),
+                           max_pixels=48 * 72 - 1)          # the limit is a parameter
+    assert small.predicted == 0 and "48x72" not in small.failed[0][1] and \
+        "72x48 pixels is over the limit" in small.failed[0][1]

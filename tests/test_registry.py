@@ -127,3 +127,55 @@ def test_concurrent_evaluations_leave_champion_on_the_best(tracking_uri, tmp_pat
     assert float(challenger.tags["test_dice"]) in (0.88, 0.86)
     assert challenger.tags["promotion"].startswith("challenger:")
     assert f"champion v{holder.version}'s 0.9000" in challenger.tags["promotion"]
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request, tmp_path, monkeypatch) -> str:
+    """A private registry: a sqlite file, or a real `mlflow server` on 127.0.0.1 (aliases come
+    back over HTTP as text), stopped by its PID at the end."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("tracking_uri")
+        return
+    import mlflow
+    from test_outbox import Server
+    server = Server(tmp_path)
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    mlflow.set_tracking_uri(server.url)
+    try:
+        yield server.url
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.stop()
+
+
+FLOOR = registry.Floor({"all_background": 0.35}, margin=0.05)     # floor Dice 0.40
+
+
+def promote(model_uri: str, dice: float, split: str, champion_here: float | None = None):
+    """One evaluation's registration on `split`; champion_here: the champion's Dice on it."""
+    def score_champion(uri: str) -> float:
+        assert champion_here is not None, "the champion was scored though it need not be"
+        return champion_here
+    return registry.register_and_promote(model_uri, "trust", {"dice": dice}, split, "t",
+                                         score_champion, FLOOR)
+
+
+def test_champion_moves_only_to_a_version_that_beat_it_on_a_common_split(store):
+    from test_tracking import aliases as aliases_of, logged_model
+    m1, m2, m3, m4 = (logged_model(seed) for seed in (1, 2, 3, 4))
+    assert promote(m1, 0.90, "split-a").alias == "champion"
+    second = promote(m2, 0.95, "split-b", champion_here=0.80)     # v1 scored again on B
+    assert second.alias == "champion" and second.compared_with == ("1", 0.80)
+    third = promote(m3, 0.30, "split-a")                           # below the floor
+    assert third.alias is None and third.reason.startswith("not promoted")
+    assert aliases_of("trust") == {"champion": "2"}                # v2 was not beaten on A
+    # Above the floor on A, but below v2 scored on A: v1's 0.90 on A does not count.
+    fourth = promote(m4, 0.60, "split-a", champion_here=0.70)
+    assert fourth.alias == "challenger" and "champion v2's 0.7000" in fourth.reason
+    assert aliases_of("trust") == {"champion": "2", "challenger": "4"}
+    # v4 evaluated again (say, another threshold) now beats v2 on A: it takes champion, and
+    # its own challenger alias goes.
+    again = promote(m4, 0.95, "split-a", champion_here=0.70)
+    assert again.alias == "champion" and again.version == "4"
+    assert aliases_of("trust") == {"champion": "4"}

@@ -3,11 +3,14 @@ artifacts proxied by the server (--serve-artifacts), as a team would run it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import urllib.parse
 import urllib.request
 
-from conftest import TINY, answers, background, first_version_aliases, free_port, mlflow_run
+from conftest import (ROOT, TINY, answers, background, first_version_aliases, free_port,
+                      mlflow_run)
 
 
 def rest(url: str, body: dict | None = None) -> dict:
@@ -30,6 +33,16 @@ def test_main_against_a_tracking_server(tmp_path):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "=== pipeline summary ===" in result.stdout
         assert f"open the UI: {url} " in result.stdout
+        # The same pipeline with a password in the tracking URI (the server ignores it):
+        # reused steps, and the summary, the runs' output and MLflow's own lines never show it.
+        secret_url = f"http://u:secret@127.0.0.1:{port}"
+        args = [arg for key, value in TINY.items() for arg in (f"--{key}", value)]
+        again = subprocess.run([sys.executable, "-m", "steps.main", *args], cwd=ROOT,
+                               env={**os.environ, "MLFLOW_TRACKING_URI": secret_url},
+                               capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "secret" not in again.stdout + again.stderr
+        assert f"open the UI: http://u:***@127.0.0.1:{port} " in again.stdout
 
         query = urllib.parse.urlencode({"name": "unet-carvana", "version": "1"})
         version = rest(f"{url}/api/2.0/mlflow/model-versions/get?{query}")["model_version"]

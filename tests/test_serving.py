@@ -56,8 +56,9 @@ def request_for(*files: bytes, **params) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(url, model_uri): an untrained champion in a private store, served on a free port."""
+def served_pid(tmp_path_factory):
+    """(url, server pid, model_uri): an untrained champion in a private store, served on a free
+    port."""
     store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
     model_uri = register_untrained_champion()
@@ -69,11 +70,18 @@ def served(tmp_path_factory):
     try:
         url = f"http://127.0.0.1:{port}"
         ui.wait_until_up(server, f"{url}/ping")
-        yield url, model_uri
+        yield url, server.pid, model_uri
     finally:
         ui.stop_server(server)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def served(served_pid):
+    """(url, model_uri) of the served champion."""
+    url, _, model_uri = served_pid
+    return url, model_uri
 
 
 def in_process(model_uri: str, image: np.ndarray, tta: str = "auto") -> tuple[np.ndarray, float]:
@@ -185,3 +193,52 @@ def test_format_rle_gives_predicts_runs_and_names_a_bad_image_without_failing_th
     assert 0 < rle.decode(local["a.jpg"], 400, 600).mean() < 1
     default = model.predict(pd.DataFrame({"image": cells[:1]}))          # unchanged default
     assert list(default.columns) == ["mask", "height", "width"]
+
+
+def bomb_png(width: int = 12000, height: int = 12000) -> bytes:
+    """A PNG of a few KB that declares width x height pixels (1 bit each, all zero: zlib
+    squeezes 18 MB of rows into ~17 KB); decoded as RGB it would be 432 MB."""
+    out = io.BytesIO()
+    Image.new("1", (width, height)).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn workers), in MB."""
+    import psutil
+    parent = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]) / 2**20
+
+
+def test_a_huge_declared_image_gets_a_fast_400_and_the_server_stays_up(served_pid):
+    url, pid, _ = served_pid
+    bomb = bomb_png()
+    assert len(bomb) < 40_000
+    status, _ = post(url, request_for(encoded(photo(20, 30), "PNG")))   # warm: the model ran
+    assert status == 200
+    before = rss_mb(pid)
+    for body in (request_for(bomb), {"inputs": {"image": [base64.b64encode(bomb).decode()]}},
+                 request_for(bomb, format="rle")):
+        start = time.perf_counter()
+        status, answer = post(url, body)
+        took = time.perf_counter() - start
+        if "rle" in json.dumps(body.get("params", {})):         # per-row error, 200
+            assert status == 200 and "over the limit of 100 megapixels" in \
+                answer["predictions"][0]["error"]
+        else:
+            assert status == 400 and "12000x12000 pixels is over the limit of 100 megapixels" \
+                in answer["message"], answer
+            assert "\n" not in answer["message"]
+        assert took < 1.0, took
+    print(f"\n400 for a {len(bomb) // 1024} KB PNG declaring 12000x12000: {took * 1000:.0f} ms; "
+          f"server RSS {before:.0f} -> {rss_mb(pid):.0f} MB")
+    assert rss_mb(pid) - before < 100
+    gif = io.BytesIO()
+    Image.fromarray(photo(20, 30)).save(gif, format="GIF")
+    status, answer = post(url, request_for(gif.getvalue()))       # a format not read here
+    assert status == 400 and "no JPEG or PNG header" in answer["message"]
+    small = encoded(photo(8, 12), "PNG")
+    status, answer = post(url, request_for(*[small] * 65))        # one row over the limit
+    assert status == 400 and "65 images in one request; at most 64" in answer["message"]
+    status, answer = post(url, request_for(encoded(photo(20, 30), "PNG")))
+    assert status == 200 and answer["predictions"][0]["width"] == 30

@@ -92,6 +92,7 @@ class TrainConfig:
     cache_dir: str           # "" (off) or a folder for resized arrays shared across runs
     compile: bool            # torch.compile the model
     system_metrics: bool     # MLflow records CPU/memory/GPU use (system/... metrics)
+    tracking_wait_min: float   # at the end, minutes to wait for a tracking server that is away
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -116,6 +117,9 @@ class TrainConfig:
         at_least(self, ("warmup_steps", "patience", "bn_recalibration", "num_workers"), 0)
         if self.time_budget_min <= 0:
             raise UserError(f"parameter time_budget_min={self.time_budget_min}: must be > 0 (minutes)")
+        if self.tracking_wait_min <= 0:
+            raise UserError(f"parameter tracking_wait_min={self.tracking_wait_min}: must be > 0 "
+                            f"(minutes)")
         if not 0 <= self.color_jitter <= 1:
             raise UserError(f"parameter color_jitter={self.color_jitter}: must be in [0, 1]")
         one_of(self, "loss", LOSSES)

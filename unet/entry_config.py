@@ -23,6 +23,7 @@ class PredictConfig:
     tta: str                 # auto (the model's own) | none | hflip | flips
     engine: str              # local | spark (mlflow.pyfunc.spark_udf; format rle)
     spark_master: str        # engine=spark: e.g. local[*]
+    max_megapixels: float    # an image declaring more pixels is refused before it is decoded
 
     def validate(self) -> None:
         check_tta(self.tta)
@@ -34,6 +35,8 @@ class PredictConfig:
         if not 0 < self.threshold < 1:
             raise UserError(f"parameter threshold={self.threshold}: must be in (0, 1)")
         at_least(self, ("batch_size",), 1)
+        if self.max_megapixels <= 0:
+            raise UserError(f"parameter max_megapixels={self.max_megapixels}: must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class UiConfig:
     host: str                # the interface the UI listens on
     port: int
     tunnel: str              # none | ngrok (token from the NGROK_AUTHTOKEN environment variable)
+    public: bool             # tunnel=ngrok without NGROK_BASIC_AUTH: true opens it anyway
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -54,7 +58,7 @@ class TuneConfig:
     n_trials: int            # the study's target of finished trials, all workers together
     timeout_min: float       # minutes this worker starts trials for; 0 = no limit
     study_name: str          # auto: named after the data and the fixed settings
-    storage: str             # "" (sqlite in the cache), an RDB URL or journal:/path
+    storage: str             # "" (env UNET_TUNE_STORAGE, else sqlite in the cache), an RDB URL or journal:/path
     time_budget_min: float   # each trial's training budget (checked as train's)
     heartbeat_s: int         # RDB storage: a worker silent for twice this is presumed dead
     split_run_id: str        # "": make the split (or reuse an identical finished one)

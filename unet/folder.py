@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 from unet.data import IMAGE_EXTS
@@ -10,6 +12,7 @@ from unet.errors import UserError
 from unet.streaming import SUBMISSION, CsvSink, PngSink
 
 FORMATS = ("png", "rle")
+RECORD = ".predict.json"        # in output_dir: the settings its outputs were made with
 CSV_UNSAFE = set(',"\n\r')      # a name with these would need CSV quoting: refused
 
 
@@ -108,3 +111,26 @@ def check_outputs(images: list[Path], files: list[Path], sink: CsvSink | PngSink
                 raise UserError(f"{writers[out].name} and {image.name} would both write "
                                 f"{out.name}; rename one of them")
             writers[out] = image
+
+
+def claim(output_dir: str, settings: dict[str, str]) -> None:
+    """Writes `settings` (model resolved to a version or run, threshold, tta, format) into
+    output_dir's record, or checks them against the record an earlier predict left there, so
+    that a resumed job never mixes outputs of two models or settings. UserError naming what
+    differs."""
+    folder = Path(output_dir).expanduser()
+    path = folder / RECORD
+    if path.exists():
+        made = json.loads(path.read_text())
+        differ = [k for k in settings if str(made.get(k)) != settings[k]]
+        if differ:
+            raise UserError(
+                f"output_dir={output_dir} holds predictions made with "
+                + ", ".join(f"{k}={made.get(k)}" for k in differ) + "; this run has "
+                + ", ".join(f"{k}={settings[k]}" for k in differ) + f": give another "
+                f"output_dir, or delete {folder} (or its {RECORD} and outputs) to start afresh")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)              # whole or absent: a crash leaves no half record

@@ -1,7 +1,9 @@
 """Inference on images of any size: what `evaluate`, the logged model and serving all run."""
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -133,48 +135,74 @@ class Segmenter:
 
 
 class UnreadableImage(ValueError):
-    """A file or byte string that is not a decodable image."""
+    """A file or byte string that is not a decodable image, or one over the pixel limit."""
 
 
-def read_image(source: bytes | Path) -> np.ndarray:
-    """JPEG/PNG bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation
-    says (phone photos), so that its mask lines up with the image as people see it.
+class NotAnImage(UnreadableImage):
+    """Bytes with no JPEG or PNG header at all."""
 
-    Raises UnreadableImage saying why (not an image, truncated, ...).
-    """
+
+MAX_PIXELS = 100_000_000          # default limit per image: 100 megapixels (10000 x 10000)
+FORMATS = ("JPEG", "PNG")         # what predict reads from folders and the served model takes
+
+
+@contextlib.contextmanager
+def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
+               ) -> Iterator[Image.Image]:
+    """The PIL image of JPEG/PNG bytes or file, its header checked before any pixel is
+    decoded: another format, or more than max_pixels pixels (None: no limit of ours), raises
+    UnreadableImage. A small file may declare a huge image (a few KB of PNG can say
+    12000 x 12000): decoding it would take seconds and gigabytes, reading the header takes
+    microseconds."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                        else source) as image:
-            return rgb_array(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                               else source, formats=FORMATS)
+        with image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise UnreadableImage(f"{width}x{height} pixels is over the limit of "
+                                      f"{max_pixels / 1e6:g} megapixels per image")
+            yield image
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise NotAnImage("not an image (no JPEG or PNG header)") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImage(f"over the limit of {(max_pixels or 0) / 1e6:g} megapixels per "
+                              f"image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, UnreadableImage):
+            raise
         raise UnreadableImage(f"unreadable image ({e})") from None
 
 
-def read_for_model(source: bytes | Path, size: tuple[int, int]
-                   ) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation
+    says (phone photos), so that its mask lines up with the image as people see it.
+
+    Raises UnreadableImage saying why (not a JPEG/PNG, truncated, over max_pixels, ...).
+    """
+    with open_image(source, max_pixels) as image:
+        return rgb_array(ImageOps.exif_transpose(image))
+
+
+def read_for_model(source: bytes | Path, size: tuple[int, int],
+                   max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """JPEG/PNG bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
 
     A JPEG larger than the model input `size` (H, W) is decoded at 1/2, 1/4 or 1/8 of its size
     (PIL draft mode: the DCT scales, several times faster), never smaller than `size`; other
     images at full size. Upright as EXIF says, as read_image. The mask belongs at (H, W).
-    Raises UnreadableImage saying why.
+    Raises UnreadableImage saying why (as read_image).
     """
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                        else source) as image:
-            width, height = image.size
-            if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
-                width, height = height, width
-                size = size[::-1]
-            if image.format == "JPEG":
-                image.draft(None, (size[1], size[0]))
-            return rgb_array(ImageOps.exif_transpose(image)), (height, width)
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image (no JPEG/PNG/... header)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"unreadable image ({e})") from None
+    with open_image(source, max_pixels) as image:
+        width, height = image.size
+        if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
+            width, height = height, width
+            size = size[::-1]
+        if image.format == "JPEG":
+            image.draft(None, (size[1], size[0]))
+        return rgb_array(ImageOps.exif_transpose(image)), (height, width)
 
 
 EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap width and height

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
+import os
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from unet import config
 from unet.errors import UserError
+from unet.secrets import mask
 
 # Train parameters a space may name; FACTORS are multiples of the plan's value.
 SEARCHABLE = ("lr", "batch_size", "features", "loss", "color_jitter", "lr_schedule",
@@ -135,9 +136,18 @@ def study_name(settings: dict[str, str]) -> str:
     return f"unet-{digest[:10]}"
 
 
+STORAGE_ENV = "UNET_TUNE_STORAGE"   # the storage URL, kept out of the run's parameters
+
+
+def storage_url(param: str) -> str:
+    """The storage: parameter `storage`, else the environment variable UNET_TUNE_STORAGE (a URL
+    with a password given this way never becomes a run parameter), else "" (the default)."""
+    return param or os.environ.get(STORAGE_ENV, "").strip()
+
+
 def shown(url: str) -> str:
     """A storage URL fit to print and log: a password in it masked."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url) if url else "default"
+    return mask(url) if url else "default"
 
 
 def open_storage(url: str, heartbeat_s: int):
@@ -156,7 +166,7 @@ def open_storage(url: str, heartbeat_s: int):
         return _rdb_storage(url, heartbeat_s)
     except Exception as e:   # drivers raise their own types: name the storage, not a traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"parameter storage={shown(url)}: cannot open it ({reason})") from None
+        raise UserError(f"parameter storage={shown(url)}: cannot open it ({mask(reason)})") from None
 
 
 def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3):

@@ -15,11 +15,18 @@ strings, not images) the output is `rle_mask` (unet.rle: Kaggle Carvana run-leng
 at the image's size), `height`, `width` and `error`: "" or why that image could not be read,
 in which case its other cells are empty; one bad image does not fail the others. Images are
 read as predict reads them (JPEG draft mode), so the runs equal predict's local engine's.
+
+Hostile input is refused cheaply, from what a request declares, before any pixel is decoded:
+only JPEG and PNG; at most UNET_MAX_MEGAPIXELS megapixels per image (read from the image's
+header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
+variables of the serving process (the operator's choice, not the client's). A refusal is a
+400 with one line (format "png") or that row's `error` (format "rle"); the server stays up.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 from typing import Any
 
 import mlflow
@@ -30,33 +37,63 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from unet import rle
-from unet.predict import (TTA_FLIPS, Segmenter, UnreadableImage, encode_png, read_for_model,
-                          read_image)
+from unet.predict import (MAX_PIXELS, TTA_FLIPS, NotAnImage, Segmenter, UnreadableImage,
+                          encode_png, read_for_model, read_image)
 
 INPUT_COLUMN = "image"
 DEFAULT_THRESHOLD = 0.5
 FORMATS = ("png", "rle")
 RLE_COLUMNS = ["rle_mask", "height", "width", "error"]
+MAX_PIXELS_ENV, MAX_ROWS_ENV, MAX_ROWS = "UNET_MAX_MEGAPIXELS", "UNET_MAX_ROWS", 64
+
+
+def max_pixels() -> int:
+    """The serving process's limit of pixels per image (UNET_MAX_MEGAPIXELS, default 100)."""
+    megapixels = os.environ.get(MAX_PIXELS_ENV)
+    return int(float(megapixels) * 1e6) if megapixels else MAX_PIXELS
+
+
+def max_rows() -> int:
+    """The serving process's limit of rows per request (UNET_MAX_ROWS, default 64)."""
+    return int(os.environ.get(MAX_ROWS_ENV) or MAX_ROWS)
+
+
+class Refusal(MlflowException):
+    """An MlflowException whose message stays the one line it was made with. MLflow's scoring
+    server prefixes a model's error with the whole request (`Failed to predict data '<the
+    DataFrame, bytes echoed>'`, several lines); the client gets this line alone."""
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_line"):       # set once, by MlflowException.__init__
+            self._line = value
 
 
 def invalid(message: str) -> MlflowException:
-    """An error the scoring server answers with HTTP 400 and this message."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    """An error the scoring server answers with HTTP 400 and this one-line message."""
+    return Refusal(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def as_image(index: int, cell: Any) -> np.ndarray:
     """One input cell (image bytes or an (H, W, 3) uint8 array) -> (H, W, 3) uint8."""
     if isinstance(cell, (bytes, bytearray)):
         try:
-            return read_image(bytes(cell))
+            return read_image(bytes(cell), max_pixels())
         except UnreadableImage as e:
             problem = e
         try:   # {"inputs": ...} requests reach the model still base64-encoded (MLflow decodes
             # only dataframe_split/dataframe_records for binary columns)
-            return read_image(base64.b64decode(cell))
-        except (binascii.Error, UnreadableImage):
-            raise invalid(f"image {index}: {problem}; send the base64 of a JPEG or PNG "
-                          f"file") from None
+            return read_image(base64.b64decode(cell), max_pixels())
+        except binascii.Error:
+            pass
+        except UnreadableImage as e:    # an image's own error says more than "not an image"
+            problem = e if isinstance(problem, NotAnImage) else problem
+        raise invalid(f"image {index}: {problem}; send the base64 of a JPEG or PNG file of at "
+                      f"most {max_pixels() / 1e6:g} megapixels") from None
     if isinstance(cell, np.ndarray) and cell.dtype == np.uint8 and cell.ndim == 3 \
             and cell.shape[2] == 3:
         return cell
@@ -90,6 +127,9 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         segmenter = self.segmenter.with_tta(tta)
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
+        if len(model_input) > max_rows():
+            raise invalid(f"{len(model_input)} images in one request; at most {max_rows()} "
+                          f"({MAX_ROWS_ENV} of the server): split it into smaller requests")
         if fmt == "rle":
             if not segmenter.binary:
                 raise invalid(f"param format=rle: the Kaggle RLE holds binary masks; this model "
@@ -120,11 +160,11 @@ def read_cell(index: int, cell: Any, size: tuple[int, int]
         image = as_image(index, cell)
         return image, image.shape[:2]
     try:
-        return read_for_model(bytes(cell), size)
+        return read_for_model(bytes(cell), size, max_pixels())
     except UnreadableImage as e:
         try:
-            return read_for_model(base64.b64decode(cell, validate=True), size)
-        except (binascii.Error, UnreadableImage):
+            return read_for_model(base64.b64decode(cell, validate=True), size, max_pixels())
+        except binascii.Error:
             raise e from None
 
 

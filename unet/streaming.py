@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from unet import rle, visualize
 from unet.errors import UserError
-from unet.predict import Segmenter, UnreadableImage, read_for_model, read_image
+from unet.predict import MAX_PIXELS, Segmenter, UnreadableImage, read_for_model, read_image
 
 SUBMISSION = "submission.csv"
 HEADER = "img,rle_mask\n"
@@ -115,7 +115,8 @@ class PngSink:
         for path, mask in items:
             mask_path, *overlay_path = self.outputs(path)
             if overlay_path:
-                art = visualize.overlay(read_image(path), mask, classes=self.classes)
+                art = visualize.overlay(read_image(path, None), mask,   # checked when read
+                                        classes=self.classes)
                 atomic_save(Image.fromarray(art), overlay_path[0], format="JPEG", quality=90)
             atomic_save(Image.fromarray(mask * 255 if self.classes == 2 else mask), mask_path,
                         format="PNG")
@@ -131,13 +132,15 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
     os.replace(tmp, path)
 
 
-def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: int
+def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: int,
+               max_pixels: int = MAX_PIXELS
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
-    decoding up to `window` images ahead in `workers` threads."""
+    decoding up to `window` images ahead in `workers` threads; one declaring more than
+    max_pixels pixels is UnreadableImage, found from its header."""
     def read(path: Path):
         try:
-            return read_for_model(path, size)
+            return read_for_model(path, size, max_pixels)
         except UnreadableImage as e:
             return e
 
@@ -158,7 +161,8 @@ def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: i
 
 
 def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: float = 0.5,
-                   batch_size: int = 8, workers: int | None = None, log=None) -> Outcome:
+                   batch_size: int = 8, workers: int | None = None, log=None,
+                   max_pixels: int = MAX_PIXELS) -> Outcome:
     """Predicts the images `sink` has not done yet, in batches, and writes them with `sink`.
     `workers` reader threads (default: the cores, at most 8). Unreadable images are named (via
     `log`; default: a line above the progress bar), counted as failed and skipped."""
@@ -180,7 +184,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             bar.update(len(batch))
             batch.clear()
 
-        for path, read in read_ahead(todo, segmenter.image_size, workers, 2 * batch_size + workers):
+        for path, read in read_ahead(todo, segmenter.image_size, workers,
+                                     2 * batch_size + workers, max_pixels):
             if isinstance(read, UnreadableImage):
                 outcome.failed.append((path, str(read)))
                 (log or bar.write)(f"failed {path}: {read}")

@@ -14,13 +14,16 @@ from urllib.parse import urlparse
 from unet.errors import UserError
 
 TOKEN_ENV = "NGROK_AUTHTOKEN"   # read from the environment only: never a parameter, never logged
+AUTH_ENV = "NGROK_BASIC_AUTH"   # user:password ngrok asks visitors for; environment only too
 INSTALL_NGROK = 'pip install -e ".[ngrok]"   (or: pip install pyngrok)'
 
 
 class Tunnel:
-    """An ngrok tunnel to a local port (pyngrok), open until close()."""
+    """An ngrok tunnel to a local port (pyngrok), open until close(). The MLflow UI has no
+    login: the tunnel asks visitors for NGROK_BASIC_AUTH's user and password, and without one
+    it does not open unless `public` (the user said that anyone may see the UI)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, public: bool = False):
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:
             raise UserError(f"tunnel=ngrok needs your ngrok auth token in the environment: "
@@ -30,9 +33,20 @@ class Tunnel:
             from pyngrok import conf, ngrok
         except ImportError:
             raise UserError(f"tunnel=ngrok needs the optional package pyngrok: {INSTALL_NGROK}") from None
+        auth = os.environ.get(AUTH_ENV, "").strip()
+        if not auth and not public:
+            raise UserError(f"tunnel=ngrok would put the MLflow UI, which has no login, on a "
+                            f"public URL: export {AUTH_ENV}=user:password (ngrok then asks "
+                            f"every visitor for it), or pass -P public=true if anyone may see "
+                            f"your runs and models")
+        if auth and (":" not in auth or len(auth.split(":", 1)[1]) < 8):
+            raise UserError(f"{AUTH_ENV}: give user:password, the password at least 8 "
+                            f"characters (ngrok's rule)")
         self._ngrok = ngrok
         self._config = conf.PyngrokConfig(auth_token=token)
-        self.public_url = ngrok.connect(str(port), "http", pyngrok_config=self._config).public_url
+        options = {"basic_auth": [auth]} if auth else {}
+        self.public_url = ngrok.connect(str(port), "http", pyngrok_config=self._config,
+                                        **options).public_url
 
     @property
     def host(self) -> str:

@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from unet.errors import UserError
 from unet.predict import Segmenter, encode_png
+from unet.secrets import mask
 
 with warnings.catch_warnings(record=True):
     # MLflow warns, once per process, that predict has no type hints it understands: the
@@ -75,9 +77,24 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
 
 def unloadable(model_uri: str, error: Exception) -> UserError:
     """The one line for a model that can't be read from the tracking store."""
-    reason = str(error.message if isinstance(error, MlflowException) else error).splitlines()[0]
-    return UserError(f"model {model_uri}: cannot load it from {mlflow.get_tracking_uri()} "
+    reason = mask(str(error.message if isinstance(error, MlflowException) else error)
+                  .splitlines()[0])
+    return UserError(f"model {model_uri}: cannot load it from {mask(mlflow.get_tracking_uri())} "
                      f"({reason}); run the pipeline first or pass another model_uri")
+
+
+def resolve(model_uri: str) -> str:
+    """The model a URI names now, fixed: an alias (models:/<name>@<alias>) becomes the version
+    it points to (models:/<name>/<version>); other URIs (a version, runs:/<run id>/...,
+    models:/m-<id>) already name one model and are returned as they are."""
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    if not (model_uri.startswith("models:/") and at):
+        return model_uri
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException as e:
+        raise unloadable(model_uri, e) from None
+    return f"models:/{name}/{version}"
 
 
 def classes_of(model_uri: str) -> list[str]:

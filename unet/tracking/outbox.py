@@ -6,18 +6,27 @@ instead: while the server answers, records go straight to it; once a record cann
 it and every record after it are kept on local disk, in order (a JSON line each, files copied
 beside), and training goes on. Before each later record the Outbox asks the server's /health
 (a 2-second request, not the two-minute retry) and, once it answers, sends what was kept, in
-the order it was kept, then carries on sending directly. A record is removed from the spool
-only after it was sent, so a crash loses none and a resume (`flush` of the old run's spool)
-sends them into the run they belong to. Local stores (sqlite, files) have no outages: records
-go straight through.
+the order it was kept, then carries on sending directly. Local stores (sqlite, files) have no
+outages: records go straight through.
+
+Failures are of two kinds. Transient (no answer, a timeout, HTTP 5xx, 408, 429): the record
+and all after it wait. Permanent (any other 4xx, e.g. 403 from a proxy, 400 for a deleted run;
+a kept file that is gone): that record can never be sent, so it goes to the dead-letter file
+`dead.jsonl` beside the spool, with one line on stderr naming it and the server's answer, and
+the others go on.
+
+Crash safety (kill -9 at any point): a file is copied before its journal line is written, a
+record leaves the journal (an atomic rewrite) only after it was sent, and its file is deleted
+only after that; files no journal line names are swept on the next flush. A crash loses no
+kept record (one may be sent twice) and never leaves a journal line without its file.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,21 +34,16 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from unet.errors import UserError
+from unet.secrets import mask
+from unet.tracking.failures import answer, permanent, server_answers
+
 SPOOL = Path("checkpoints")      # <run id>/outbox/: beside the run's local checkpoint
-HEALTH_TIMEOUT = 2.0             # seconds for the /health probe
+SEND_LATER = "python -m unet.tracking.outbox"
 
 
 def spool_dir(run_id: str) -> Path:
     return SPOOL / run_id / "outbox"
-
-
-def server_answers(uri: str) -> bool:
-    """True when the tracking server at `uri` (http/https) answers /health now."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 class Outbox:
@@ -51,6 +55,7 @@ class Outbox:
         self.remote = self.uri.startswith(("http://", "https://"))
         self.dir = spool_dir(run_id)
         self.journal = self.dir / "records.jsonl"
+        self.dead = self.dir / "dead.jsonl"        # refused for good: kept, never re-sent
         self.down_since: float | None = None
 
     # What the train loop logs.
@@ -67,54 +72,89 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        return len(self._records())
+        return len(self._records(self.journal))
 
     def flush(self) -> bool:
-        """Sends every kept record in order if the server answers; True when none is left."""
-        records = self._records()
+        """Sends every kept record in order if the server answers (a refused one goes to the
+        dead-letter file); True when none is left."""
+        records = self._records(self.journal)
+        self._sweep()
         if not records:
             return True
         if self.remote and not server_answers(self.uri):
             return False
+        refusals = 0
         for n, record in enumerate(records):
+            refused = False
             try:
                 self._send(record)
-            except Exception:          # noqa: BLE001 - any failure: keep the rest for later
-                return False
+            except Exception as e:     # noqa: BLE001 - outages show up as many error types
+                if not (self.remote and permanent(e)):
+                    return False       # transient: this record and the rest wait
+                self._refuse(record, e, copy=False)
+                refused, refusals = True, refusals + 1
             self._rewrite(records[n + 1:])   # sent: never sent again, even after a crash
-        print(f"tracking server {self.uri} is back: sent {len(records)} kept record(s) to run "
-              f"{self.run_id}", flush=True)
+            if not refused:
+                self._drop_files(record)     # only now: a journal line always has its file
+        print(f"tracking server {mask(self.uri)} is back: sent {len(records) - refusals} kept "
+              f"record(s) to run {self.run_id}"
+              + (f" ({refusals} refused, in {self.dead})" if refusals else ""), flush=True)
         self.down_since = None
         return True
 
-    def wait_until_sent(self, poll_seconds: float = 5.0) -> None:
+    def wait_until_sent(self, limit_s: float, poll_seconds: float = 5.0) -> None:
         """Blocks until every kept record is sent (what follows needs the server: the model,
-        the run's end). Says once that it waits, and how to stop without losing anything."""
-        told = False
+        the run's end), for at most limit_s seconds; then UserError saying how to send the
+        rest later. Says once that it waits, and how to stop without losing anything."""
+        deadline, told = time.monotonic() + limit_s, False
         while not self.flush():
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"the tracking server {mask(self.uri)} did not answer within "
+                    f"{limit_s / 60:g} min: {self.pending} record(s) of run {self.run_id} "
+                    f"are kept in {self.dir.resolve()} and the model is not logged; when it "
+                    f"is back, `{SEND_LATER} {self.run_id}` (from {Path.cwd()}) sends them, "
+                    f"and -P resume_from={self.run_id} logs the model from the checkpoint")
             if not told:
-                print(f"waiting for the tracking server {self.uri} to send {self.pending} kept "
-                      f"record(s) and log the model; Ctrl-C stops: the checkpoint stays on "
-                      f"disk and -P resume_from={self.run_id} continues", file=sys.stderr,
-                      flush=True)
+                print(f"waiting up to {limit_s / 60:g} min for the tracking server "
+                      f"{mask(self.uri)} to send {self.pending} kept record(s) and log the "
+                      f"model; Ctrl-C stops: the checkpoint stays on disk and "
+                      f"-P resume_from={self.run_id} continues", file=sys.stderr, flush=True)
                 told = True
-            time.sleep(poll_seconds)
+            time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
 
     def _put(self, record: dict) -> None:
         # Order: nothing goes straight out while older records wait on disk. Asking /health
         # first keeps an outage from costing MLflow's two-minute retry on every record.
         if self.remote and not (self.flush() and server_answers(self.uri)):
-            self._keep(record)
+            self._keep(record, self.journal)
             return
         try:
             self._send(record)
         except Exception as e:         # noqa: BLE001 - an outage shows up as many error types
-            if not self.remote or server_answers(self.uri):
-                raise                  # the server is there: a real error, not an outage
-            self._keep(record, e)
+            if not self.remote:
+                raise                  # a local store has no outages: a real error
+            if permanent(e):
+                self._refuse(record, e, copy=True)
+            else:
+                self._keep(record, self.journal, e)
 
-    def _keep(self, record: dict, error: Exception | None = None) -> None:
+    def _refuse(self, record: dict, error: Exception, copy: bool) -> None:
+        """A record the server will never take: into the dead-letter file, one line said."""
+        if copy:
+            self._keep(record, self.dead, error, quiet=True)
+        else:                          # its kept file stays, named by the dead-letter line
+            self._append(self.dead, {**record, "dead": answer(error)})
+        what = f"{record['kind']} record" + (f" of step {record['step']}" if "step" in record
+                                             else f" {Path(record['file']).name}")
+        print(f"outbox: the tracking server refused the {what} of run {self.run_id} "
+              f"({answer(error)}); kept in {self.dead}, the other records go on",
+              file=sys.stderr, flush=True)
+
+    def _keep(self, record: dict, journal: Path, error: Exception | None = None,
+              quiet: bool = False) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        # The file first, then its line: a crash between leaves a file no line names (swept).
         if record["kind"] == "artifact":     # the file may change before it is sent: a copy,
             copy = self.dir / uuid.uuid4().hex / Path(record["file"]).name   # same name
             copy.parent.mkdir()
@@ -124,15 +164,32 @@ class Outbox:
             copy = self.dir / f"{uuid.uuid4().hex}.npy"
             np.save(copy, record["image"])
             record = {**record, "image": str(copy)}
-        with open(self.journal, "a") as f:   # one line per record, flushed: a crash keeps it
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        if self.down_since is None:
+        if journal == self.dead:
+            record = {**record, "dead": answer(error) if error else "refused"}
+        self._append(journal, record)
+        if self.down_since is None and not quiet:
             self.down_since = time.monotonic()
             why = f" ({type(error).__name__})" if error is not None else ""
-            print(f"tracking server {self.uri} unreachable{why}: training goes on; metrics "
-                  f"and artifacts are kept in {self.dir} and sent when it is back",
+            print(f"tracking server {mask(self.uri)} unreachable{why}: training goes on; "
+                  f"metrics and artifacts are kept in {self.dir} and sent when it is back",
                   file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _append(journal: Path, record: dict) -> None:
+        """One line per record, flushed to disk: a crash keeps it or leaves a torn tail,
+        which is cut off first (else the next line would be glued to it)."""
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(journal, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.seek(0)
+                    data = f.read()
+                    f.truncate(data.rfind(b"\n") + 1)
+            f.write((json.dumps(record) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
 
     def _send(self, record: dict) -> None:
         client = MlflowClient(self.uri)
@@ -147,17 +204,35 @@ class Outbox:
             image = np.load(image) if isinstance(image, str) else image
             client.log_image(self.run_id, image, key=record["key"], step=record["step"],
                              timestamp=record["timestamp"], synchronous=True)
+
+    @staticmethod
+    def _drop_files(record: dict) -> None:
         if record.get("owned"):
             shutil.rmtree(Path(record["file"]).parent, ignore_errors=True)
         elif record["kind"] == "image" and isinstance(record["image"], str):
             Path(record["image"]).unlink(missing_ok=True)
 
-    def _records(self) -> list[dict]:
-        if not self.journal.exists():
+    def _sweep(self) -> None:
+        """Deletes kept files that no journal line names (a crash between writing a file and
+        its line, or between a record leaving the journal and its file being deleted)."""
+        if not self.dir.is_dir():
+            return
+        named = {Path(r.get("file") or r.get("image") or "").resolve()
+                 for journal in (self.journal, self.dead) for r in self._records(journal)}
+        for entry in self.dir.iterdir():
+            if entry.suffix in (".jsonl", ".tmp"):
+                continue
+            inside = {entry.resolve()} | ({p.resolve() for p in entry.iterdir()}
+                                          if entry.is_dir() else set())
+            if not inside & named:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    @staticmethod
+    def _records(journal: Path) -> list[dict]:
+        if not journal.exists():
             return []
-        lines = self.journal.read_text().splitlines()
         records = []
-        for line in lines:
+        for line in journal.read_text().splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:     # a line torn by a crash mid-write: never sent
@@ -170,4 +245,23 @@ class Outbox:
             return
         tmp = self.journal.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(self.journal)
+        os.replace(tmp, self.journal)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m unet.tracking.outbox RUN_ID`: sends what a run kept through an outage (run
+    it from the folder training ran in, with MLFLOW_TRACKING_URI set as it was)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not spool_dir(args[0]).is_dir():
+        raise UserError(f"usage: {SEND_LATER} RUN_ID, in the folder that holds "
+                        f"{spool_dir(args[0] if args else 'RUN_ID')}")
+    outbox = Outbox(args[0])
+    if not outbox.flush():
+        raise UserError(f"the tracking server {mask(outbox.uri)} cannot be reached: "
+                        f"{outbox.pending} record(s) still kept in {outbox.dir}")
+    print(f"run {args[0]}: nothing left to send")
+
+
+if __name__ == "__main__":
+    from unet import cli
+    cli.main(main)

@@ -85,10 +85,13 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     `score_champion(model_uri) -> dice` scores the current champion on this split when it was
     tested on another one.
 
+    The rule (docs/trust.md): an evaluation never moves `champion` away from a version that it
+    did not beat on a common test split, and one below the floor moves no alias at all.
+
     The registry has no transactions, so the champion is settled rather than set: after its
-    version is tagged, each evaluation re-reads every version of this split and moves the alias
-    to the best of them, and re-reads again after each write (see `settle`). Whatever order
-    concurrent evaluations finish in, the last write is made from a complete view.
+    version is tagged, each evaluation above the floor re-reads every version of this split and
+    moves the alias to the best of them, and re-reads again after each write (see `settle`).
+    Whatever order concurrent evaluations finish in, the last write is made from a complete view.
     """
     client = MlflowClient()
     dice = round(metrics["dice"], 6)     # compared at the tags' precision
@@ -108,7 +111,9 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
         write(client.set_model_version_tag, name, version, key, value)
     # Written last: a version is a candidate for champion only once all its scores are there.
     write(client.set_model_version_tag, name, version, "floor_dice", f"{floor.dice:.6f}")
-    promotion = _verdict(version, dice, floor, *settle(name, split_run_id, outside))
+    above = dice > round(floor.dice, 6)
+    promotion = _verdict(version, dice, floor,
+                         *(settle(name, split_run_id, outside, dice) if above else (None, None)))
     other = promotion.compared_with
     write(client.set_model_version_tag, name, version, "promotion", promotion.reason)
     write(client.set_model_version_tag, name, version, "compared_with",
@@ -137,12 +142,15 @@ def write(action, *args, attempts: int = 5) -> None:
 
 
 def settle(name: str, split_run_id: str, outside: Score | None = None,
-           rounds: int = 20) -> tuple[Score | None, Score | None]:
+           dice: float | None = None, rounds: int = 20
+           ) -> tuple[tuple[str, float | None] | None, Score | None]:
     """Moves `champion` to the best version of `name` tested on split_run_id, by the rule:
-    above its floor, and above the champion's Dice (a tie keeps the earlier version). `outside`
-    is the champion tested on another split, with its Dice on this one. Repeats read, decide,
-    write until a read finds nothing to change. Returns the champion and what it was compared
-    with (the best other version, or the outside champion it displaced)."""
+    above its floor, and above the champion's Dice (a tie keeps the earlier version). A
+    champion tested on another split moves only when it is `outside` (its Dice on this split,
+    measured by this evaluation) and this evaluation's `dice` beats it; one that no evaluation
+    of this split scored (a race: it changed since) is kept, with Dice None. Repeats read,
+    decide, write until a read finds nothing to change. Returns the champion and what it was
+    compared with (the best other version, or the outside champion it displaced)."""
     client = MlflowClient()
     for _ in range(rounds):
         candidates = {}
@@ -155,14 +163,18 @@ def settle(name: str, split_run_id: str, outside: Score | None = None,
         ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], int(kv[0])))
         current = champion(name)
         held = None if current is None else str(current.version)
-        if outside is not None and held == outside[0] and (not ranked or outside[1] >= ranked[0][1]):
-            return outside, ranked[0] if ranked else None      # the outside champion holds
+        if current is not None and current.tags.get("split_run_id") != split_run_id:
+            if outside is None or held != outside[0]:
+                return (held, None), ranked[0] if ranked else None   # never compared: kept
+            if dice is None or outside[1] >= dice:
+                return outside, ranked[0] if ranked else None      # the outside champion holds
         if not ranked:
             return None, None
         best = ranked[0]
         if held == best[0]:
             displaced = outside if outside is not None and outside[0] != best[0] else None
-            if (client.get_registered_model(name).aliases.get(CHALLENGER)) == int(best[0]):
+            # A tracking server returns alias versions as text, sqlite as numbers.
+            if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == best[0]:
                 write(client.delete_registered_model_alias, name, CHALLENGER)
             return best, ranked[1] if len(ranked) > 1 else displaced
         write(client.set_registered_model_alias, name, CHAMPION, best[0])
@@ -183,6 +195,11 @@ def _verdict(version: str, dice: float, floor: Floor, holder: Score | None,
                          f"champion: test Dice {dice:.4f} above the floor {floor.dice:.4f}"
                          + ("" if rival is None else f" and v{rival[0]}'s {rival[1]:.4f}"),
                          rival)
+    if holder[1] is None:
+        return Promotion(version, CHALLENGER, None,
+                         f"challenger: champion v{holder[0]} was tested on another split and "
+                         f"not scored on this one (it changed during this evaluation); run "
+                         f"evaluate again to compare them", None)
     return Promotion(version, CHALLENGER, holder[1],
                      f"challenger: test Dice {dice:.4f} does not beat champion v{holder[0]}'s "
                      f"{holder[1]:.4f} on this split", holder)

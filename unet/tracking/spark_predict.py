@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 
+from unet import serving
 from unet.errors import UserError
 from unet.streaming import CsvSink, Outcome
 
@@ -48,7 +49,9 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
     if not todo:
         return outcome
     spark = session(master)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+    # A batch is one call of the model, which refuses more rows than its limit.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch",
+                   str(min(batch_size, serving.max_rows())))
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local",
                                   params={"format": "rle", "threshold": threshold, "tta": tta})
     parallel = spark.sparkContext.defaultParallelism

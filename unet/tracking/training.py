@@ -119,16 +119,18 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
         print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
               f"{len(data.val_set)} val images, {cfg.epochs} epochs, {precision.name} on "
               f"{precision.device}", flush=True)
-    run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch)
+    run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch,
+               cfg.tracking_wait_min * 60)
     if run is not None:
         log_best_model(cfg, trainer, data.val_set, precision, run)
     return trainer
 
 
 def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
-               on_epoch=None) -> None:
+               on_epoch=None, wait_s: float = 3600) -> None:
     """The fit loop: logs and prints each epoch (rank 0); an interruption logs the last
-    completed epoch's checkpoint and says how to resume; a non-finite loss is one line."""
+    completed epoch's checkpoint and says how to resume; a non-finite loss is one line. At the
+    end, waits up to wait_s for records kept through an outage (Outbox.wait_until_sent)."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
                      classes=trainer.classes)
     outbox = Outbox(run.info.run_id) if run is not None else None
@@ -160,7 +162,8 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
         raise UserError(f"training stopped: {e}. The checkpoint of epoch {trainer.epoch}, "
                         f"the last good one, is kept in {trainer.checkpoint_path}") from None
     if outbox is not None:
-        outbox.wait_until_sent()       # the model and the run's end need the server
+        # The model and the run's end need the server.
+        outbox.wait_until_sent(wait_s)
 
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
