@@ -1,6 +1,7 @@
 """Inference on images of any size: what `evaluate`, the logged model and serving all run."""
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -61,7 +62,17 @@ class Segmenter:
         """The same weights with another test-time augmentation ("auto": this one's)."""
         if tta == "auto" or tta == self.tta:
             return self
-        return Segmenter(self.model, self.image_size, self.precision, tta, self.classes)
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
+        other = copy.copy(self)        # the same weights and runtime (unet.onnx_runtime)
+        other.tta = tta
+        return other
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) normalized input on the model's device -> (B, C, h, w) float32
+        logits. unet.onnx_runtime.OnnxSegmenter runs the same network in ONNX Runtime."""
+        with self.precision.context():
+            return self.model(x).float()
 
     @torch.no_grad()
     def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
@@ -72,8 +83,7 @@ class Segmenter:
         flips = TTA_FLIPS[self.tta]
         total = None
         for dims in flips:
-            with self.precision.context():
-                logits = self.model(x.flip(dims) if dims else x).float()
+            logits = self.logits(x.flip(dims) if dims else x)
             probs = torch.sigmoid(logits[:, :1]) if self.binary else torch.softmax(logits, 1)
             probs = probs.flip(dims) if dims else probs          # flip back
             total = probs if total is None else total + probs
