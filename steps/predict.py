@@ -30,10 +30,10 @@ def predict() -> None:
         if cfg.engine == "spark":
             from unet.tracking.spark_predict import predict_spark
             outcome = predict_spark(cfg.model_uri, job.images, job.sink, cfg.threshold, cfg.tta,
-                                    cfg.batch_size, cfg.spark_master)
+                                    cfg.batch_size, cfg.spark_master, runtime=cfg.runtime)
         else:
-            segmenter = models.load_segmenter(cfg.model_uri).with_tta(cfg.tta)
-            mlflow.set_tag("tta", segmenter.tta)
+            segmenter = models.load_segmenter(cfg.model_uri, cfg.runtime).with_tta(cfg.tta)
+            mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
                                      cfg.batch_size)
         report(run, outcome, job.sink, job.ignored)

@@ -128,7 +128,7 @@ class EvaluateConfig:
     eval_batch_size: int
     tta: str                 # auto (the model's own) | none | hflip | flips
     floor_margin: float      # test Dice must beat the best trivial baseline by this much
-    runtime: str             # auto (the model's default) | torch | onnx | onnx-int8
+    runtime: str             # auto (the model's default) | torch | onnx
     quantize: str            # none | int8 (an int8 ONNX file, kept if its Dice holds)
 
     def validate(self) -> None:
@@ -140,11 +140,11 @@ class EvaluateConfig:
             raise UserError("parameter model_name is empty")
         at_least(self, ("eval_batch_size",), 1)
         check_tta(self.tta)
+        if self.runtime == "onnx-int8":
+            raise UserError("parameter runtime=onnx-int8: evaluate scores the int8 file "
+                            "itself with -P quantize=int8; use auto, torch or onnx")
         check_runtime(self.runtime)
         one_of(self, "quantize", ("none", "int8"))
-        if self.runtime == "onnx-int8" and self.quantize != "int8":
-            raise UserError("parameter runtime=onnx-int8: the model has no int8 file before "
-                            "evaluate makes one; add -P quantize=int8 (or use torch or onnx)")
         if not 0 <= self.floor_margin < 1:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
 

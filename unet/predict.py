@@ -30,6 +30,8 @@ class Segmenter:
     images, each flipped back; the train step keeps TTA only where it measured a gain.
     """
 
+    runtime = "torch"    # what runs the network (unet.onnx_runtime.OnnxSegmenter: onnx, onnx-int8)
+
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
                  tta: str = "none", classes: tuple[str, ...] | None = None):
         if tta not in TTA_FLIPS:

@@ -128,6 +128,19 @@ def default_runtime(model_uri: str) -> str:
     return (mlflow.models.get_model_info(model_uri).metadata or {}).get("runtime", "torch")
 
 
+def runtime_note(model_uri: str, tested_on: str, int8=None) -> str:
+    """The model card's line on runtimes: the default and what it was chosen by, what the test
+    ran on, and the int8 file's fate (a quantize.Int8Result, or None: not tried)."""
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    default = metadata.get("runtime", "torch")
+    timed = ", ".join(f"{k} {v} ms" for k, v in metadata.get("runtime_ms_per_image", {}).items())
+    chosen = (f"the faster per image on {metadata.get('runtime_measured_on', '?')} when it "
+              f"was logged: {timed}" if timed else "logged before ONNX export: torch only")
+    return (f"default `{default}` ({chosen}); tested on `{tested_on}`; "
+            + ("int8: not made (evaluate -P quantize=int8 makes one)" if int8 is None
+               else int8.line) + ". Pick one with param `runtime` (docs/onnx.md).")
+
+
 def add_int8(model_uri: str, int8_file: Path) -> None:
     """Ships an int8 ONNX file with the logged model, beside its fp32 file (the pyfunc finds it
     there: runtime=onnx-int8). Made by evaluate after the model was logged by train."""
