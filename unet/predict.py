@@ -73,6 +73,7 @@ class Segmenter:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) normalized input on the model's device -> (B, C, h, w) float32
         logits. unet.onnx_runtime.OnnxSegmenter runs the same network in ONNX Runtime."""
+        self.model.eval()   # the model may be shared with a Trainer that set train mode
         with self.precision.context():
             return self.model(x).float()
 
@@ -80,7 +81,6 @@ class Segmenter:
     def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
         """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities of the
         object, or with K classes (B, h, w, K) of each class (softmax)."""
-        self.model.eval()   # the model may be shared with a Trainer that set train mode
         x = self.precision.to_device(torch.from_numpy(to_input(batch)))
         flips = TTA_FLIPS[self.tta]
         total = None
