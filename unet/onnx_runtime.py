@@ -68,21 +68,27 @@ def providers() -> list[str]:
         + ["CPUExecutionProvider"]
 
 
-@functools.lru_cache(maxsize=None)
-def session(path: str):
-    """The ONNX Runtime session of the file at `path`, created once per process (a session
-    compiles its graph: ~0.1-1 s; every request after that reuses it)."""
+def new_session(path: str):
+    """A new ONNX Runtime session of the file at `path` (all graph optimizations)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(path, options, providers=providers())
 
 
+@functools.lru_cache(maxsize=None)
+def session(path: str):
+    """The session of the file at `path`, created once per process (a session compiles its
+    graph: ~0.1-1 s; every request after that reuses it)."""
+    return new_session(path)
+
+
 class OnnxSegmenter(Segmenter):
     """A Segmenter whose network runs in ONNX Runtime (fp32 or int8 file); its image size,
     test-time flips and classes are the torch Segmenter's it was made from."""
 
-    def __init__(self, segmenter: Segmenter, path: str | Path, runtime: str = "onnx"):
+    def __init__(self, segmenter: Segmenter, path: str | Path, runtime: str = "onnx",
+                 shared: bool = True):
         self.__dict__.update(segmenter.__dict__)
         # Inputs stay plain fp32 NCHW arrays on the CPU: ONNX Runtime takes them as they are.
         self.precision = Precision(torch.device("cpu"), None, channels_last=False,
@@ -90,7 +96,9 @@ class OnnxSegmenter(Segmenter):
         self.path = str(path)
         self.runtime = runtime
         self.step = 2 ** len(segmenter.model.features)
-        self.session = session(self.path)
+        # shared: the process's one session of this file; else a session of its own, freed
+        # with this object (a file about to be deleted, e.g. timed while a model is logged)
+        self.session = session(self.path) if shared else new_session(self.path)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) float32 -> (B, C, h, w) float32 logits; h, w that are not multiples of

@@ -69,7 +69,8 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
         onnx_file = onnx_runtime.export(segmenter.model, Path(tmp) / onnx_runtime.ONNX_FILE,
                                         segmenter.image_size)
         runtime, ms = onnx_runtime.faster_runtime(
-            {"torch": segmenter, "onnx": onnx_runtime.OnnxSegmenter(segmenter, onnx_file)})
+            {"torch": segmenter,
+             "onnx": onnx_runtime.OnnxSegmenter(segmenter, onnx_file, shared=False)})
         code = Path(tmp) / "code" / "unet"
         code.mkdir(parents=True)
         for name in MODEL_MODULES:
