@@ -3,10 +3,11 @@ int8 file give the torch model's masks; models logged before ONNX still load on 
 from __future__ import annotations
 
 import base64
+import importlib.util
+import io
 import os
 import subprocess
 import sys
-import io
 import tarfile
 from pathlib import Path
 
@@ -249,3 +250,20 @@ def test_evaluate_int8_ships_the_file_only_within_the_dice_tolerance(tracking_ur
     assert not verdict.kept and verdict.line.startswith("int8 not shipped: test Dice")
     local = Path(mlflow.artifacts.download_artifacts(fresh))
     assert not (local / "artifacts" / "segmenter.int8.onnx").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("pyspark") is None,
+                    reason="pyspark is not installed: pip install -e '.[spark]'")
+def test_spark_engine_on_onnx_writes_the_local_engines_onnx_rows(tracking_uri, tmp_path):
+    register_spread_champion()
+    folder = carvana_folder(tmp_path / "cars", images=8, seed=5, size=(320, 478)) / "train"
+    rows = {}
+    for engine in ("local", "spark"):
+        result = mlflow_run("predict", {"input_dir": str(folder), "format": "rle",
+                                        "output_dir": str(tmp_path / engine), "engine": engine,
+                                        "runtime": "onnx", "spark_master": "local[2]"},
+                            tracking_uri, timeout=1200)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows[engine] = (tmp_path / engine / "submission.csv").read_text()
+    assert rows["spark"] == rows["local"] and rows["local"].count("\n") == 9

@@ -2,12 +2,13 @@
 has bf16), ONNX Runtime fp32 and ONNX Runtime int8, for the CPU plan's U-Net (features
 16..128 at 128x192) and the seed-size one (64..512 at 160x240).
 
-    python -m tools.onnx_bench OUT [--images 24] [--train_steps 60] [--models cpu,seed]
+    python -m tools.onnx_bench OUT [--images 24] [--train_steps 60,20] [--models cpu,seed]
 
 Generates a Carvana-like folder (tools.datasets: 1918x1280 dusk cars) under OUT/data, its
 first two thirds of the cars for training and calibration, the rest for the test; trains each
-model briefly in-process (`--train_steps` Adam steps, batch 8: enough for the int8-vs-fp32
-Dice difference to mean something, not a quality run); exports it (unet.onnx_runtime.export)
+model briefly in-process (`--train_steps` Adam steps, batch 8, one count per model: enough
+for the int8-vs-fp32 Dice difference to mean something, not a quality run; 0 leaves the
+weights untrained, for speed figures alone); exports it (unet.onnx_runtime.export)
 and quantizes it (quantize_int8, calibrated on the training images). Then each runtime is
 measured in a fresh process (its own peak RSS): single-image latency of a 1918x1280 image end
 to end (resize, network, resize back; median of `--repeats`), throughput of the network on
@@ -84,7 +85,7 @@ def train(features, size, train_pairs, steps: int, seed: int = 0):
     return model.eval()
 
 
-def prepare(out: Path, images: int, steps: int, names: list[str]) -> dict:
+def prepare(out: Path, images: int, steps: list[int], names: list[str]) -> dict:
     from tools.datasets import carvana_folder
     from unet import onnx_runtime
     from unet.data import load_image
@@ -93,19 +94,19 @@ def prepare(out: Path, images: int, steps: int, names: list[str]) -> dict:
         carvana_folder(data, images, seed=2026)
     train_pairs, _ = split_folder(data)
     made = {}
-    for name in names:
+    for name, count in zip(names, steps):
         features, size = MODELS[name]
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        model = train(features, size, train_pairs, steps)
+        model = train(features, size, train_pairs, count)
         trained = time.perf_counter() - start
         torch.save({"features": list(features), "image_size": list(size),
                     "model": model.state_dict()}, folder / "model.pt")
         onnx_runtime.export(model, folder / "fp32.onnx", size)
         onnx_runtime.quantize_int8(folder / "fp32.onnx", folder / "int8.onnx",
                                    [load_image(p.image) for p in train_pairs], size)
-        made[name] = {"train_seconds": round(trained, 1)}
+        made[name] = {"train_steps": count, "train_seconds": round(trained, 1)}
     return made
 
 
@@ -191,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--train_steps", type=int, default=60)
+    parser.add_argument("--train_steps", default="60,20", help="per model, comma list")
     parser.add_argument("--models", default="cpu,seed")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--measure", nargs=2, metavar=("MODEL", "RUNTIME"), help=argparse.SUPPRESS)
@@ -200,7 +201,8 @@ def main() -> None:
         print(json.dumps(measure(args.out, *args.measure, args.repeats)))
         return
     names = args.models.split(",")
-    made = prepare(args.out, args.images, args.train_steps, names)
+    steps = [int(n) for n in args.train_steps.split(",")]
+    made = prepare(args.out, args.images, steps + steps[-1:] * (len(names) - len(steps)), names)
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     rows = []
     runtimes = [r for r in RUNTIMES if bf16 or r != "torch-bf16"]
@@ -217,7 +219,9 @@ def main() -> None:
     report = {"cpu": cpu_flags(), "bf16": bf16, "torch_threads": torch.get_num_threads(),
               "models": made, "rows": rows}
     (args.out / "onnx_bench.json").write_text(json.dumps(report, indent=2))
-    text = f"CPU: {report['cpu']} ({torch.get_num_threads()} threads)\n\n{table(rows)}\n"
+    trained = ", ".join(f"{n} {m['train_steps']} steps" for n, m in made.items())
+    text = (f"CPU: {report['cpu']} ({torch.get_num_threads()} threads); training: {trained}"
+            f"\n\n{table(rows)}\n")
     (args.out / "onnx_bench.md").write_text(text)
     print(text)
 
