@@ -195,9 +195,9 @@ def old_model(tmp_path: Path, tracking_uri: str) -> str:
               "assert unet.__file__.startswith(sys.argv[1]); mlflow.start_run(); "
               "print(models.log_model(Segmenter(UNet(features=(4, 8)), (16, 24)), "
               "np.zeros((8, 12, 3), np.uint8)))")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "old")], text=True,
-                         capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-                         cwd=tmp_path)
+                         capture_output=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1]
 
