@@ -128,8 +128,9 @@ def segmenter_for(folder: Path, runtime: str):
     return segmenter
 
 
-def measure(out: Path, name: str, runtime: str, repeats: int) -> dict:
-    """One runtime of one model, in this process: latency, throughput, Dice, peak RSS."""
+def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True) -> dict:
+    """One runtime of one model, in this process: latency, throughput, Dice (unless not
+    `dice`: NaN), peak RSS."""
     from PIL import Image
     from unet.evaluation import evaluate_pairs
     segmenter = segmenter_for(out / name, runtime)
@@ -152,7 +153,7 @@ def measure(out: Path, name: str, runtime: str, repeats: int) -> dict:
     # Peak RSS of inference (libraries, weights or session, one photo), before the test set
     # is read at full resolution.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    dice = evaluate_pairs(segmenter, test_pairs, 0.5, 8)["dice"]
+    dice = evaluate_pairs(segmenter, test_pairs, 0.5, 8)["dice"] if dice else float("nan")
     return {"model": name, "runtime": runtime, "latency_ms": 1000 * statistics.median(latencies),
             "images_per_s": 8 / best, "dice": dice, "peak_rss_mb": rss}
 
@@ -195,10 +196,12 @@ def main() -> None:
     parser.add_argument("--train_steps", default="60,20", help="per model, comma list")
     parser.add_argument("--models", default="cpu,seed")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no_dice", action="store_true",
+                        help="skip the test Dice (untrained weights: speed figures only)")
     parser.add_argument("--measure", nargs=2, metavar=("MODEL", "RUNTIME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.out, *args.measure, args.repeats)))
+        print(json.dumps(measure(args.out, *args.measure, args.repeats, not args.no_dice)))
         return
     names = args.models.split(",")
     steps = [int(n) for n in args.train_steps.split(",")]
@@ -211,7 +214,8 @@ def main() -> None:
         for runtime in runtimes:
             result = subprocess.run(
                 [sys.executable, "-m", "tools.onnx_bench", str(args.out), "--repeats",
-                 str(args.repeats), "--measure", name, runtime],
+                 str(args.repeats), "--measure", name, runtime]
+                + (["--no_dice"] if args.no_dice else []),
                 cwd=ROOT, capture_output=True, text=True, check=True)
             rows.append(json.loads(result.stdout.strip().splitlines()[-1])
                         | {"interleaved_images_per_s": turns[runtime]})
