@@ -12,7 +12,7 @@ from unet.classes import load_class_map
 from unet.data import load_mask
 from unet.errors import UserError
 from unet.evaluation import evaluate_pairs
-from unet.tracking import models, registry, reports, runs, splits
+from unet.tracking import models, quantize, registry, reports, runs, splits
 
 
 def evaluate() -> None:
@@ -27,8 +27,12 @@ def evaluate() -> None:
         mlflow.set_tags({"split_run_id": split.run_id, "train_run_id": train_run.info.run_id})
         splits.log_split_inputs(split, ("test",))
         model_uri = train_run.data.tags["model_uri"]
-        metrics = test_model(cfg, model_uri, split.subsets["test"], Path(tmp) / "predictions")
+        metrics, runtime = test_model(cfg, model_uri, split.subsets["test"],
+                                      Path(tmp) / "predictions")
         labels = check_labels(cfg, model_uri, split, Path(tmp) / "labels")
+        int8 = (quantize.try_int8(model_uri, split.subsets, cfg,
+                                  metrics["dice"] if runtime == "onnx" else None)
+                if cfg.quantize == "int8" else None)
         floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin,
                                    split.classes)
 
@@ -43,7 +47,8 @@ def evaluate() -> None:
                                                   score_champion, floor)
         registry.describe(cfg.model_name, promotion.version,
                           reports.model_card(split, metrics, floor, promotion, train_run,
-                                             labels))
+                                             labels,
+                                             models.runtime_note(model_uri, runtime, int8)))
         announce(run, cfg.model_name, metrics, promotion)
 
 
@@ -58,18 +63,20 @@ def announce(run, name: str, metrics: dict, promotion: registry.Promotion) -> No
           f"{promotion.version} -> {alias}: {promotion.reason}")
 
 
-def test_model(cfg: config.EvaluateConfig, model_uri: str, test: list, out_dir: Path) -> dict:
-    """Scores the model on the test pairs at full resolution and logs the metrics and the
-    predictions (masks, overlays, panels, per-image CSV)."""
-    segmenter = models.load_segmenter(model_uri).with_tta(cfg.tta)
-    mlflow.set_tag("tta", segmenter.tta)
+def test_model(cfg: config.EvaluateConfig, model_uri: str, test: list, out_dir: Path
+               ) -> tuple[dict, str]:
+    """Scores the model on the test pairs at full resolution on cfg.runtime and logs the
+    metrics and the predictions (masks, overlays, panels, per-image CSV); returns the metrics
+    and the runtime it ran on."""
+    segmenter = models.load_segmenter(model_uri, cfg.runtime).with_tta(cfg.tta)
+    mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
     start = time.perf_counter()
     metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir)
     mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     # Full resolution end to end: decode, predict, score, write the prediction files.
     mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
     mlflow.log_artifacts(str(out_dir), "predictions")
-    return metrics
+    return metrics, segmenter.runtime
 
 
 def check_labels(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path) -> str:

@@ -36,10 +36,10 @@ def predict() -> None:
             os.environ[serving.MAX_PIXELS_ENV] = f"{cfg.max_megapixels:g}"
             from unet.tracking.spark_predict import predict_spark
             outcome = predict_spark(model, job.images, job.sink, cfg.threshold, cfg.tta,
-                                    cfg.batch_size, cfg.spark_master)
+                                    cfg.batch_size, cfg.spark_master, runtime=cfg.runtime)
         else:
-            segmenter = models.load_segmenter(model).with_tta(cfg.tta)
-            mlflow.set_tag("tta", segmenter.tta)
+            segmenter = models.load_segmenter(model, cfg.runtime).with_tta(cfg.tta)
+            mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
                                      cfg.batch_size, max_pixels=int(cfg.max_megapixels * 1e6))
         report(run, outcome, job.sink, job.ignored)

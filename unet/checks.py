@@ -7,6 +7,7 @@ from unet.errors import UserError
 AUTO = "auto"
 LOSSES = ("bce_dice", "bce")              # unet.losses
 TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # unet.onnx_runtime.RUNTIMES
 
 
 def at_least(config, names: tuple[str, ...], low: int) -> None:
@@ -24,3 +25,8 @@ def one_of(config, name: str, options: tuple) -> None:
 def check_tta(tta: str) -> None:
     if tta != AUTO and tta not in TTA_MODES:
         raise UserError(f"parameter tta={tta}: use auto, {', '.join(TTA_MODES)}")
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime != AUTO and runtime not in RUNTIMES:
+        raise UserError(f"parameter runtime={runtime}: use auto, {', '.join(RUNTIMES)}")

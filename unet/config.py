@@ -13,7 +13,7 @@ from typing import Any, get_type_hints
 import yaml
 
 # AUTO and LOSSES are also read as config.AUTO, config.LOSSES by the steps and the library.
-from unet.checks import AUTO, LOSSES, at_least, check_tta, one_of  # noqa: F401
+from unet.checks import AUTO, LOSSES, at_least, check_runtime, check_tta, one_of  # noqa: F401
 from unet.transforms import APPEARANCES
 from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
@@ -142,6 +142,8 @@ class EvaluateConfig:
     eval_batch_size: int
     tta: str                 # auto (the model's own) | none | hflip | flips
     floor_margin: float      # test Dice must beat the best trivial baseline by this much
+    runtime: str             # auto (the model's default) | torch | onnx
+    quantize: str            # none | int8 (an int8 ONNX file, kept if its Dice holds)
     label_quality: bool = True      # score every mask of the split (unet.label_quality)
     label_threshold: float = 0.3    # a score above this flags a mask
 
@@ -154,6 +156,11 @@ class EvaluateConfig:
             raise UserError("parameter model_name is empty")
         at_least(self, ("eval_batch_size",), 1)
         check_tta(self.tta)
+        if self.runtime == "onnx-int8":
+            raise UserError("parameter runtime=onnx-int8: evaluate scores the int8 file "
+                            "itself with -P quantize=int8; use auto, torch or onnx")
+        check_runtime(self.runtime)
+        one_of(self, "quantize", ("none", "int8"))
         if not 0 <= self.floor_margin < 1:
             raise UserError(f"parameter floor_margin={self.floor_margin}: must be in [0, 1)")
         if not 0 < self.label_threshold <= 1:

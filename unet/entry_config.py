@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from unet.checks import at_least, check_tta, one_of
+from unet.checks import at_least, check_runtime, check_tta, one_of
 from unet.errors import UserError
 
 TUNNELS = ("none", "ngrok")
@@ -24,9 +24,11 @@ class PredictConfig:
     engine: str              # local | spark (mlflow.pyfunc.spark_udf; format rle)
     spark_master: str        # engine=spark: e.g. local[*]
     max_megapixels: float    # an image declaring more pixels is refused before it is decoded
+    runtime: str             # auto (the model's default) | torch | onnx | onnx-int8
 
     def validate(self) -> None:
         check_tta(self.tta)
+        check_runtime(self.runtime)
         for name in ("model_uri", "output_dir"):    # input_dir/input_list: unet.folder
             if not getattr(self, name).strip():
                 raise UserError(f"parameter {name} is missing")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,8 @@ class Segmenter:
     (or "flips": horizontal, vertical and both) the probabilities are averaged over the flipped
     images, each flipped back; the train step keeps TTA only where it measured a gain.
     """
+
+    runtime = "torch"    # what runs the network (unet.onnx_runtime.OnnxSegmenter: onnx, onnx-int8)
 
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
                  tta: str = "none", classes: tuple[str, ...] | None = None):
@@ -63,19 +66,28 @@ class Segmenter:
         """The same weights with another test-time augmentation ("auto": this one's)."""
         if tta == "auto" or tta == self.tta:
             return self
-        return Segmenter(self.model, self.image_size, self.precision, tta, self.classes)
+        if tta not in TTA_FLIPS:
+            raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
+        other = copy.copy(self)        # the same weights and runtime (unet.onnx_runtime)
+        other.tta = tta
+        return other
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) normalized input on the model's device -> (B, C, h, w) float32
+        logits. unet.onnx_runtime.OnnxSegmenter runs the same network in ONNX Runtime."""
+        self.model.eval()   # the model may be shared with a Trainer that set train mode
+        with self.precision.context():
+            return self.model(x).float()
 
     @torch.no_grad()
     def probabilities_resized(self, batch: np.ndarray) -> np.ndarray:
         """(B, h, w, 3) uint8 at the training size -> (B, h, w) float32 probabilities of the
         object, or with K classes (B, h, w, K) of each class (softmax)."""
-        self.model.eval()   # the model may be shared with a Trainer that set train mode
         x = self.precision.to_device(torch.from_numpy(to_input(batch)))
         flips = TTA_FLIPS[self.tta]
         total = None
         for dims in flips:
-            with self.precision.context():
-                logits = self.model(x.flip(dims) if dims else x).float()
+            logits = self.logits(x.flip(dims) if dims else x)
             probs = torch.sigmoid(logits[:, :1]) if self.binary else torch.softmax(logits, 1)
             probs = probs.flip(dims) if dims else probs          # flip back
             total = probs if total is None else total + probs

@@ -9,6 +9,9 @@ at the image's own size; base64 text over HTTP; a model of K > 2 classes gives t
 pixel values 0..K-1, its class names in the model's metadata `classes`), `height`, `width`, and with
 params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
 Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
+Param `runtime` ("auto": the model's default, its metadata `runtime`; "torch"; "onnx": the
+same network in ONNX Runtime, fp32; "onnx-int8" where evaluate kept an int8 file) picks what
+runs the network; inputs and outputs are the same on each (unet.onnx_runtime).
 
 With params {"format": "rle"} (what predict's Spark engine asks for: a Spark UDF returns
 strings, not images) the output is `rle_mask` (unet.rle: Kaggle Carvana run-length encoding
@@ -27,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -37,6 +41,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from unet import rle
+from unet.onnx_runtime import INT8_FILE, RUNTIMES, with_runtime
 from unet.predict import (MAX_PIXELS, TTA_FLIPS, NotAnImage, Segmenter, UnreadableImage,
                           encode_png, read_for_model, read_image)
 
@@ -105,11 +110,35 @@ def as_image(index: int, cell: Any) -> np.ndarray:
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
     """A Segmenter (UNet + its training preprocessing) behind the image interface above.
-    Params: `threshold` (default 0.5) cuts the probabilities; `return_probabilities`."""
+    Params: `threshold` (default 0.5) cuts the probabilities; `return_probabilities`;
+    `runtime` (unet.onnx_runtime: torch, onnx or onnx-int8; auto: the model's default)."""
 
     def load_context(self, context) -> None:
         state = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=True)
         self.segmenter = Segmenter.from_state(state)
+        # A model logged before ONNX carries segmenter.pt only: it runs on torch.
+        self.files = {}
+        if "onnx" in context.artifacts:
+            fp32 = Path(context.artifacts["onnx"])
+            self.files["onnx"] = str(fp32)
+            if (fp32.parent / INT8_FILE).is_file():   # added by evaluate -P quantize=int8
+                self.files["onnx-int8"] = str(fp32.parent / INT8_FILE)
+        self.default_runtime = (context.model_config or {}).get("runtime", "torch")
+        self.on_runtime("auto")          # its session is made now, not on the first request
+
+    def on_runtime(self, runtime: str) -> Segmenter:
+        """The segmenter on `runtime` ("auto": the model's default); `invalid` if the model
+        carries no file for it."""
+        runtime = self.default_runtime if runtime == "auto" else runtime
+        if runtime not in RUNTIMES:
+            raise invalid(f"param runtime={runtime}: use auto, {', '.join(RUNTIMES)}")
+        if runtime != "torch" and runtime not in self.files:
+            why = ("evaluate keeps an int8 file only with -P quantize=int8 and a test Dice "
+                   "within 0.005 of fp32" if runtime == "onnx-int8" and self.files
+                   else "the model was logged before ONNX export existed")
+            raise invalid(f"param runtime={runtime}: this model carries no file for it ({why}); "
+                          f"use {' or '.join(['torch', *self.files])}")
+        return with_runtime(self.segmenter, runtime, self.files)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
@@ -124,7 +153,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         fmt = str(params.get("format", "png"))
         if fmt not in FORMATS:
             raise invalid(f"param format={fmt}: use png or rle")
-        segmenter = self.segmenter.with_tta(tta)
+        segmenter = self.on_runtime(str(params.get("runtime", "auto"))).with_tta(tta)
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
         if len(model_input) > max_rows():

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from unet import onnx_runtime
 from unet.errors import UserError
 from unet.predict import Segmenter, encode_png
 from unet.secrets import mask
@@ -29,9 +30,12 @@ MODEL_NAME_IN_RUN = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
-MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py", "precision.py",
-                 "predict.py", "rle.py", "serving.py", "transforms.py")
-MODEL_REQUIREMENTS = ["torch==2.13.0", "numpy", "pillow", "opencv-python-headless", "albumentations"]
+MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py",
+                 "onnx_runtime.py", "precision.py", "predict.py", "rle.py", "serving.py",
+                 "transforms.py")
+# onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
+MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
+                      "opencv-python-headless", "albumentations"]
 
 
 SIGNATURE = ModelSignature(
@@ -46,7 +50,9 @@ SIGNATURE = ModelSignature(
     params=ParamSchema([ParamSpec("threshold", DataType.double, DEFAULT_THRESHOLD),
                         ParamSpec("return_probabilities", DataType.boolean, False),
                         ParamSpec("tta", DataType.string, "auto"),
-                        ParamSpec("format", DataType.string, "png")]),
+                        ParamSpec("format", DataType.string, "png"),
+                        # auto: the model's default (its metadata `runtime`)
+                        ParamSpec("runtime", DataType.string, "auto")]),
 )
 
 
@@ -55,24 +61,39 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
 
     `example` (H, W, 3) uint8 is stored, as PNG bytes, as the input example. The modules of
     the unet package that inference needs (MODEL_MODULES) travel with the model (code_paths),
-    so it loads where this project is not installed.
+    so it loads where this project is not installed. The same network goes along as ONNX
+    (unet.onnx_runtime); the runtime measured faster here becomes the default (metadata
+    `runtime`, and model_config, which the pyfunc reads).
     """
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "segmenter.pt"
         torch.save(segmenter.to_state(), weights)
+        onnx_file = onnx_runtime.export(segmenter.model, Path(tmp) / onnx_runtime.ONNX_FILE,
+                                        segmenter.image_size)
+        runtime, ms = onnx_runtime.faster_runtime(
+            {"torch": segmenter,
+             "onnx": onnx_runtime.OnnxSegmenter(segmenter, onnx_file, shared=False)})
         code = Path(tmp) / "code" / "unet"
         code.mkdir(parents=True)
         for name in MODEL_MODULES:
             shutil.copyfile(PACKAGE_DIR / name, code / name)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
-            artifacts={"segmenter": str(weights)}, code_paths=[str(code)],
-            signature=SIGNATURE,
-            metadata={"classes": list(segmenter.classes or ("background", "foreground"))},
+            artifacts={"segmenter": str(weights), "onnx": str(onnx_file)},
+            code_paths=[str(code)], signature=SIGNATURE, model_config={"runtime": runtime},
+            metadata={"classes": list(segmenter.classes or ("background", "foreground")),
+                      "runtime": runtime, "runtime_ms_per_image": ms,
+                      "runtime_measured_on": machine(segmenter)},
             input_example=pd.DataFrame({INPUT_COLUMN: [encode_png(example)]}),
             pip_requirements=MODEL_REQUIREMENTS)
     mlflow.set_tag("model_uri", info.model_uri)
     return info.model_uri
+
+
+def machine(segmenter: Segmenter) -> str:
+    """Where the runtimes were timed, e.g. "cpu (torch bf16)": the torch side runs in the
+    precision this machine picks (bf16 where the CPU has it), the ONNX side in fp32."""
+    return f"{segmenter.precision.device.type} (torch {segmenter.precision.name})"
 
 
 def unloadable(model_uri: str, error: Exception) -> UserError:
@@ -107,10 +128,41 @@ def classes_of(model_uri: str) -> list[str]:
     return list(metadata.get("classes") or ("background", "foreground"))
 
 
-def load_segmenter(model_uri: str) -> Segmenter:
-    """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc)."""
+def load_segmenter(model_uri: str, runtime: str = "auto") -> Segmenter:
+    """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc), on
+    `runtime` (auto: the model's default; torch for a model logged before ONNX existed)."""
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as e:
         raise unloadable(model_uri, e) from None
-    return model.unwrap_python_model().segmenter
+    try:
+        return model.unwrap_python_model().on_runtime(runtime)
+    except MlflowException as e:
+        raise UserError(f"{e.message.replace('param ', 'parameter ', 1)} ({model_uri})") from None
+
+
+def default_runtime(model_uri: str) -> str:
+    """The runtime a logged model runs on by default (torch for models before ONNX)."""
+    return (mlflow.models.get_model_info(model_uri).metadata or {}).get("runtime", "torch")
+
+
+def runtime_note(model_uri: str, tested_on: str, int8=None) -> str:
+    """The model card's line on runtimes: the default and what it was chosen by, what the test
+    ran on, and the int8 file's fate (a quantize.Int8Result, or None: not tried)."""
+    metadata = mlflow.models.get_model_info(model_uri).metadata or {}
+    default = metadata.get("runtime", "torch")
+    timed = ", ".join(f"{k} {v} ms" for k, v in metadata.get("runtime_ms_per_image", {}).items())
+    chosen = (f"the faster per image on {metadata.get('runtime_measured_on', '?')} when it "
+              f"was logged: {timed}" if timed else "logged before ONNX export: torch only")
+    return (f"default `{default}` ({chosen}); tested on `{tested_on}`; "
+            + ("int8: not made (evaluate -P quantize=int8 makes one)" if int8 is None
+               else int8.line) + ". Pick one with param `runtime` (docs/onnx.md).")
+
+
+def add_int8(model_uri: str, int8_file: Path) -> None:
+    """Ships an int8 ONNX file with the logged model, beside its fp32 file (the pyfunc finds it
+    there: runtime=onnx-int8). Made by evaluate after the model was logged by train."""
+    model_id = mlflow.models.get_model_info(model_uri).model_id
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(int8_file, Path(tmp) / onnx_runtime.INT8_FILE)
+        mlflow.MlflowClient().log_model_artifacts(model_id, tmp, "artifacts")

@@ -64,9 +64,10 @@ def log_epoch(outbox, result, checkpoint: Path, samples: np.ndarray) -> None:
 
 
 def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
-               labels: str = "") -> str:
+               labels: str = "", runtime: str = "") -> str:
     """A model version's description: its data, test scores next to the trivial baselines and
-    the previous champion, the plan it was trained with, and where its pictures are."""
+    the previous champion, the plan it was trained with, its runtimes (`runtime`: one line,
+    unet.tracking.models.runtime_note) and where its pictures are."""
     sizes = ", ".join(f"{len(pairs)} {name}" for name, pairs in split.subsets.items())
     source = "the built-in generated set" if split.builtin else f"`{split.data_dir}`"
     p = train_run.data.params
@@ -89,6 +90,7 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"{value('lr_schedule')}, {value('epochs')} epochs x {value('steps_per_epoch')} steps, "
         f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')} "
         f"(train run `{train_run.info.run_id}`, its `plan.txt`).",
+        *([f"**Runtime**: {runtime}"] if runtime else []),
         "**Pictures**: per-epoch validation samples in the train run (image key `samples`); "
         "test panels (image | truth | prediction | overlay) in the evaluate run's "
         "`predictions/panels/`.",
