@@ -143,13 +143,7 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
         start = time.perf_counter()
         next(segmenter.probabilities([photo]))
         latencies.append(time.perf_counter() - start)
-    batch = np.zeros((8, *segmenter.image_size, 3), np.uint8)
-    segmenter.probabilities_resized(batch)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        segmenter.probabilities_resized(batch)
-        best = min(best, time.perf_counter() - start)
+    best = onnx_runtime.seconds_per_batch(segmenter, 8, repeats)
     # Peak RSS of inference (libraries, weights or session, one photo), before the test set
     # is read at full resolution.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
