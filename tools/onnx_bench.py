@@ -133,6 +133,7 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
     `dice`: NaN), peak RSS."""
     from PIL import Image
     from unet.evaluation import evaluate_pairs
+    from unet.onnx_runtime import seconds_per_batch
     segmenter = segmenter_for(out / name, runtime)
     _, test_pairs = split_folder(out / "data")
     with Image.open(test_pairs[0].image) as image:
@@ -143,7 +144,7 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
         start = time.perf_counter()
         next(segmenter.probabilities([photo]))
         latencies.append(time.perf_counter() - start)
-    best = onnx_runtime.seconds_per_batch(segmenter, 8, repeats)
+    best = seconds_per_batch(segmenter, 8, repeats)
     # Peak RSS of inference (libraries, weights or session, one photo), before the test set
     # is read at full resolution.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
