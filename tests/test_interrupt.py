@@ -103,10 +103,12 @@ def test_kill_9_in_epoch_2_then_resume_finishes_like_an_uninterrupted_run(tracki
     assert final == reference                              # the same run: bitwise on CPU
     ends = [torch.load(ROOT / "checkpoints" / run_id / "last.pt", weights_only=True)
             for run_id in (whole_id, resumed_id)]
-    for key in ("model", "best_model"):
-        assert ends[0][key].keys() == ends[1][key].keys()
-        for name, tensor in ends[0][key].items():
-            assert torch.equal(tensor, ends[1][key][name]), (key, name)
+    assert ends[0]["average"]["updates"] == ends[1]["average"]["updates"] > 0
+    for state in (lambda end: end["model"], lambda end: end["kept_model"],
+                  lambda end: end["average"]["model"]):     # trained, kept, averaged weights
+        assert state(ends[0]).keys() == state(ends[1]).keys()
+        for name, tensor in state(ends[0]).items():
+            assert torch.equal(tensor, state(ends[1])[name]), name
     assert ends[0]["optimizer"]["state"].keys() == ends[1]["optimizer"]["state"].keys()
     for k, moments in ends[0]["optimizer"]["state"].items():
         assert all(torch.equal(v, ends[1]["optimizer"]["state"][k][n]) for n, v in moments.items())
