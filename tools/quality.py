@@ -1,7 +1,7 @@
 """Quality that holds: each folder trained with several seeds, as a user runs the pipeline, on
 folders the defaults were not tuned on; worst and median test Dice per folder, never the best.
 
-    python -m tools.quality OUT [--folders car8,car24,car64,cells96,parts8] [--seeds 1,2,3]
+    python -m tools.quality OUT [--folders quick,car8,car24,car64,cells96,parts8] [--seeds 1,2,3]
                                 [--set name=value ...] [--json FILE]
 
 For each folder (generated into OUT/data once, see tools/datasets.py) the split is made once
@@ -30,8 +30,9 @@ import torch
 from tools import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
-# name -> (how to make it, layout parameters)
+# name -> (how to make it, layout parameters); "quick" is the built-in set of the quick start
 FOLDERS = {
+    "quick": (None, {"data_dir": "synthetic"}),
     "car8": (lambda out, seed: datasets.carvana_folder(out, 128, seed, views=16,
                                                       unseen_paints=True),
              datasets.CARVANA_LAYOUT),
@@ -146,8 +147,10 @@ def main() -> None:
     results = []
     for name in args.folders.split(","):
         make, layout = FOLDERS[name]
-        folder = generated(args.out / "data" / name, lambda f: make(f, args.data_seed))
-        split_id = mlflow_run("split_data", {"data_dir": folder, **layout}, store,
+        if make is not None:
+            layout = {"data_dir": generated(args.out / "data" / name,
+                                            lambda f: make(f, args.data_seed)), **layout}
+        split_id = mlflow_run("split_data", layout, store,
                               args.out / f"{name}-split.log")
         for seed in (int(s) for s in args.seeds.split(",")):
             try:
