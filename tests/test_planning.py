@@ -31,7 +31,7 @@ def test_rules_are_the_ones_params_yaml_states():
     assert (RULES["lr"], RULES["min_steps"], RULES["max_passes"]) == (2e-3, 250, 100)
     assert (RULES["min_rounds"], RULES["max_rounds"], RULES["round_overhead_seconds"]) == (10, 30, 1.0)
     assert (RULES["warmup_fraction"], RULES["max_warmup"], RULES["average_fraction"]) == (0.05, 100, 0.05)
-    assert (RULES["min_budget_steps"], RULES["min_crop_share"]) == (0, 0.5)     # crops: off
+    assert (RULES["min_budget_steps"], RULES["narrower_factors"]) == (1000, [0.75, 0.5])
     assert RULES["bn_recalibration"] == 64
 
 
@@ -111,7 +111,8 @@ def test_small_objects_keep_their_size_and_one_given_side_keeps_the_aspect():
 
 def test_the_gpu_rules_and_the_batch_for_several_processes():
     gpu = Machine("cuda", bf16=True, cores=16, gpu_memory_gb=80)
-    p, _ = plan(carvana(train=2000, val=400), machine=gpu)
+    # (a 10-minute budget buys (600 - 10 * 12.6) / 0.2 = 2370 >= 1000 steps: widths kept)
+    p, _ = plan(carvana(train=2000, val=400), machine=gpu, budget=10.0)
     assert p.values["features"] == (32, 64, 128, 256) and p.values["batch_size"] == 16
     assert p.values["lr"] == pytest.approx(2e-3 * math.sqrt(2))
     assert (p.values["image_height"], p.values["image_width"]) == (256, 384)
@@ -119,40 +120,39 @@ def test_the_gpu_rules_and_the_batch_for_several_processes():
     assert few.values["batch_size"] == 6            # min(8, 9 // 2) = 4, up to a multiple of 3
 
 
-def test_a_slow_machine_trains_on_smaller_crops_of_the_same_input():
-    RULES = {**config.read_params()["plan"], "min_budget_steps": 800}    # the rule turned on
-    """30 steps per pass, rounds of (12 + 64) / 40 + 1 = 2.9 s. At 0.5 s per step on 128x192
-    the budget settles at 501 steps ((300 - 30 * 2.9) / 0.5 = 426 -> 14 rounds -> 518 -> 17
-    rounds -> 501): fewer than min_budget_steps (800). Crops of max(0.5, 501 / 800) = 0.626
-    of the pixels: 15391 px with the aspect 1.5 -> sqrt(15391 / 1.5) = 101.3 -> 96 x 144,
-    measured again."""
+def test_a_slow_machine_trains_a_narrower_network():
+    """30 steps per pass, rounds of (12 + 64) / 40 + 1 = 2.9 s. At 0.5 s per step at features
+    16..128 the budget settles at 501 steps ((300 - 30 * 2.9) / 0.5 = 426 -> 14 rounds -> 518
+    -> 17 rounds -> 501): fewer than min_budget_steps (1000). Features x0.75 = 12..96 cost
+    0.5 * 0.75^2 = 0.28125 s: 788 steps, still fewer; x0.5 = 8..64 cost 0.125 s:
+    (300 - 30 * 2.9) / 0.125 = 1704 steps (30 rounds of 57) >= 1000, kept."""
     calls = []
 
     def measure(features, patch, size, batch):
-        calls.append(patch)
-        # a step costs its pixels; the probe found NCHW faster here
-        return Speed(0.5 * patch[0] * patch[1] / 24576, 40.0, channels_last=False)
+        calls.append(features)
+        # a step costs the square of the width; the probe found NCHW faster here
+        return Speed(0.5 * (features[0] / 16) ** 2, 40.0, channels_last=False)
     p = make_plan(carvana(train=240, val=12), Machine("cpu", False, 2), 5.0, {}, RULES,
                   measure=measure)
     v = p.values
-    assert calls == [(128, 192), (96, 144)]
-    assert (v["image_height"], v["image_width"]) == (128, 192)      # predicted at this size
-    assert (v["patch_height"], v["patch_width"]) == (96, 144)
-    # 0.28125 s per step: 757 -> 25 rounds -> 808 -> 27 rounds -> 788 steps, rounds of a pass
-    # (30 steps): round(788 / 30) = 26 rounds
-    assert (v["epochs"], v["steps_per_epoch"]) == (26, 30)
+    assert calls == [(16, 32, 64, 128), (12, 24, 48, 96), (8, 16, 32, 64)]
+    assert v["features"] == (8, 16, 32, 64)
+    assert (v["image_height"], v["image_width"]) == (128, 192)      # the input is kept
+    assert (v["patch_height"], v["patch_width"]) == (128, 192)
+    assert (v["epochs"], v["steps_per_epoch"]) == (30, 57)
     assert v["memory_format"] == "contiguous"
-    assert "501 steps in the budget (< 800); 96x144 crops of the same input get 788" in p.to_text()
-    # A fast machine keeps whole inputs: 1065 steps >= 800.
+    assert ("501 steps in the budget at features 16,32,64,128 (500 ms per step; < 1000); "
+            "features 8,16,32,64 get 1704 (125 ms)") in p.to_text()
+    # A fast machine keeps the planned width: 1065 steps >= 1000.
     fast, calls = plan(carvana(train=240, val=12))
-    assert (fast.values["patch_height"], fast.values["patch_width"]) == (128, 192)
+    assert fast.values["features"] == (16, 32, 64, 128)
     assert calls == [((16, 32, 64, 128), (128, 192), (128, 192), 8)]
     assert fast.values["memory_format"] == "channels_last"
-    # A machine so slow that the minimum of 250 steps overruns the budget: crops of half the
-    # input (the floor), which is what 250 steps there cost least.
-    def crawl(features, patch, size, batch):
-        return Speed(2.0 * patch[0] * patch[1] / 24576, 40.0)
-    slow = make_plan(carvana(train=240, val=12), Machine("cpu", False, 2), 5.0, {}, RULES,
-                     measure=crawl)
-    assert (slow.values["patch_height"], slow.values["patch_width"]) == (96, 144)
-    assert slow.values["epochs"] * slow.values["steps_per_epoch"] >= 250
+    # Widths the user gave are never changed; nor where all a small folder needs (100 passes)
+    # fits the budget.
+    given = make_plan(carvana(train=240, val=12), Machine("cpu", False, 2), 5.0,
+                      {"features": (16, 32, 64, 128)}, RULES, measure=measure)
+    assert given.values["features"] == (16, 32, 64, 128)
+    small = make_plan(carvana(train=16, val=4), Machine("cpu", False, 2), 5.0, {}, RULES,
+                      measure=measure)
+    assert small.values["features"] == (16, 32, 64, 128)     # 100 passes x 2 steps = 200 -> 250
