@@ -94,6 +94,33 @@ def register_untrained_champion(name: str = "unet-carvana") -> str:
     return f"models:/{name}@{registry.CHAMPION}"
 
 
+@contextlib.contextmanager
+def model_server(store_dir: Path, register: Callable[[], str]):
+    """(url, server pid, model_uri): the model that `register()` puts into a private store in
+    `store_dir`, served by the real `mlflow models serve` on a free port of 127.0.0.1, which
+    reads the registry from that store; stopped by its PID on exit."""
+    import mlflow
+
+    from unet import ui
+
+    store = f"sqlite:///{store_dir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    model_uri = register()
+    port = free_port()
+    server = ui.start_server(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ui.wait_until_up(server, f"{url}/ping")
+        yield url, server.pid, model_uri
+    finally:
+        ui.stop_server(server)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(None)
+
+
 def answers(url: str) -> Callable[[], bool]:
     """A readiness check: `url` answers 200."""
     def check() -> bool:

@@ -18,10 +18,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import ROOT, TINY, free_port, mlflow_run
+from conftest import ROOT, TINY, mlflow_run, model_server
 from test_serving import encoded, photo, post, request_for
 from tools.datasets import carvana_folder
-from unet import rle, ui
+from unet import rle
 from unet.errors import UserError
 from unet.model import UNet
 from unet.predict import Segmenter, read_for_model, read_image
@@ -85,22 +85,9 @@ def register_spread_champion(name: str = "unet-carvana") -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(url, model_uri): an untrained champion (with its ONNX file) served on a free port."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(store)
-    model_uri = register_spread_champion()
-    port = free_port()
-    server = ui.start_server(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
-    os.environ["MLFLOW_TRACKING_URI"] = store
-    try:
-        url = f"http://127.0.0.1:{port}"
-        ui.wait_until_up(server, f"{url}/ping")
+    with model_server(tmp_path_factory.mktemp("store"), register_spread_champion) as served:
+        url, _, model_uri = served
         yield url, model_uri
-    finally:
-        ui.stop_server(server)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        mlflow.set_tracking_uri(None)
 
 
 def test_the_server_answers_one_jpeg_with_the_same_mask_on_torch_and_onnx(served):

@@ -4,9 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import statistics
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,8 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import free_port, register_untrained_champion
-from unet import ui
+from conftest import model_server, register_untrained_champion
 from unet.predict import read_image
 from unet.serving import decode_mask
 from unet.tracking import models
@@ -59,22 +56,8 @@ def request_for(*files: bytes, **params) -> dict:
 def served_pid(tmp_path_factory):
     """(url, server pid, model_uri): an untrained champion in a private store, served on a free
     port."""
-    store = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    mlflow.set_tracking_uri(store)
-    model_uri = register_untrained_champion()
-    port = free_port()
-    server = ui.start_server(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
-    os.environ["MLFLOW_TRACKING_URI"] = store   # the server reads the registry from it
-    try:
-        url = f"http://127.0.0.1:{port}"
-        ui.wait_until_up(server, f"{url}/ping")
-        yield url, server.pid, model_uri
-    finally:
-        ui.stop_server(server)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        mlflow.set_tracking_uri(None)
+    with model_server(tmp_path_factory.mktemp("store"), register_untrained_champion) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
