@@ -242,28 +242,30 @@ def fit_width_to_machine(v: dict, speed: Speed, steps: int, why: str, natural: i
                          rules: dict, measure, steps_in_budget,
                          notes: list[str]) -> tuple[Speed, int, str]:
     """On a machine whose budget buys fewer than `min_budget_steps` steps at the planned
-    widths (a CPU without bf16 runs a step in fp32 at about twice the time), a narrower
-    network: the widths times each of `narrower_factors` in turn, timed, the widest that buys
-    them (else the narrowest). A step costs about the square of the width, and on the quick
-    start's folder without bf16, 8..64 on 1890 steps reached test Dice 0.9755 where 16..128 on
-    455 steps reached 0.9562. A small folder wants no more than max_passes over it. Returns
-    the (speed, steps, why) in effect."""
+    widths, a narrower network: the widths times each of `narrower_factors` in turn, timed,
+    the widest that buys them (else the narrowest). A step costs about the square of the
+    width, and at a 5-minute budget more steps of a narrower network won: on the quick start's
+    folder without bf16 (fp32), 16..128 on 455 steps reached test Dice 0.9562, 12..96 on 840
+    0.9711, 8..64 on 1890 0.9755; with bf16, 16..128 on ~990 steps 0.9737, 8..64 on 2220
+    0.9749. A small folder wants no more than max_passes over it. Returns the (speed, steps,
+    why) in effect."""
     wanted = min(rules["min_budget_steps"], rules["max_passes"] * natural)
     if steps >= wanted:
         return speed, steps, why
-    planned, before = v["features"], (speed, steps, why)
+    def tried(steps: int, speed: Speed) -> str:
+        return (f"{','.join(map(str, v['features']))}: {steps} "
+                f"({speed.seconds_per_step * 1000:.0f} ms a step)")
+    planned, widths = v["features"], [tried(steps, speed)]
     for factor in rules["narrower_factors"]:
-        features = narrower(planned, factor)
-        speed = measure(features, (v["patch_height"], v["patch_width"]),
+        v["features"] = narrower(planned, factor)
+        speed = measure(v["features"], (v["patch_height"], v["patch_width"]),
                         (v["image_height"], v["image_width"]), v["batch_size"])
         steps, why, _ = steps_in_budget(speed)
-        v["features"] = features
+        widths.append(tried(steps, speed))
         if steps >= wanted:
             break
-    notes.append(f"width: {before[1]} steps in the budget at features "
-                 f"{','.join(map(str, planned))} ({before[0].seconds_per_step * 1000:.0f} ms "
-                 f"per step; < {wanted}); features {','.join(map(str, v['features']))} get "
-                 f"{steps} ({speed.seconds_per_step * 1000:.0f} ms)")
+    notes.append(f"width: fewer than {wanted} steps in the budget at the planned features; "
+                 f"features tried: {'; '.join(widths)}")
     return speed, steps, why
 
 
