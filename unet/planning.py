@@ -233,9 +233,10 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
                 estimate, notes)
 
 
-def narrower(features: tuple[int, ...], factor: float) -> tuple[int, ...]:
-    """Every width times `factor`, in multiples of 4 (at least 4)."""
-    return tuple(max(4, round(f * factor / 4) * 4) for f in features)
+def scale_features(features: Sequence[int], factor: float, multiple: int = 1
+                   ) -> tuple[int, ...]:
+    """Every width times `factor`, rounded to a multiple of `multiple` (at least that)."""
+    return tuple(max(multiple, round(f * factor / multiple) * multiple) for f in features)
 
 
 def fit_width_to_machine(v: dict, speed: Speed, steps: int, why: str, natural: int,
@@ -252,12 +253,13 @@ def fit_width_to_machine(v: dict, speed: Speed, steps: int, why: str, natural: i
     wanted = min(rules["min_budget_steps"], rules["max_passes"] * natural)
     if steps >= wanted:
         return speed, steps, why
+
     def tried(steps: int, speed: Speed) -> str:
         return (f"{','.join(map(str, v['features']))}: {steps} "
                 f"({speed.seconds_per_step * 1000:.0f} ms a step)")
     planned, widths = v["features"], [tried(steps, speed)]
     for factor in rules["narrower_factors"]:
-        v["features"] = narrower(planned, factor)
+        v["features"] = scale_features(planned, factor, multiple=4)
         speed = measure(v["features"], (v["patch_height"], v["patch_width"]),
                         (v["image_height"], v["image_width"]), v["batch_size"])
         steps, why, _ = steps_in_budget(speed)

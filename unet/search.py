@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from unet import config
+from unet.planning import scale_features
 from unet.errors import UserError
 from unet.secrets import mask
 
@@ -124,8 +125,7 @@ def trial_overrides(suggested: dict[str, Any], plan: dict[str, Any], train_image
         scaled = plan["lr"] * math.sqrt(batch / plan["batch_size"]) * suggested["lr"]
         out["lr"] = f"{scaled:.3g}"
     if "features" in suggested:
-        out["features"] = config.as_text(
-            [max(1, round(width * suggested["features"])) for width in plan["features"]])
+        out["features"] = config.as_text(scale_features(plan["features"], suggested["features"]))
     return out
 
 
