@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -211,6 +212,35 @@ def test_a_tiny_search_has_a_parent_its_trials_and_a_registered_best(tracking_ur
     again = mlflow_run("tune", params, tracking_uri)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(study.get_trials()) == 4 and "evaluate reused" in again.stdout
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_them(tmp_path, monkeypatch):
+    """Workers started together on a new database race to create its tables; CI once saw the
+    loser fail with "UNIQUE constraint failed: alembic_version.version_num". Here the other
+    worker wins the first attempt: the loser's retry opens the tables it made."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    real, attempts = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        attempts.append(args[0])
+        if len(attempts) == 1:
+            real(url)              # the other worker creates the tables first
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed: "
+                                                             "alembic_version.version_num"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    storage = search.open_storage(url, heartbeat_s=60)
+    assert attempts == [url, url] and storage.get_all_studies() == []
+
+
+def test_only_a_lost_creation_race_is_retried():
+    assert search._lost_creation_race(Exception(
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num"))
+    assert search._lost_creation_race(Exception('relation "studies" already exists'))
+    assert not search._lost_creation_race(Exception("unable to open database file"))
 
 
 @pytest.mark.slow

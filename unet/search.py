@@ -182,9 +182,17 @@ def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 3):
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1))
         except Exception as e:
-            if attempt == attempts - 1 or "already exists" not in str(e):
+            if attempt == attempts - 1 or not _lost_creation_race(e):
                 raise
             time.sleep(1 + attempt)
+
+
+def _lost_creation_race(error: Exception) -> bool:
+    """True when creating the tables failed because another worker created them first: a table
+    "already exists", or the schema version row was inserted twice (sqlite's "UNIQUE
+    constraint failed", postgres' "duplicate key", mysql's "Duplicate entry")."""
+    text = str(error).lower()
+    return any(sign in text for sign in ("already exists", "unique constraint", "duplicate"))
 
 
 def open_study(name: str, storage, settings: dict[str, str], pruner: dict[str, int]):
