@@ -158,3 +158,43 @@ def test_a_slow_machine_trains_a_narrower_network():
     small = make_plan(carvana(train=16, val=4), Machine("cpu", False, 2), 5.0, {}, RULES,
                       measure=measure)
     assert small.values["features"] == (16, 32, 64, 128)     # 100 passes x 2 steps = 200 -> 250
+
+
+def test_large_scans_with_small_objects_are_capped_by_memory_and_trained_on_crops():
+    scans = Fingerprint(40, 10, 6000, 8000, foreground_fraction=0.01, small_object_px=6.0)
+    machine = Machine("cpu", bf16=True, cores=2, memory_gb=16)
+    p, calls = plan(scans, machine=machine)
+    v = p.values
+    # By pixels: objects of 6 px keep 8 px only at 8/6 > 1, so full size, 6000 x 8000.
+    # By memory: a batch of 8 whole inputs at 40 x 16 = 640 bytes a pixel in a quarter of
+    # 16 GB: 4 GiB / 5120 = 838,860 pixels; factor sqrt(838860 / 48e6) = 0.1322:
+    # 793.2 x 1057.6 -> 784 x 1056 (multiples of 16, rounded down); 40 + 10 images at 4
+    # bytes a pixel would allow 21.5 M.
+    assert (v["image_height"], v["image_width"]) == (784, 1056)
+    assert 784 * 1056 <= 4 * 2**30 // 5120
+    # Trained on crops of the CPU's 24576 pixels at that scale: aspect 1.347,
+    # sqrt(24576 / 1.347) = 135.1 -> 128; 128 x 1.347 = 172.4 -> 176.
+    assert (v["patch_height"], v["patch_width"]) == (128, 176)
+    # The probe never allocates a batch at full size: crops for steps, the capped whole input.
+    assert calls == [((16, 32, 64, 128), (128, 176), (784, 1056), 8)]
+    text = p.to_text()
+    assert "input    784x1056 (trained on 128x176 crops)" in text
+    assert ("capped by memory: a batch of 8 whole inputs at 640 bytes a pixel in 25% of "
+            "16 GB") in text
+    assert "16 GB RAM" in text
+
+
+def test_many_large_images_are_capped_by_the_ram_they_take_resized():
+    # 2000 + 500 images of 3000 x 4000 with 8-px objects: kept at full size by pixels;
+    # RAM: 4 GiB / (4 x 2500) = 429,496 pixels (the forward batch allows 838,860):
+    # factor sqrt(429496 / 12e6) = 0.18919: 567.6 x 756.8 -> 560 x 752.
+    many = Fingerprint(2000, 500, 3000, 4000, foreground_fraction=0.01, small_object_px=8.0)
+    p, _ = plan(many, machine=Machine("cpu", bf16=True, cores=2, memory_gb=16))
+    assert (p.values["image_height"], p.values["image_width"]) == (560, 752)
+    assert "2500 images kept resized in 25% of 16 GB of RAM" in p.to_text()
+
+
+def test_a_machine_of_unknown_memory_plans_as_before():
+    scans = Fingerprint(40, 10, 6000, 8000, foreground_fraction=0.01, small_object_px=6.0)
+    p, _ = plan(scans)                     # CPU: memory_gb 0
+    assert (p.values["image_height"], p.values["image_width"]) == (6000, 8000)

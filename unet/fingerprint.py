@@ -76,14 +76,16 @@ class Machine:
     bf16: bool
     cores: int
     gpu_memory_gb: float = 0.0
+    memory_gb: float = 0.0        # the machine's RAM (0: unknown, no memory cap)
 
     @classmethod
     def of(cls, precision: Precision) -> "Machine":
         memory = 0.0
         if precision.device.type == "cuda":
             memory = torch.cuda.get_device_properties(precision.device).total_memory / 2**30
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         return cls(precision.device.type, precision.autocast is torch.bfloat16,
-                   len(os.sched_getaffinity(0)), round(memory, 1))
+                   len(os.sched_getaffinity(0)), round(memory, 1), round(ram, 1))
 
 
 @dataclasses.dataclass(frozen=True)

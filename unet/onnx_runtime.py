@@ -26,6 +26,7 @@ import torch
 from unet.model import UNet
 from unet.precision import Precision
 from unet.predict import Segmenter
+from unet.tiling import pad_size
 from unet.transforms import resize_image, to_input
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -54,10 +55,6 @@ def export(model: UNet, path: Path, example_size: tuple[int, int] | None = None)
             dynamic_shapes={"x": {0: batch, 2: step * rows, 3: step * cols}})
     program.save(str(path))
     return Path(path)
-
-
-def pad_size(side: int, step: int) -> int:
-    return -(-side // step) * step
 
 
 def providers() -> list[str]:
@@ -95,7 +92,6 @@ class OnnxSegmenter(Segmenter):
                                    grad_scaler=False)
         self.path = str(path)
         self.runtime = runtime
-        self.step = 2 ** len(segmenter.model.features)
         # shared: the process's one session of this file; else a session of its own, freed
         # with this object (a file about to be deleted, e.g. timed while a model is logged)
         self.session = session(self.path) if shared else new_session(self.path)

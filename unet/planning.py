@@ -57,7 +57,8 @@ class Plan:
                  f"{fp.median_height}x{fp.median_width}, foreground {fp.foreground_fraction:.0%},"
                  f" small objects {objects}",
                  f"  machine  {m.device}{' bf16' if m.bf16 else ''}, {m.cores} cores"
-                 + (f", {m.gpu_memory_gb} GB" if m.device == "cuda" else "")]
+                 + (f", {m.gpu_memory_gb} GB" if m.device == "cuda" else "")
+                 + (f", {m.memory_gb:g} GB RAM" if m.memory_gb else "")]
         v = self.values
         whole = (v["patch_height"], v["patch_width"]) == (v["image_height"], v["image_width"])
         patch = "" if whole else f" (trained on {v['patch_height']}x{v['patch_width']} crops)"
@@ -92,7 +93,9 @@ def round_to(value: float, multiple: int) -> int:
 def plan_size(fp: Fingerprint, levels: int, rules: dict) -> tuple[tuple[int, int], str]:
     """Input size: the median image scaled to the device's pixel budget, keeping its aspect,
     but never so small that the small objects shrink below min_object_px, and never enlarged;
-    sides rounded to multiples of 2**levels (each level halves them)."""
+    sides rounded to multiples of 2**levels (each level halves them). make_plan then caps it
+    by memory (memory_pixels): large images with small objects (8000 x 6000 scans) would
+    otherwise be kept at full size."""
     height, width = fp.median_height, fp.median_width
     scale = math.sqrt(rules["pixels"] / (height * width))
     why = f"median image scaled to ~{rules['pixels']} pixels"
@@ -103,6 +106,35 @@ def plan_size(fp: Fingerprint, levels: int, rules: dict) -> tuple[tuple[int, int
     scale = min(1.0, scale)
     multiple = 2 ** levels
     return (round_to(height * scale, multiple), round_to(width * scale, multiple)), why
+
+
+def memory_pixels(fp: Fingerprint, machine: Machine, features: Sequence[int], batch: int,
+                  rules: dict) -> tuple[int, str] | None:
+    """(the most input pixels memory allows, why), or None where the machine's memory is
+    unknown. A forward pass of `batch` whole inputs (each validation round's, and the speed
+    probe's) holds about forward_bytes x features[0] bytes per pixel of each input in the
+    device's memory (the GPU's, else the RAM), and the train and val images are kept resized
+    in RAM (4 bytes a pixel: image and mask); each may take memory_fraction of its memory."""
+    fraction, limits = rules["memory_fraction"], []
+    device_gb = machine.gpu_memory_gb if machine.device == "cuda" else machine.memory_gb
+    if device_gb:
+        per_pixel = batch * rules["forward_bytes"] * features[0]
+        limits.append((int(fraction * device_gb * 2**30 / per_pixel),
+                       f"capped by memory: a batch of {batch} whole inputs at "
+                       f"{per_pixel // batch} bytes a pixel in {fraction:.0%} of {device_gb:g} GB"))
+    images = fp.train_images + fp.val_images
+    if machine.memory_gb and images:
+        limits.append((int(fraction * machine.memory_gb * 2**30 / (4 * images)),
+                       f"capped by memory: {images} images kept resized in {fraction:.0%} of "
+                       f"{machine.memory_gb:g} GB of RAM"))
+    return min(limits) if limits else None
+
+
+def cap_size(size: tuple[int, int], pixels: int, multiple: int) -> tuple[int, int]:
+    """`size` scaled down, keeping its aspect, to at most `pixels` (sides rounded down to
+    multiples of `multiple`, at least one)."""
+    factor = math.sqrt(pixels / (size[0] * size[1]))
+    return tuple(max(multiple, int(side * factor) // multiple * multiple) for side in size)
 
 
 def plan_patch(size: tuple[int, int], pixels: int, multiple: int) -> tuple[int, int]:
@@ -157,8 +189,17 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
     v.setdefault("features", tuple(int(f) for f in str(device["features"]).split(",")))
     # A size the user chose (one side or both) is trained on whole; a planned one may be cropped.
     planned_size = "image_height" not in v and "image_width" not in v
+    # Batch: the device's, at most half the training images (so an epoch has 2+ steps), a
+    # multiple of the processes sharing it.
+    if "batch_size" not in v:
+        batch = max(2, min(device["batch_size"], fp.train_images // 2))
+        v["batch_size"] = -(-batch // nproc) * nproc
     if "image_height" not in v or "image_width" not in v:
         (height, width), why = plan_size(fp, len(v["features"]), device)
+        cap = memory_pixels(fp, machine, v["features"], v["batch_size"], rules)
+        if cap is not None and height * width > cap[0]:
+            (height, width), why = cap_size((height, width), cap[0],
+                                            2 ** len(v["features"])), f"{why}; {cap[1]}"
         aspect = fp.median_width / fp.median_height
         if "image_height" in v:          # one side given: the other keeps the aspect
             width = round_to(v["image_height"] * aspect, 2 ** len(v["features"]))
@@ -174,11 +215,6 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
              if planned_size else size)
     v.setdefault("patch_height", patch[0])
     v.setdefault("patch_width", patch[1])
-    # Batch: the device's, at most half the training images (so an epoch has 2+ steps), a
-    # multiple of the processes sharing it.
-    if "batch_size" not in v:
-        batch = max(2, min(device["batch_size"], fp.train_images // 2))
-        v["batch_size"] = -(-batch // nproc) * nproc
     # Adam's lr grows with the square root of the batch (the noise of a gradient estimate).
     v.setdefault("lr", rules["lr"] * math.sqrt(v["batch_size"] / 8))
     for name in ("lr_schedule", "loss", "color_jitter", "bn_recalibration"):

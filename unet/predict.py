@@ -5,7 +5,7 @@ import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from unet import tiling
 from unet.data import rgb_array
 from unet.precision import Precision, choose_precision, prepare
 from unet.model import UNet
@@ -21,21 +22,47 @@ from unet.transforms import resize_image, to_input
 
 # Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
+# Tiles (Segmenter.tile_size): the training input times TILE_MULTIPLE (fewer tiles, less
+# overlap recomputed), unless such a tile holds over TILE_PIXELS; TILE_BATCH tiles at a time.
+TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
 
 
 class Segmenter:
     """A trained UNet plus the preprocessing it was trained with.
 
-    Images (H, W, 3) uint8 of any size are resized to the training size, normalized as in
-    training, segmented, and the probabilities are resized back to (H, W). With `tta` "hflip"
-    (or "flips": horizontal, vertical and both) the probabilities are averaged over the flipped
-    images, each flipped back; the train step keeps TTA only where it measured a gain.
+    Scale: an (H, W, 3) uint8 image of any size is resized by the model's `scale` (sy, sx),
+    the pixels of the network input per pixel of an original training image (training input
+    size / the training folder's median image size, recorded by train), to (round(H sy),
+    round(W sx)): objects keep the size in pixels they had in training. For a folder of one
+    image size, an image of that size lands exactly on the training input, as before scales
+    existed. In a folder of mixed sizes every image was resized to the training input, so
+    objects were seen at several scales; the median size's stands for them all. A model
+    without a scale (logged before scales existed, or made here without one) resizes every
+    image to `image_size`, as it always did.
+
+    Tiles: an image whose size at scale exceeds the tile (`tile_size`: the training input
+    times TILE_MULTIPLE, or the input itself where that tile would hold over TILE_PIXELS) on
+    either side is predicted by overlapping tiles (`overlap` of a tile; unet.tiling) blended
+    with Gaussian weights; a smaller one whole, as before. Memory is then bounded for any
+    image of (H, W) pixels, K the channels (1, or K classes), (h, w) its size at scale:
+    the decoded image 3HW bytes, its copy at scale 3hw (none at scale 1), the blended map
+    4hwK, the map at full size 4HWK (none at scale 1), and the network's activations on
+    TILE_BATCH tiles, which do not grow with the image (about 100 MB for the plan's CPU
+    network on 256x384 tiles). At scale 1: ~ (3 + 4K) bytes per pixel, 450 MB for a binary
+    model on 8000 x 8000 (tests/test_tiling.py measures predict and serving on one).
+
+    The probabilities are resized back to (H, W). With `tta` "hflip" (or "flips":
+    horizontal, vertical and both) the probabilities are averaged over the flipped images
+    (each tile's, when tiled), each flipped back; the train step keeps TTA only where it
+    measured a gain.
     """
 
     runtime = "torch"    # what runs the network (unet.onnx_runtime.OnnxSegmenter: onnx, onnx-int8)
+    overlap = 0.5        # of a tile shared with its neighbour (nnU-Net's; MONAI's default 0.25)
 
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
-                 tta: str = "none", classes: tuple[str, ...] | None = None):
+                 tta: str = "none", classes: tuple[str, ...] | None = None,
+                 scale: tuple[float, float] | None = None):
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
@@ -44,6 +71,7 @@ class Segmenter:
         self.tta = tta
         # Class names, background first: K > 2 for a K-channel (softmax) model; None: binary.
         self.classes = tuple(classes) if classes else None
+        self.scale = tuple(float(s) for s in scale) if scale else None
 
     @property
     def binary(self) -> bool:
@@ -55,12 +83,45 @@ class Segmenter:
         classes = state.get("classes")
         model = UNet(out_channels=len(classes) if classes else 1, features=state["features"])
         model.load_state_dict(state["model"])
-        return cls(model, state["image_size"], precision, state.get("tta", "none"), classes)
+        return cls(model, state["image_size"], precision, state.get("tta", "none"), classes,
+                   state.get("scale"))     # None in a state written before scales existed
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
                 "tta": self.tta, "classes": list(self.classes or []),
+                "scale": list(self.scale) if self.scale else None,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+
+    @property
+    def step(self) -> int:
+        """What the network's input sides are best multiples of: 2**levels (UNet.min_size)."""
+        return 2 ** len(self.model.features)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size (h, w) an (H, W) image is predicted at: scaled by `scale` (at least the
+        network's smallest input), or without a scale the training input size."""
+        if self.scale is None:
+            return self.image_size
+        return (max(self.step, round(height * self.scale[0])),
+                max(self.step, round(width * self.scale[1])))
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        """(th, tw): the training input times TILE_MULTIPLE, or the input itself where that
+        would hold more than TILE_PIXELS pixels; sides rounded up to multiples of `step`."""
+        height, width = self.image_size
+        k = TILE_MULTIPLE if TILE_MULTIPLE ** 2 * height * width <= TILE_PIXELS else 1
+        return tiling.pad_size(k * height, self.step), tiling.pad_size(k * width, self.step)
+
+    @property
+    def tile_stride(self) -> tuple[int, int]:
+        """How far apart tiles start: (1 - overlap) of the tile, a multiple of `step`."""
+        return tuple(max(self.step, int(t * (1 - self.overlap)) // self.step * self.step)
+                     for t in self.tile_size)
+
+    def tiled(self, size: tuple[int, int]) -> bool:
+        """Whether an image of `size` (h, w) at scale is predicted by tiles."""
+        return size[0] > self.tile_size[0] or size[1] > self.tile_size[1]
 
     def with_tta(self, tta: str) -> "Segmenter":
         """The same weights with another test-time augmentation ("auto": this one's)."""
@@ -94,6 +155,12 @@ class Segmenter:
         probs = (total / len(flips)).cpu()
         return (probs[:, 0] if self.binary else probs.permute(0, 2, 3, 1)).numpy()
 
+    def probabilities_tiled(self, image: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 at scale -> (h, w) float32 probabilities ((h, w, K) with K classes)
+        by overlapping tiles (unet.tiling.sliding_window), each with the test-time flips."""
+        return tiling.sliding_window(self.probabilities_resized, image, self.tile_size,
+                                     self.tile_stride, self.step, TILE_BATCH)
+
     def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
                       ) -> Iterator[np.ndarray]:
         """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size
@@ -102,7 +169,7 @@ class Segmenter:
         sizes: list[tuple[int, int]] = []
 
         def flush():
-            yield from self.probabilities_at(batch, sizes)
+            yield from self.each_probabilities_at(batch, sizes)
             batch.clear()
             sizes.clear()
 
@@ -110,9 +177,12 @@ class Segmenter:
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+            size = self.input_size(*image.shape[:2])
+            if self.tiled(size):         # alone, in order: never a batch of large images
+                yield from flush()
             sizes.append(image.shape[:2])
-            batch.append(resize_image(image, self.image_size))   # hold the small copy only
-            if len(batch) == batch_size:
+            batch.append(resize_image(image, size))   # hold the copy at scale only
+            if len(batch) == batch_size or self.tiled(size):
                 yield from flush()
         if batch:
             yield from flush()
@@ -122,11 +192,28 @@ class Segmenter:
         """One batch: (h, w, 3) uint8 images of any size (e.g. JPEGs decoded in draft mode) ->
         one (H, W) float32 probability map per image at sizes[i] = (H, W), its full size
         ((H, W, K) with K classes)."""
-        probs = self.probabilities_resized(np.stack([resize_image(image, self.image_size)
-                                                     for image in images]))
-        return [p if p.shape[:2] == (h, w)
-                else cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
-                for p, (h, w) in zip(probs, sizes)]
+        return list(self.each_probabilities_at(images, sizes))
+
+    def each_probabilities_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]]
+                              ) -> Iterator[np.ndarray]:
+        """probabilities_at one map at a time: the images of one size at scale run as one
+        batch, each larger than the tile by tiles when its turn comes (so that a batch of
+        large images holds one full-size map at a time)."""
+        targets = [self.input_size(*size) for size in sizes]
+        whole: dict[int, np.ndarray] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, target in enumerate(targets):
+            if not self.tiled(target):
+                groups.setdefault(target, []).append(i)
+        for target, indices in groups.items():
+            probs = self.probabilities_resized(np.stack([resize_image(images[i], target)
+                                                         for i in indices]))
+            whole.update(zip(indices, probs))
+        for i, (h, w) in enumerate(sizes):
+            p = (whole.pop(i) if i in whole
+                 else self.probabilities_tiled(resize_image(images[i], targets[i])))
+            yield p if p.shape[:2] == (h, w) else cv2.resize(p, (w, h),
+                                                              interpolation=cv2.INTER_LINEAR)
 
     def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """A probability map at its size -> (H, W) uint8 mask: 0/1 (the probability above
@@ -137,7 +224,7 @@ class Segmenter:
                  threshold: float = 0.5) -> list[np.ndarray]:
         """One batch as `probabilities_at` -> (H, W) uint8 masks (see `decide`): what predict
         writes."""
-        return [self.decide(p, threshold) for p in self.probabilities_at(images, sizes)]
+        return [self.decide(p, threshold) for p in self.each_probabilities_at(images, sizes)]
 
     def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
               batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -198,22 +285,26 @@ def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS) -> np.
         return rgb_array(ImageOps.exif_transpose(image))
 
 
-def read_for_model(source: bytes | Path, size: tuple[int, int],
+def read_for_model(source: bytes | Path,
+                   size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                    max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """JPEG/PNG bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
 
-    A JPEG larger than the model input `size` (H, W) is decoded at 1/2, 1/4 or 1/8 of its size
-    (PIL draft mode: the DCT scales, several times faster), never smaller than `size`; other
-    images at full size. Upright as EXIF says, as read_image. The mask belongs at (H, W).
-    Raises UnreadableImage saying why (as read_image).
+    `size`: the model input (h, w), or a function of the upright (H, W) that gives it
+    (Segmenter.input_size: the image at the model's scale). A JPEG larger than that is
+    decoded at 1/2, 1/4 or 1/8 of its size (PIL draft mode: the DCT scales, several times
+    faster), never smaller than it; other images at full size. Upright as EXIF says, as
+    read_image. The mask belongs at (H, W). Raises UnreadableImage saying why (as read_image).
     """
     with open_image(source, max_pixels) as image:
         width, height = image.size
-        if image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED:
+        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
+        if transposed:
             width, height = height, width
-            size = size[::-1]
+        target = size(height, width) if callable(size) else size
         if image.format == "JPEG":
-            image.draft(None, (size[1], size[0]))
+            stored = target[::-1] if transposed else target     # draft sees the file's sides
+            image.draft(None, (stored[1], stored[0]))
         return rgb_array(ImageOps.exif_transpose(image)), (height, width)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                             + (["probabilities"] if with_probabilities else []))
 
 
-def read_cell(index: int, cell: Any, size: tuple[int, int]
+def read_cell(index: int, cell: Any, size: tuple[int, int] | Callable[[int, int], tuple[int, int]]
               ) -> tuple[np.ndarray, tuple[int, int]]:
     """An input cell as predict reads a file (unet.predict.read_for_model): (image, full size).
     Bytes may be base64 text (HTTP); UnreadableImage or `invalid` say why not."""
@@ -203,7 +204,7 @@ def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.Dat
     rows, images, sizes, at = [], [], [], []
     for i, cell in enumerate(cells):
         try:
-            image, size = read_cell(i, cell, segmenter.image_size)
+            image, size = read_cell(i, cell, segmenter.input_size)
         except (UnreadableImage, MlflowException) as e:
             rows.append({"rle_mask": "", "height": 0, "width": 0,
                          "error": str(getattr(e, "message", e))})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,11 +132,13 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
     os.replace(tmp, path)
 
 
-def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: int,
+def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
+               workers: int, window: int,
                max_pixels: int = MAX_PIXELS
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
-    decoding up to `window` images ahead in `workers` threads; one declaring more than
+    decoding up to `window` images ahead in `workers` threads, JPEGs no larger than `size`
+    (the model input, or a function of an image's (H, W): read_for_model); one declaring more than
     max_pixels pixels is UnreadableImage, found from its header."""
     def read(path: Path):
         try:
@@ -184,7 +186,7 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             bar.update(len(batch))
             batch.clear()
 
-        for path, read in read_ahead(todo, segmenter.image_size, workers,
+        for path, read in read_ahead(todo, segmenter.input_size, workers,
                                      2 * batch_size + workers, max_pixels):
             if isinstance(read, UnreadableImage):
                 outcome.failed.append((path, str(read)))

@@ -32,7 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # (tests/test_tracking.py checks that these import on their own).
 MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py",
                  "onnx_runtime.py", "precision.py", "predict.py", "rle.py", "serving.py",
-                 "transforms.py")
+                 "tiling.py", "transforms.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
                       "opencv-python-headless", "albumentations"]
@@ -82,6 +82,9 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             artifacts={"segmenter": str(weights), "onnx": str(onnx_file)},
             code_paths=[str(code)], signature=SIGNATURE, model_config={"runtime": runtime},
             metadata={"classes": list(segmenter.classes or ("background", "foreground")),
+                      # input pixels per original pixel (None: resized to image_size)
+                      "scale": list(segmenter.scale) if segmenter.scale else None,
+                      "image_size": list(segmenter.image_size),
                       "runtime": runtime, "runtime_ms_per_image": ms,
                       "runtime_measured_on": machine(segmenter)},
             input_example=pd.DataFrame({INPUT_COLUMN: [encode_png(example)]}),

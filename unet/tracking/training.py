@@ -122,7 +122,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch,
                cfg.tracking_wait_min * 60)
     if run is not None:
-        log_best_model(cfg, trainer, data.val_set, precision, run)
+        log_best_model(cfg, trainer, data.val_set, precision, run,
+                       training_scale(cfg, inputs.plan.fingerprint))
     return trainer
 
 
@@ -166,15 +167,27 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
         outbox.wait_until_sent(wait_s)
 
 
-def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
+def training_scale(cfg: config.TrainConfig, fp) -> tuple[float, float]:
+    """(sy, sx): pixels of the network input per pixel of an original training image, the
+    input size over the training folder's median image size (fp: its Fingerprint). Every
+    image was resized to the input: in a folder of one size that is its scale exactly; in a
+    folder of mixed sizes the median image's (unet.predict.Segmenter)."""
+    return cfg.image_height / fp.median_height, cfg.image_width / fp.median_width
+
+
+def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run,
+                   scale: tuple[float, float] | None = None):
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
-    model, with the test-time augmentation that validation measured to help, and an input
-    example."""
+    model, with the test-time augmentation that validation measured to help, the scale it
+    was trained at (predicted images are resized by it) and an input example."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
                           classes=trainer.classes)
+    # TTA is chosen on the validation images already at the input size: without a scale,
+    # which would resize them again.
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
+    segmenter.scale = scale
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)
     example = transforms.resize_image(image, (cfg.image_height // 2, cfg.image_width // 2))
