@@ -206,3 +206,28 @@ def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if array.dtype == np.uint8:
         return resize_image(array, size)
     return cv2.resize(array, size[::-1], interpolation=cv2.INTER_LINEAR)
+
+
+def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatch):
+    from PIL import Image
+    from unet import streaming
+    sizes = [(100, 100), (300, 300), (100, 100), (100, 100), (100, 100)]
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(paths[-1])
+    assert streaming.declared_pixels(paths[1]) == 90_000
+    assert streaming.declared_pixels(tmp_path / "missing.png") == 0
+    submitted = []                      # declared_pixels runs as a read is submitted
+    declared = streaming.declared_pixels
+    monkeypatch.setattr(streaming, "declared_pixels",
+                        lambda path: submitted.append(path.name) or declared(path))
+    seen = []
+    for path, (image, size) in streaming.read_ahead(paths, (32, 32), workers=1, window=10,
+                                                    window_pixels=25_000):
+        seen.append((path.name, len(submitted)))
+        assert size == sizes[int(path.stem)]
+    # A window of 10 images but 25,000 pixels: the 90,000-pixel image is submitted with one
+    # small one pending, which is handed over at once; it is handed over as the next is
+    # submitted; then three small ones (30,000) are over: the first of them goes.
+    assert seen == [("0.png", 2), ("1.png", 3), ("2.png", 5), ("3.png", 5), ("4.png", 5)]

@@ -10,6 +10,11 @@
   cells on an unevenly lit background, PNG images with 0/255 PNG masks
   (`images/<slide>_<field>.png`, `masks/<slide>_<field>_mask.png`), 384x512.
 
+* `large_folder`: a few large images (e.g. 4 of 1500x2000) with small blob objects, JPEG images
+  and 0/255 PNG masks in the cells layout: what the plan's memory cap is for.
+* `tiled_field_folder`: fields of small blobs (512x512) cut into 64x64 tiles for training, the
+  whole fields kept in `fields/` for predict (one held out: none of its tiles in the folder).
+
 * `corrupt_masks`: label errors in a Carvana-layout folder, for the label-quality check
   (docs/label-quality.md): a share of the masks shifted by a tenth of the width, swapped with
   another car's, half erased or emptied, in turn; `corrupted.json` in the folder records which.
@@ -18,6 +23,8 @@
     python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
     python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
+    python -m tools.datasets large OUT --images 4 --size 1500x2000 --seed 7
+    python -m tools.datasets tiled-field OUT --images 3 --seed 7
 """
 from __future__ import annotations
 
@@ -141,6 +148,78 @@ def cells_folder(out: Path, images: int, seed: int, size=(384, 512), workers: in
     return out
 
 
+def blob_scene(rng: np.random.Generator, height: int, width: int, objects_per_mpx: float = 400,
+               radius: tuple[float, float] = (3, 7)) -> tuple[np.ndarray, np.ndarray]:
+    """A fluorescence-like field: ((H, W, 3) uint8 image, (H, W) uint8 0/1 mask) of small
+    bright elliptic blobs (`objects_per_mpx` per megapixel, radii in `radius`) on a dim,
+    unevenly lit background with dim specks of debris (not objects) and sensor noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 1, 2)
+    light = 0.75 + 0.25 * np.cos((xx / width - phase[0]) * np.pi) \
+        * np.cos((yy / height - phase[1]) * np.pi)
+    image = np.zeros((height, width, 3), np.float32) + rng.uniform(15, 40, 3).astype(np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    stain = rng.uniform(140, 255, 3)
+    for _ in range(max(1, round(objects_per_mpx * height * width / 1e6))):
+        axes = tuple(max(1, round(rng.uniform(*radius) * rng.uniform(0.7, 1.3))) for _ in range(2))
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        angle = float(rng.uniform(0, 180))
+        colour = tuple(float(c) for c in np.clip(stain * rng.uniform(0.6, 1.1), 0, 255))
+        cv2.ellipse(image, centre, axes, angle, 0, 360, colour, -1)
+        cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
+    for _ in range(max(1, round(objects_per_mpx / 4 * height * width / 1e6))):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.circle(image, centre, int(rng.integers(1, 3)), tuple(float(c) for c in stain * 0.3), -1)
+    image = cv2.GaussianBlur(image, (0, 0), 1.0) * light[..., None]
+    image += rng.normal(0, 5, image.shape).astype(np.float32)
+    return image.clip(0, 255).astype(np.uint8), mask
+
+
+def large_folder(out: Path, images: int = 4, seed: int = 2026, size=(1500, 2000)) -> Path:
+    """A few large images with small objects (scans; the plan caps their input by memory):
+    `images/l<i>.jpg` (JPEG, quality 92) and `masks/l<i>_mask.png` (0/255), blobs of 3-7 px
+    radius, `size` (H, W), deterministic from `seed`. Layout: CELLS_LAYOUT."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, mask = blob_scene(np.random.default_rng([seed, i]), *size)
+        Image.fromarray(image).save(out / "images" / f"l{i:02d}.jpg", quality=92)
+        Image.fromarray(mask * 255).save(out / "masks" / f"l{i:02d}_mask.png")
+    return out
+
+
+TILED_FIELD_LAYOUT = {**CELLS_LAYOUT}
+FIELDS_DIR = "fields"     # the whole fields, for predict: <name>.png, <name>_mask.png
+
+
+def tiled_field_folder(out: Path, fields: int = 3, held_out: int = 1, seed: int = 2026,
+                       field: int = 512, tile: int = 64) -> Path:
+    """Fields cut into tiles, as microscopy users keep them: `fields` square fields of `field`
+    pixels with small blobs (blob_scene); the first fields - held_out are cut into `tile` x
+    `tile` tiles for training (`images/f<i>-r<row>c<col>.png`, `masks/..._mask.png`; no "_"
+    in a stem, so each tile is its own group and split_data deals tiles, not fields), and every
+    field is kept whole in `fields/` (`f<i>.png`, `f<i>_mask.png`) for predict; the held-out
+    ones have no tile in the folder. Deterministic from `seed`."""
+    out = Path(out)
+    for sub in ("images", "masks", FIELDS_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(fields):
+        image, mask = blob_scene(np.random.default_rng([seed, 1000 + i]), field, field)
+        Image.fromarray(image).save(out / FIELDS_DIR / f"f{i}.png")
+        Image.fromarray(mask * 255).save(out / FIELDS_DIR / f"f{i}_mask.png")
+        if i >= fields - held_out:
+            continue
+        for top in range(0, field - tile + 1, tile):
+            for left in range(0, field - tile + 1, tile):
+                stem = f"f{i}-r{top // tile}c{left // tile}"
+                Image.fromarray(image[top:top + tile, left:left + tile]).save(
+                    out / "images" / f"{stem}.png")
+                Image.fromarray(mask[top:top + tile, left:left + tile] * 255).save(
+                    out / "masks" / f"{stem}_mask.png")
+    return out
+
+
 CORRUPTIONS = ("shifted", "swapped", "half_erased", "emptied")
 CORRUPTED_FILE = "corrupted.json"
 
@@ -188,7 +267,7 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["carvana", "cells"])
+    parser.add_argument("kind", choices=["carvana", "cells", "large", "tiled-field"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
@@ -203,6 +282,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))
+        return
+    if args.kind == "large":           # --images 4 --size 1500x2000 for the issue's set
+        size = tuple(int(v) for v in args.size.split("x"))
+        print(large_folder(args.out, args.images, args.seed, size))
+        return
+    if args.kind == "tiled-field":     # --images: fields (the last one held out)
+        print(tiled_field_folder(args.out, args.images, seed=args.seed))
         return
     size = tuple(int(v) for v in args.size.split("x"))
     print(carvana_folder(args.out, args.images, args.seed, size, views=args.views,

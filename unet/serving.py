@@ -24,6 +24,9 @@ only JPEG and PNG; at most UNET_MAX_MEGAPIXELS megapixels per image (read from t
 header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
 variables of the serving process (the operator's choice, not the client's). A refusal is a
 400 with one line (format "png") or that row's `error` (format "rle"); the server stays up.
+Images are predicted at the model's scale, large ones by tiles (unet.predict.Segmenter), so a
+raised limit costs time and a stated amount of memory per image (an 8000 x 8000 JPEG: under
+1 GB beside the runtime; docs/predict.md).
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Readers (a thread pool; PIL and OpenCV release the GIL) decode images into a bounded window
 ahead of the model, the model runs in the calling thread, and one writer thread writes each
-batch's output while the next batch is predicted. At most `window` images and two batches of
-masks are held at once, so memory does not grow with the number of images.
+batch's output while the next batch is predicted. At most `window` images (and about
+WINDOW_PIXELS pixels) and two batches of masks are held at once, so memory does not grow with
+the number of images.
 
 Outputs (`Sink`s) say which images are already done, so the same command after a crash (even
 `kill -9`) skips them:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +34,9 @@ from unet.errors import UserError
 from unet.predict import MAX_PIXELS, Segmenter, UnreadableImage, read_for_model, read_image
 
 SUBMISSION = "submission.csv"
+# Decoded images held ahead of the model and in a batch: at most about this many pixels
+# (~380 MB as RGB), so that large scans do not multiply the per-image bound (Segmenter).
+WINDOW_PIXELS = 128_000_000
 HEADER = "img,rle_mask\n"
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
 
@@ -134,32 +139,47 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
 
 def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                workers: int, window: int,
-               max_pixels: int = MAX_PIXELS
+               max_pixels: int = MAX_PIXELS, window_pixels: int = WINDOW_PIXELS
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
-    decoding up to `window` images ahead in `workers` threads, JPEGs no larger than `size`
-    (the model input, or a function of an image's (H, W): read_for_model); one declaring more than
-    max_pixels pixels is UnreadableImage, found from its header."""
+    decoding up to `window` images ahead in `workers` threads, but no more than about
+    `window_pixels` pixels (as their headers declare; one image at least): a folder of
+    8000 x 8000 scans holds one or two ahead, not `window`. JPEGs are decoded no larger than
+    `size` (the model input, or a function of an image's (H, W): read_for_model); one
+    declaring more than max_pixels pixels is UnreadableImage, found from its header."""
     def read(path: Path):
         try:
             return read_for_model(path, size, max_pixels)
         except UnreadableImage as e:
             return e
 
-    pending: deque[tuple[Path, Future]] = deque()
+    pending: deque[tuple[Path, Future, int]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="read") as pool:
         try:
             for path in paths:
-                pending.append((path, pool.submit(read, path)))
-                if len(pending) >= window:
-                    path, future = pending.popleft()
+                pending.append((path, pool.submit(read, path), declared_pixels(path)))
+                while len(pending) >= window or (
+                        len(pending) > 1 and sum(p for _, _, p in pending) > window_pixels):
+                    path, future, _ = pending.popleft()
                     yield path, future.result()
             while pending:
-                path, future = pending.popleft()
+                path, future, _ = pending.popleft()
                 yield path, future.result()
         finally:
-            for _, future in pending:
+            for _, future, _ in pending:
                 future.cancel()
+
+
+def declared_pixels(path: Path) -> int:
+    """The pixels an image file's header declares (microseconds: nothing is decoded); 0 for a
+    file that cannot be opened, which its reader then names."""
+    try:
+        with warnings.catch_warnings():     # PIL's warning at 89 MP: max_pixels decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.width * image.height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0
 
 
 def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: float = 0.5,
@@ -194,7 +214,7 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
                 bar.update(1)
                 continue
             batch.append((path, *read))
-            if len(batch) == batch_size:
+            if len(batch) == batch_size or sum(a.size // 3 for _, a, _ in batch) >= WINDOW_PIXELS:
                 flush()
         if batch:
             flush()
