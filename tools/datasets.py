@@ -169,7 +169,8 @@ def blob_scene(rng: np.random.Generator, height: int, width: int, objects_per_mp
         cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
     for _ in range(max(1, round(objects_per_mpx / 4 * height * width / 1e6))):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.circle(image, centre, int(rng.integers(1, 3)), tuple(float(c) for c in stain * 0.3), -1)
+        speck = tuple(float(c) for c in stain * 0.3)
+        cv2.circle(image, centre, int(rng.integers(1, 3)), speck, -1)
     image = cv2.GaussianBlur(image, (0, 0), 1.0) * light[..., None]
     image += rng.normal(0, 5, image.shape).astype(np.float32)
     return image.clip(0, 255).astype(np.uint8), mask

@@ -46,10 +46,11 @@ class Segmenter:
     with Gaussian weights; a smaller one whole, as before. Memory is then bounded for any
     image of (H, W) pixels, K the channels (1, or K classes), (h, w) its size at scale:
     the decoded image 3HW bytes, its copy at scale 3hw (none at scale 1), the blended map
-    4hwK, the map at full size 4HWK (none at scale 1), and the network's activations on
-    TILE_BATCH tiles, which do not grow with the image (about 100 MB for the plan's CPU
-    network on 256x384 tiles). At scale 1: ~ (3 + 4K) bytes per pixel, 450 MB for a binary
-    model on 8000 x 8000 (tests/test_tiling.py measures predict and serving on one).
+    4hwK, the map at full size 4HWK (none at scale 1), the mask HW, and the network's
+    activations on TILE_BATCH tiles, which do not grow with the image (~40 bytes per tile
+    pixel per first-level feature: ~250 MB for the plan's CPU network, 16..128, on 256x384
+    tiles). At scale 1: ~ (4 + 4K) bytes per pixel, 0.5 GB for a binary model on
+    8000 x 8000 (tests/test_large_images.py measures predict and serving on one).
 
     The probabilities are resized back to (H, W). With `tta` "hflip" (or "flips":
     horizontal, vertical and both) the probabilities are averaged over the flipped images
@@ -176,7 +177,8 @@ class Segmenter:
         for image in images:
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+                raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} "
+                                 f"{image.shape}")
             size = self.input_size(*image.shape[:2])
             if self.tiled(size):         # alone, in order: never a batch of large images
                 yield from flush()
