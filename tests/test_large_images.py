@@ -51,6 +51,9 @@ def test_a_model_trained_on_tiles_predicts_a_whole_field_as_well_as_its_tiles(tr
     # 512 x 512, by tiles of 128 x 128, not shrunk to 64 x 64.
     uri = train.data.tags["model_uri"]
     assert mlflow.models.get_model_info(uri).metadata["scale"] == [1.0, 1.0]
+    assert train.data.tags["scale"] == "1,1"              # the model card's line reads it
+    card = MlflowClient().get_model_version("nuclei", "1").description
+    assert "predicted at scale 1,1 (input pixels per image pixel" in card
     whole = tmp_path / "whole"
     whole.mkdir()
     shutil.copy(folder / FIELDS_DIR / "f2.png", whole / "f2.png")     # held out: no tile seen

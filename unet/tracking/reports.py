@@ -88,7 +88,9 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"**Plan**: input {value('image_height')}x{value('image_width')}, features "
         f"{value('features')}, batch {value('batch_size')}, lr {value('lr')} "
         f"{value('lr_schedule')}, {value('epochs')} epochs x {value('steps_per_epoch')} steps, "
-        f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')} "
+        f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')}, "
+        f"predicted at scale {train_run.data.tags.get('scale', 'none')} (input pixels per "
+        f"image pixel; none: resized to the input) "
         f"(train run `{train_run.info.run_id}`, its `plan.txt`).",
         *([f"**Runtime**: {runtime}"] if runtime else []),
         "**Pictures**: per-epoch validation samples in the train run (image key `samples`); "

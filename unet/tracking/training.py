@@ -194,7 +194,8 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
     model_uri = models.log_model(segmenter, example)
     mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch,
                         "kept_val_dice": trainer.kept_dice, "kept_epoch": trainer.kept_epoch})
-    mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower()})
+    mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower(),
+                     "scale": ",".join(f"{s:.6g}" for s in scale) if scale else "none"})
     stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
             f"{cfg.patience} epochs); " if trainer.stopped_early else "")
     print(f"train run {run.info.run_id}: {stop}kept the {cfg.keep} weights (epoch "
