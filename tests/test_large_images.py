@@ -4,6 +4,7 @@ stated memory bound."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import model_server
+from conftest import mlflow_run, model_server
 from tools.datasets import FIELDS_DIR, TILED_FIELD_LAYOUT, blob_scene, tiled_field_folder
 from unet.data import load_image, load_mask
 from unet.tracking import models, registry
@@ -37,7 +38,6 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 @pytest.mark.slow
 def test_a_model_trained_on_tiles_predicts_a_whole_field_as_well_as_its_tiles(tracking_uri,
                                                                              tmp_path):
-    from conftest import mlflow_run
     folder = tiled_field_folder(tmp_path / "field", fields=3, held_out=1, seed=7)
     result = mlflow_run("main", {"data_dir": str(folder), **TILED_FIELD_LAYOUT,
                                  "time_budget_min": "2", "model_name": "nuclei",
@@ -187,7 +187,7 @@ def test_an_8000x8000_jpeg_predicts_with_peak_rss_under_3_gb(tracking_uri, tmp_p
         os.environ.pop("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
     (row,) = answer["predictions"]
     assert (row["height"], row["width"]) == (8000, 8000)
-    served = np.asarray(Image.open(__import__("io").BytesIO(base64.b64decode(row["mask"]))))
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"]))))
     assert np.array_equal(served > 127, mask > 127)      # the same tiles, the same mask
     print(f"served: 8000x8000 in {time.perf_counter() - started:.0f} s, peak RSS "
           f"{served_peak / 2**30:.2f} GiB")

@@ -231,3 +231,17 @@ def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatc
     # small one pending, which is handed over at once; it is handed over as the next is
     # submitted; then three small ones (30,000) are over: the first of them goes.
     assert seen == [("0.png", 2), ("1.png", 3), ("2.png", 5), ("3.png", 5), ("4.png", 5)]
+
+
+@pytest.mark.parametrize("median,input_size", [((1280, 1918), (128, 192)), ((48, 72), (32, 48)),
+                                               ((6000, 8000), (784, 1056)), ((333, 517), (96, 160))])
+def test_a_folder_of_one_size_lands_exactly_on_the_training_input(median, input_size):
+    from types import SimpleNamespace
+    from unet.fingerprint import Fingerprint
+    from unet.tracking.training import training_scale
+    cfg = SimpleNamespace(image_height=input_size[0], image_width=input_size[1])
+    scale = training_scale(cfg, Fingerprint(10, 2, *median, 0.2, None))
+    assert scale == (input_size[0] / median[0], input_size[1] / median[1])
+    segmenter = Segmenter(randomized(), input_size, FP32, scale=scale)
+    assert segmenter.input_size(*median) == input_size
+    assert not segmenter.tiled(input_size)          # predicted whole, as before scales
