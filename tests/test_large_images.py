@@ -192,3 +192,35 @@ def test_an_8000x8000_jpeg_predicts_with_peak_rss_under_3_gb(tracking_uri, tmp_p
     print(f"served: 8000x8000 in {time.perf_counter() - started:.0f} s, peak RSS "
           f"{served_peak / 2**30:.2f} GiB")
     assert 0 < served_peak < PEAK_RSS_LIMIT
+
+
+def test_the_tiled_field_folder_cuts_fields_into_tiles_and_keeps_them_whole(tmp_path):
+    folder = tiled_field_folder(tmp_path / "a", fields=2, held_out=1, seed=5, field=128, tile=64)
+    again = tiled_field_folder(tmp_path / "b", fields=2, held_out=1, seed=5, field=128, tile=64)
+    # Field 0 is cut into 2 x 2 tiles; field 1 is held out (whole only).
+    assert sorted(p.name for p in (folder / "images").iterdir()) == \
+        ["f0-r0c0.png", "f0-r0c1.png", "f0-r1c0.png", "f0-r1c1.png"]
+    assert sorted(p.name for p in (folder / FIELDS_DIR).iterdir()) == \
+        ["f0.png", "f0_mask.png", "f1.png", "f1_mask.png"]
+    whole = np.asarray(Image.open(folder / FIELDS_DIR / "f0.png"))
+    mask = load_mask(folder / FIELDS_DIR / "f0_mask.png")
+    assert np.array_equal(np.asarray(Image.open(folder / "images" / "f0-r1c0.png")),
+                          whole[64:128, 0:64])
+    assert np.array_equal(load_mask(folder / "masks" / "f0-r1c0_mask.png"), mask[64:128, 0:64])
+    assert 0.01 < mask.mean() < 0.3                       # small objects, some of them
+    for name in ("f0.png", "f1_mask.png"):                # deterministic from the seed
+        assert (folder / FIELDS_DIR / name).read_bytes() == \
+            (again / FIELDS_DIR / name).read_bytes()
+
+
+def test_large_images_with_small_objects(tmp_path):
+    from tools.datasets import large_folder
+    folder = large_folder(tmp_path, images=2, seed=1, size=(600, 800))
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["l00.jpg", "l01.jpg"]
+    mask = load_mask(folder / "masks" / "l00_mask.png")
+    assert Image.open(folder / "images" / "l00.jpg").size == (800, 600) and mask.shape == (600, 800)
+    import cv2
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    # ~400 objects per megapixel (192 here, some touching); diameters of a few pixels.
+    assert 100 < count - 1 < 200
+    assert np.median(stats[1:, cv2.CC_STAT_AREA]) < 200
