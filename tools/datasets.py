@@ -9,6 +9,12 @@
 * `cells_folder`: another kind of data: microscopy-like fields of many small, partly touching
   cells on an unevenly lit background, PNG images with 0/255 PNG masks
   (`images/<slide>_<field>.png`, `masks/<slide>_<field>_mask.png`), 384x512.
+* `fluorescence_folder`: microscopy as it is kept: 16-bit greyscale TIFF fields of bright
+  blob nuclei on a dark, unevenly lit background (values about 200..4000 of 65535, with shot
+  and read noise), 16-bit TIFF instance-label masks (0 background, 1..N one value per
+  nucleus; `--binary-labels`: 0/65535 instead); `png_copy` converts such a folder to 8-bit
+  PNG images (one intensity window for the whole folder: its 0.5th..99.5th percentiles) with
+  0/255 PNG masks, the hand conversion the pipeline's own reading is measured against.
 
 * `corrupt_masks`: label errors in a Carvana-layout folder, for the label-quality check
   (docs/label-quality.md): a share of the masks shifted by a tenth of the width, swapped with
@@ -17,6 +23,7 @@
     python -m tools.datasets carvana OUT --images 64 --seed 2026
     python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
+    python -m tools.datasets fluorescence OUT --images 24 --size 64x64 --png OUT_PNG
     python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
 """
 from __future__ import annotations
@@ -39,6 +46,7 @@ PARTS_LAYOUT = {"mask_ext": ".png"}
 PART_NAMES = ("background", "body", "wheels")
 CELLS_LAYOUT = {"image_dir": "images", "mask_dir": "masks", "mask_suffix": "_mask",
                 "mask_ext": ".png"}
+FLUORESCENCE_LAYOUT = {**CELLS_LAYOUT, "mask_ext": ".tif"}     # its png_copy: CELLS_LAYOUT
 
 
 def dusk(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -141,6 +149,79 @@ def cells_folder(out: Path, images: int, seed: int, size=(384, 512), workers: in
     return out
 
 
+def fluorescence_field(seed: int, slide: int, field: int, height: int, width: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One field: ((H, W) uint16 image, (H, W) uint16 labels 0..N), deterministic from
+    (seed, slide, field). Nuclei are ellipses of radius 4-10 px with a soft edge, each of its
+    own brightness (600..3800 over a background of about 200-320), some touching (a later
+    nucleus covers an earlier one); labels are renumbered 1..N over the nuclei still seen."""
+    rng = np.random.default_rng([seed, slide, field, 16])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = 200 + 120 * (0.5 + 0.5 * np.cos((xx / width - rng.uniform()) * np.pi)
+                              * np.cos((yy / height - rng.uniform()) * np.pi))
+    signal = np.zeros((height, width), np.float32)
+    labels = np.zeros((height, width), np.int32)
+    area = height * width
+    for label in range(1, int(rng.integers(max(2, area // 1200), max(3, area // 500))) + 1):
+        r = rng.uniform(4, 10)
+        a, b = r * rng.uniform(0.75, 1.25), r * rng.uniform(0.75, 1.25)
+        angle = rng.uniform(0, np.pi)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+        d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        brightness = rng.uniform(600, 3800)
+        blob = brightness / (1 + np.exp((d - 1) * 8))           # soft edge, half at d = 1
+        blob *= 1 + 0.15 * np.cos(u * 0.9 + rng.uniform(0, 6)) * (d < 1)   # chromatin texture
+        signal = np.maximum(signal, blob)
+        labels[d < 1] = label
+    expected = background + signal
+    image = rng.poisson(expected / 4).astype(np.float32) * 4 + rng.normal(0, 25, expected.shape)
+    seen = np.unique(labels[labels > 0])
+    renumber = np.zeros(int(labels.max()) + 1, np.uint16)
+    renumber[seen] = np.arange(1, len(seen) + 1)
+    return image.clip(0, 65535).astype(np.uint16), renumber[labels]
+
+
+def fluorescence_folder(out: Path, images: int, seed: int, size=(64, 64),
+                        binary_labels: bool = False) -> Path:
+    """images/s<slide>_<field>.tif (uint16 grey) and masks/s<slide>_<field>_mask.tif (uint16
+    instance labels 1..N, or 0/65535 with binary_labels), four fields per slide (the group
+    the split keeps together). Layout: FLUORESCENCE_LAYOUT."""
+    import tifffile
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, labels = fluorescence_field(seed, i // 4, i % 4 + 1, *size)
+        if binary_labels:
+            labels = np.where(labels > 0, 65535, 0).astype(np.uint16)
+        stem = f"s{i // 4:03d}_{i % 4 + 1:02d}"
+        tifffile.imwrite(out / "images" / f"{stem}.tif", image)
+        tifffile.imwrite(out / "masks" / f"{stem}_mask.tif", labels)
+    return out
+
+
+def png_copy(folder: Path, out: Path) -> Path:
+    """A fluorescence folder as 8-bit PNG images and 0/255 PNG masks (CELLS_LAYOUT), as one
+    would convert it by hand: one window for all images, the 0.5th..99.5th percentiles of
+    their values, mapped linearly onto 0..255."""
+    import tifffile
+    from unet.intensity import PERCENTILES, to_rgb8
+    folder, out = Path(folder), Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    paths = sorted((folder / "images").glob("*.tif"))
+    stack = np.stack([tifffile.imread(p) for p in paths])
+    window = tuple(float(v) for v in np.percentile(stack, PERCENTILES))
+    for path, image in zip(paths, stack):
+        Image.fromarray(to_rgb8(image, window)[..., 0]).save(out / "images" / f"{path.stem}.png")
+        labels = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")
+        Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(
+            out / "masks" / f"{path.stem}_mask.png")
+    return out
+
+
 CORRUPTIONS = ("shifted", "swapped", "half_erased", "emptied")
 CORRUPTED_FILE = "corrupted.json"
 
@@ -188,7 +269,7 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["carvana", "cells"])
+    parser.add_argument("kind", choices=["carvana", "cells", "fluorescence"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
@@ -197,14 +278,25 @@ def main() -> None:
                         help="carvana: val/test cars wear paints no training car wears")
     parser.add_argument("--parts", action="store_true",
                         help="carvana: palette PNG masks of background, body, wheels")
-    parser.add_argument("--size", default="1280x1918", help="carvana: HxW")
+    parser.add_argument("--size", default=None,
+                        help="HxW (carvana: default 1280x1918; fluorescence: 64x64)")
+    parser.add_argument("--binary-labels", action="store_true",
+                        help="fluorescence: 0/65535 masks instead of instance labels 1..N")
+    parser.add_argument("--png", type=Path, default=None,
+                        help="fluorescence: also this folder, as 8-bit PNG with 0/255 masks")
     parser.add_argument("--corrupt", type=float, default=0.0,
                         help="carvana: share of the masks to corrupt (see corrupt_masks)")
     args = parser.parse_args()
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))
         return
-    size = tuple(int(v) for v in args.size.split("x"))
+    if args.kind == "fluorescence":
+        size = tuple(int(v) for v in (args.size or "64x64").split("x"))
+        print(fluorescence_folder(args.out, args.images, args.seed, size, args.binary_labels))
+        if args.png:
+            print(png_copy(args.out, args.png))
+        return
+    size = tuple(int(v) for v in (args.size or "1280x1918").split("x"))
     print(carvana_folder(args.out, args.images, args.seed, size, views=args.views,
                          unseen_paints=args.unseen_paints, parts=args.parts))
     if args.corrupt:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unet import imageio
 from unet.data import grey_array
 
 MAX_INDEX_VALUE = 31   # a single-channel mask whose values are all <= this holds class indices
@@ -83,7 +84,7 @@ def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
     seen: dict[int, int] = {}        # index -> masks holding it
     index_masks = 0
     for path in chosen:
-        with Image.open(path) as mask:
+        with imageio.open_pil(path) as mask:
             values, indices = class_values(mask)
         if indices:
             index_masks += 1
@@ -98,7 +99,7 @@ def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
 def load_class_map(path: Path, classes: Classes) -> np.ndarray:
     """A mask of class indices -> (H, W) uint8. BadLabel naming the file and the value when a
     pixel is not one of `classes`."""
-    with Image.open(path) as mask:
+    with imageio.open_pil(path) as mask:
         values, _ = class_values(mask)
     top = int(values.max(initial=0))
     if top >= classes.count:

@@ -37,7 +37,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
                 disable=None)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        images = [load_image(p.image) for p in chunk]
+        images = [load_image(p.image, window=segmenter.window) for p in chunk]
         for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
                                             segmenter.masks(images, threshold, batch_size)):
             truth = read_truth(pair.mask)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unet import imageio
 from unet.data import Pair, load_mask
 from unet.losses import make_loss
 from unet.model import UNet
@@ -41,8 +42,7 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) ->
 
     sizes = []
     for pair in spread(train, 256):
-        with Image.open(pair.image) as image:
-            sizes.append(image.size[::-1])
+        sizes.append(imageio.image_size(pair.image))
     diameters, fractions = [], []
     for pair in spread(train, sample):
         mask = load_mask(pair.mask)
@@ -61,7 +61,15 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) ->
 def has_colour(path, tolerance: float = 3.0) -> bool:
     """Whether an image holds colour: its channels differ by more than `tolerance` grey
     levels on average (JPEG's chroma noise stays below that on a grey image saved as RGB).
-    Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters."""
+    Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters. A TIFF: its
+    channels differ by more than `tolerance` / 255 of its value range."""
+    if imageio.is_tiff(path):
+        values = imageio.read_tiff(path, None)
+        if values.ndim == 2 or values.shape[2] < 3:
+            return False
+        rgb = values[..., :3].astype(np.float32)
+        span = float(rgb.max() - rgb.min()) or 1.0
+        return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance * span / 255
     with Image.open(path) as image:
         if image.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
             return False

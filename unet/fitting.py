@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from unet import batchnorm, distributed, engine, seeding, transforms
+from unet import batchnorm, distributed, engine, imageio, intensity, seeding, transforms
 from unet.cache import ArrayCache
 from unet.classes import Classes, load_class_map
 from unet.config import TrainConfig
@@ -25,12 +25,15 @@ class TrainData:
     seed: int                          # this process's augmentation seed
     cache: ArrayCache | None
     classes: Classes                   # binary, or K > 2 (a K-channel softmax model)
+    window: intensity.Window | None = None   # 16-bit/float images -> uint8; None: 8-bit data
 
 
 def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
               classes: Classes = Classes.numbered(2)) -> TrainData:
     """Decodes and resizes the train and val pairs (through the disk cache when on); masks
-    as 0/1, or as class indices when there are K > 2 classes."""
+    as 0/1, or as class indices when there are K > 2 classes. 16-bit and float images go
+    through the intensity window measured here on the training images (unet.intensity; every
+    process measures the same images, so all agree)."""
     world = distributed.world_size()
     if cfg.batch_size % world:
         raise UserError(f"parameter batch_size={cfg.batch_size}: the batch is shared out among "
@@ -45,10 +48,12 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
     masks = {} if classes.binary else {
         "read_mask": functools.partial(load_class_map, classes=classes),
         "labels": f"{classes.count} classes"}
-    train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks).preload()
+    window = intensity.measure([pair.image for pair in subsets["train"]], imageio.read_raw)
+    train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks,
+                                    window=window).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
-                                  cache, **masks).preload()
-    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes)
+                                  cache, **masks, window=window).preload()
+    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes, window)
 
 
 def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,

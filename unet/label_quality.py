@@ -117,7 +117,7 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
     items = [(name, pair) for name, pairs in subsets.items() for pair in pairs]
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        images = np.stack([resize_image(load_image(p.image, (h, w)), (h, w))
+        images = np.stack([resize_image(load_image(p.image, (h, w), segmenter.window), (h, w))
                            for _, p in chunk])
         for (name, pair), image, probs in zip(chunk, images,
                                               segmenter.probabilities_resized(images)):

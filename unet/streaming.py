@@ -102,6 +102,7 @@ class PngSink:
 
     def __init__(self, output_dir: Path, overlay: bool = False, classes: int = 2):
         self.output_dir, self.overlay, self.classes = Path(output_dir), overlay, classes
+        self.window = None         # the model's intensity window, for the overlays' photos
 
     def outputs(self, image: Path) -> list[Path]:
         names = [image.stem + MASK_SUFFIX] + ([image.stem + OVERLAY_SUFFIX] if self.overlay else [])
@@ -115,7 +116,7 @@ class PngSink:
         for path, mask in items:
             mask_path, *overlay_path = self.outputs(path)
             if overlay_path:
-                art = visualize.overlay(read_image(path, None), mask,   # checked when read
+                art = visualize.overlay(read_image(path, None, self.window), mask,  # checked
                                         classes=self.classes)
                 atomic_save(Image.fromarray(art), overlay_path[0], format="JPEG", quality=90)
             atomic_save(Image.fromarray(mask * 255 if self.classes == 2 else mask), mask_path,
@@ -133,14 +134,15 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
 
 
 def read_ahead(paths: list[Path], size: tuple[int, int], workers: int, window: int,
-               max_pixels: int = MAX_PIXELS
+               max_pixels: int = MAX_PIXELS, intensity=None
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
     decoding up to `window` images ahead in `workers` threads; one declaring more than
-    max_pixels pixels is UnreadableImage, found from its header."""
+    max_pixels pixels is UnreadableImage, found from its header. 16-bit and float images go
+    through the model's `intensity` window (unet.intensity)."""
     def read(path: Path):
         try:
-            return read_for_model(path, size, max_pixels)
+            return read_for_model(path, size, max_pixels, intensity)
         except UnreadableImage as e:
             return e
 
@@ -167,6 +169,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
     `workers` reader threads (default: the cores, at most 8). Unreadable images are named (via
     `log`; default: a line above the progress bar), counted as failed and skipped."""
     workers = workers or min(8, os.cpu_count() or 2)
+    if isinstance(sink, PngSink):
+        sink.window = segmenter.window     # overlays show the photo as the model saw it
     todo = sink.todo(images)
     outcome = Outcome(skipped=len(images) - len(todo))
     writes: deque[Future] = deque()
@@ -185,7 +189,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             batch.clear()
 
         for path, read in read_ahead(todo, segmenter.image_size, workers,
-                                     2 * batch_size + workers, max_pixels):
+                                     2 * batch_size + workers, max_pixels,
+                                     segmenter.window):
             if isinstance(read, UnreadableImage):
                 outcome.failed.append((path, str(read)))
                 (log or bar.write)(f"failed {path}: {read}")

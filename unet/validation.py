@@ -4,7 +4,7 @@ listed, paired and decoded, and every problem goes into one report.
 Two kinds of findings:
 * problems: the file can't be used (no partner, unreadable, sizes differ, a mask of several
   classes, two images with one stem). Policy `on_bad_data` decides: fail, or drop those pairs.
-* notes: the file is used after a conversion or is ignored (grey, RGBA and 16-bit images,
+* notes: the file is used after a conversion or is ignored (grey, RGBA, 16-bit and float images,
   antialiased or empty masks, hidden and non-image files). Counted, never fatal.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unet import classes as labels
+from unet import imageio
 from unet.classes import BadLabel, Classes
-from unet.data import IMAGE_EXTS, SIXTEEN_BIT_MODES, Pair, grey_array
+from unet.data import FLOAT_MODES, IMAGE_EXTS, SIXTEEN_BIT_MODES, Pair, grey_array
 from unet.errors import UserError
 
 # A level between background and foreground that fills regions of at least this share of a
@@ -41,7 +42,7 @@ PROBLEMS = {   # kind -> what the report says
 NOTES = {
     "grayscale_image": "grayscale image (expanded to RGB)",
     "rgba_image": "image with alpha (alpha dropped)",
-    "16bit_image": "16-bit image (scaled to 8 bits)",
+    "16bit_image": "16-bit or float image (to 8 bits by the training images' intensity window)",
     "antialiased_mask": "mask with antialiased edges (thresholded at half)",
     "multiclass_mask_thresholded": "mask with more than 2 classes (thresholded at half)",
     "empty_mask": "empty mask (no foreground; used)",
@@ -117,6 +118,8 @@ def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
 
 def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     """Decodes the image fully; returns its (width, height) (None if unreadable) and findings."""
+    if imageio.is_tiff(path):
+        return check_tiff(path)
     try:
         with Image.open(path) as image:
             size, mode = image.size, image.mode
@@ -126,7 +129,7 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
             alpha = "A" in image.getbands() or "transparency" in image.info
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
-    if mode in SIXTEEN_BIT_MODES:
+    if mode in SIXTEEN_BIT_MODES + FLOAT_MODES:
         return size, [Finding(path, "16bit_image", mode)]
     findings = [Finding(path, "rgba_image", mode)] if alpha else []
     if mode in ("1", "L", "LA"):
@@ -134,10 +137,27 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     return size, findings
 
 
+def check_tiff(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
+    """check_image for a TIFF (unet.imageio): decoded fully; 16-bit or float, grey and
+    alpha noted."""
+    try:
+        values = imageio.read_tiff(path, None)
+    except imageio.UnreadableImage as e:
+        return None, [Finding(path, "unreadable_image", str(e))]
+    channels = 1 if values.ndim == 2 else values.shape[2]
+    what = f"TIFF {values.dtype}, {channels} channel(s)"
+    findings = [Finding(path, "16bit_image", what)] if values.dtype != np.uint8 else []
+    if channels in (2, 4):
+        findings.append(Finding(path, "rgba_image", what))
+    if channels in (1, 2):
+        findings.append(Finding(path, "grayscale_image", what))
+    return (values.shape[1], values.shape[0]), findings
+
+
 def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool) -> list[Finding]:
     """Decodes the mask fully and looks at its levels: size, classes, edges, emptiness."""
     try:
-        with Image.open(path) as mask:
+        with imageio.open_pil(path) as mask:
             mask.load()
             size = mask.size
             grey = grey_array(mask)
@@ -180,7 +200,7 @@ def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes
                      ) -> list[Finding]:
     """A mask of class indices: decodable, of the image's size, every value a class."""
     try:
-        with Image.open(path) as mask:
+        with imageio.open_pil(path) as mask:
             size = mask.size
         class_map = labels.load_class_map(path, classes)
     except BadLabel as e:
@@ -208,7 +228,7 @@ def detect_classes(masks: list[Path], declared: str) -> Classes:
     readable = []
     for path in masks:
         try:
-            with Image.open(path) as mask:
+            with imageio.open_pil(path) as mask:
                 mask.load()
             readable.append(path)
         except DECODE_ERRORS:
@@ -223,7 +243,8 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
                     mask_ext: str = ".gif", multiclass_ok: bool = False,
                     threads: int | None = None, classes: str = "auto") -> DataReport:
     """Lists, pairs and decodes every file of image_dir and mask_dir (decoding in threads: PIL
-    releases the GIL). Image `X.<jpg|jpeg|png>` pairs with mask `X{mask_suffix}{mask_ext}`.
+    releases the GIL). Image `X.<jpg|jpeg|png|tif|tiff>` pairs with mask
+    `X{mask_suffix}{mask_ext}`, whatever the image's extension (X.tif with X_mask.png).
     The classes are detected from the masks (or declared by `classes`, comma names); with
     K > 2 every mask value must be a class index.
 
@@ -237,7 +258,7 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
     problems: list[Finding] = []
     images = _list(image_dir, lambda p: p.suffix.lower() in IMAGE_EXTS, notes)
     if not images:
-        raise UserError(f"no images (.jpg, .jpeg, .png) in {image_dir}")
+        raise UserError(f"no images ({imageio.EXTS_TEXT}) in {image_dir}")
     mask_end = f"{mask_suffix}{mask_ext}"
     masks = {p.name[: -len(mask_end)]: p
              for p in _list(mask_dir, lambda p: p.name.endswith(mask_end), notes)}
@@ -254,7 +275,7 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
             problems.append(Finding(paths[0], "no_mask", f"expected {mask_dir / (stem + mask_end)}"))
         else:
             candidates.append(Pair(stem, paths[0], masks[stem]))
-    problems += [Finding(path, "no_image", f"expected {image_dir / stem}.jpg, .jpeg or .png")
+    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{imageio.EXTS_TEXT}")
                  for stem, path in masks.items() if stem not in by_stem]
 
     spread = candidates[::max(1, len(candidates) // 64)]

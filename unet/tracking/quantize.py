@@ -49,7 +49,8 @@ def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None
     with tempfile.TemporaryDirectory() as tmp:
         int8_file = onnx_runtime.quantize_int8(
             Path(fp32.path), Path(tmp) / onnx_runtime.INT8_FILE,
-            [load_image(p.image) for p in calibration_pairs(subsets["train"])],
+            [load_image(p.image, window=fp32.window)
+             for p in calibration_pairs(subsets["train"])],
             fp32.image_size)
         int8 = onnx_runtime.OnnxSegmenter(fp32, int8_file, "onnx-int8", shared=False)
         dice = evaluate_pairs(int8, test, cfg.threshold, cfg.eval_batch_size)["dice"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 
-from unet import config, distributed, engine, fitting, planning, transforms
+from unet import config, distributed, engine, fitting, intensity, planning, transforms
 from unet.errors import UserError
 from unet.evaluation import choose_tta
 from unet.model import UNet
@@ -132,7 +132,7 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line. At the
     end, waits up to wait_s for records kept through an outage (Outbox.wait_until_sent)."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
-                     classes=trainer.classes)
+                     classes=trainer.classes, window=val_set.window)
     outbox = Outbox(run.info.run_id) if run is not None else None
     try:
         for result in trainer.fit(train_loader, val_loader):
@@ -168,12 +168,12 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run):
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
-    model, with the test-time augmentation that validation measured to help, and an input
-    example."""
+    model, with the test-time augmentation that validation measured to help, the intensity
+    window of 16-bit/float training images (tag `intensity_window`), and an input example."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
-                          classes=trainer.classes)
+                          classes=trainer.classes, window=val_set.window)
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)
@@ -181,7 +181,8 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
     model_uri = models.log_model(segmenter, example)
     mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch,
                         "kept_val_dice": trainer.kept_dice, "kept_epoch": trainer.kept_epoch})
-    mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower()})
+    mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower(),
+                     "intensity_window": intensity.describe(segmenter.window)})
     stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
             f"{cfg.patience} epochs); " if trainer.stopped_early else "")
     print(f"train run {run.info.run_id}: {stop}kept the {cfg.keep} weights (epoch "
