@@ -50,6 +50,14 @@ def test_each_tiff_decodes_to_its_values_and_dtype(values, options):
     assert decoded.dtype == values.dtype and np.array_equal(decoded, values)
 
 
+@pytest.mark.parametrize("values", [np.arange(64, dtype=np.uint16).reshape(8, 8) * 900,
+                                    np.arange(192, dtype=np.uint8).reshape(8, 8, 3)])
+def test_an_lzw_tiff_decodes_without_imagecodecs(values):
+    lzw = io.BytesIO()
+    Image.fromarray(values).save(lzw, "TIFF", compression="tiff_lzw")
+    assert np.array_equal(imageio.read_tiff(lzw.getvalue()), values)
+
+
 def test_a_planar_rgb_tiff_comes_back_channels_last():
     rgb = np.arange(72, dtype=np.uint16).reshape(4, 6, 3)
     planar = tiff_bytes(np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")

@@ -91,12 +91,16 @@ def read_tiff(source: bytes | Path, max_pixels: int | None = MAX_PIXELS) -> np.n
             refusal = over_limit(height, width, max_pixels)
             if refusal:
                 raise refusal
-            values = tif.series[0].asarray()
+            try:
+                values = tif.series[0].asarray()
+            except ValueError as e:
+                if "imagecodecs" not in str(e):
+                    raise
+                values = _codec_fallback(source, e)
     except UnreadableImage:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError,
             MemoryError) as e:
-        # e.g. LZW-compressed TIFFs need the optional package imagecodecs
         raise UnreadableImage(f"unreadable TIFF ({e})") from None
     kept = "".join(a for a, n in zip(axes, values.shape) if a in "YXSC")
     values = values.reshape([n for a, n in zip(axes, values.shape) if a in "YXSC"])
@@ -113,6 +117,17 @@ def image_size(path: Path) -> tuple[int, int]:
         return tiff_size(path)
     with Image.open(path) as image:
         return image.size[::-1]
+
+
+def _codec_fallback(source: bytes | Path, error: ValueError) -> np.ndarray:
+    """A TIFF compressed with a codec tifffile decodes only with the optional package
+    imagecodecs (LZW, packbits: common in scanners and older microscopes), decoded by PIL's
+    libtiff, which knows them for grey 8/16-bit, float and 8-bit RGB; the same values."""
+    try:
+        with Image.open(_stream(source), formats=["TIFF"]) as image:
+            return np.asarray(image)
+    except (OSError, ValueError, SyntaxError):
+        raise UnreadableImage(f"unreadable TIFF ({error}): pip install imagecodecs") from None
 
 
 def read_raw(path: Path) -> np.ndarray:
