@@ -58,6 +58,23 @@ def test_an_lzw_tiff_decodes_without_imagecodecs(values):
     assert np.array_equal(imageio.read_tiff(lzw.getvalue()), values)
 
 
+def test_masks_decode_raw_with_their_dtype_and_tiff_masks_read_as_pngs_do(tmp_path):
+    labels = np.zeros((6, 8), np.uint16)
+    labels[1:3, 1:4], labels[4:6, 5:8] = 1, 300                  # instance labels
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    Image.fromarray(labels).save(tmp_path / "labels.png")         # the same as 16-bit PNG
+    palette = Image.fromarray(np.array([[0, 2], [1, 2]], np.uint8), "P")
+    palette.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * 759)
+    palette.save(tmp_path / "palette.png")
+    for name in ("labels.tif", "labels.png"):
+        raw = imageio.read_raw(tmp_path / name)
+        assert raw.dtype == np.uint16 and np.array_equal(raw, labels), name
+    assert np.array_equal(imageio.read_raw(tmp_path / "palette.png"), [[0, 2], [1, 2]])
+    # load_mask's rule (above half the top value) is the same whatever the file format
+    assert np.array_equal(load_mask(tmp_path / "labels.tif"), load_mask(tmp_path / "labels.png"))
+    assert load_mask(tmp_path / "labels.tif").sum() == 6
+
+
 def test_a_planar_rgb_tiff_comes_back_channels_last():
     rgb = np.arange(72, dtype=np.uint16).reshape(4, 6, 3)
     planar = tiff_bytes(np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
@@ -118,11 +135,11 @@ def test_the_window_is_the_percentiles_of_the_training_images(tmp_path):
     Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "c.png")   # 8-bit: not used
     paths = [tmp_path / n for n in ("a.tif", "b.tif", "c.png")]
     # numpy's linear percentiles of 0..999 (each twice): 0.005 * 999 and 0.995 * 999
-    assert intensity.measure(paths, imageio.read_raw) == pytest.approx((4.995, 994.005))
-    assert intensity.measure(paths[2:], imageio.read_raw) is None
+    assert intensity.measure(paths, imageio.read_deep) == pytest.approx((4.995, 994.005))
+    assert intensity.measure(paths[2:], imageio.read_deep) is None
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.full((4, 4), 700, np.uint16))
-    assert intensity.measure([flat], imageio.read_raw) == (700.0, 701.0)
+    assert intensity.measure([flat], imageio.read_deep) == (700.0, 701.0)
 
 
 def test_the_pixel_limit_refuses_a_tiff_by_its_header(tmp_path, monkeypatch):

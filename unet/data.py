@@ -59,7 +59,6 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # how PIL opens 16-bit greys
-FLOAT_MODES = ("F",)
 
 
 def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
@@ -67,7 +66,7 @@ def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
     an alpha channel is dropped, 16-bit and float values go through the intensity `window`
     (unet.intensity.to_rgb8; PIL's convert("RGB") would clip them at 255, turning most of a
     16-bit photo white)."""
-    if image.mode in SIXTEEN_BIT_MODES + FLOAT_MODES:
+    if image.mode in imageio.DEEP_MODES:
         return to_rgb8(np.asarray(image), window)
     return np.asarray(image.convert("RGB"))
 

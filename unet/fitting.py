@@ -25,7 +25,6 @@ class TrainData:
     seed: int                          # this process's augmentation seed
     cache: ArrayCache | None
     classes: Classes                   # binary, or K > 2 (a K-channel softmax model)
-    window: intensity.Window | None = None   # 16-bit/float images -> uint8; None: 8-bit data
 
 
 def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
@@ -48,12 +47,12 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
     masks = {} if classes.binary else {
         "read_mask": functools.partial(load_class_map, classes=classes),
         "labels": f"{classes.count} classes"}
-    window = intensity.measure([pair.image for pair in subsets["train"]], imageio.read_raw)
+    window = intensity.measure([pair.image for pair in subsets["train"]], imageio.read_deep)
     train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks,
                                     window=window).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
                                   cache, **masks, window=window).preload()
-    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes, window)
+    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes)
 
 
 def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,

@@ -130,6 +130,19 @@ def _codec_fallback(source: bytes | Path, error: ValueError) -> np.ndarray:
         raise UnreadableImage(f"unreadable TIFF ({error}): pip install imagecodecs") from None
 
 
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")   # PIL's modes of > 8-bit values
+
+
+def read_deep(path: Path) -> np.ndarray | None:
+    """The values of an image of more than 8 bits (16-bit, float), dtype kept; None for an
+    8-bit one, told from a PNG/JPEG's header alone (no decoding)."""
+    if is_tiff(path):
+        values = read_tiff(path, None)
+        return None if values.dtype == np.uint8 else values
+    with Image.open(path) as image:
+        return np.asarray(image) if image.mode in DEEP_MODES else None
+
+
 def read_raw(path: Path) -> np.ndarray:
     """Any supported file -> its values as stored, dtype kept: a TIFF as read_tiff, a PIL
     image as np.asarray gives it ((H, W) for grey, 16-bit and palette images, whose palette
@@ -149,7 +162,7 @@ def open_pil(path: Path) -> Iterator[Image.Image]:
         with Image.open(path) as image:
             yield image
         return
-    values = read_tiff(path, None)
+    values = read_raw(path)
     if values.dtype == np.uint32 and values.max(initial=0) < 2**31:
         values = values.astype(np.int32)       # labels of a uint32 file, as PIL's mode "I"
     if values.dtype == np.float64:

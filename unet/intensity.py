@@ -58,15 +58,16 @@ def measure(images: Sequence[Path], read, sample: int = 32, values_per_image: in
             ) -> Window | None:
     """The window of a training set: PERCENTILES of the values of up to `sample` images,
     spread evenly over `images`, of those that are not 8-bit (None if none is: the 8-bit path
-    needs no window). `read(path)` decodes an image to its values (unet.imageio.read_raw);
-    at most `values_per_image` values of each are taken, on a regular grid. All channels
-    share one window, so colours keep their ratios."""
+    needs no window). `read(path)` decodes an image to its values, or None for an 8-bit one
+    (unet.imageio.read_deep); at most `values_per_image` values of each are taken, on a
+    regular grid. All channels share one window, so colours keep their ratios."""
     step = max(1, len(images) // sample)
     pooled = []
     for path in list(images)[::step][:sample]:
-        rgb = as_rgb(np.asarray(read(path)))
-        if rgb.dtype == np.uint8:
+        values = read(path)
+        if values is None or np.asarray(values).dtype == np.uint8:
             continue
+        rgb = as_rgb(np.asarray(values))
         flat = rgb.reshape(-1)
         pooled.append(flat[::max(1, flat.size // values_per_image)].astype(np.float64))
     if not pooled:

@@ -164,11 +164,10 @@ FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF
 def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
                ) -> Iterator[Image.Image]:
     """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
-    before any pixel is
-    decoded: another format, or more than max_pixels pixels (None: no limit of ours), raises
-    UnreadableImage. A small file may declare a huge image (a few KB of PNG can say
-    12000 x 12000): decoding it would take seconds and gigabytes, reading the header takes
-    microseconds."""
+    before any pixel is decoded: another format, or more than max_pixels pixels (None: no
+    limit of ours), raises UnreadableImage. A small file may declare a huge image (a few KB of
+    PNG can say 12000 x 12000): decoding it would take seconds and gigabytes, reading the
+    header takes microseconds."""
     try:
         with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from unet import classes as labels
 from unet import imageio
 from unet.classes import BadLabel, Classes
-from unet.data import FLOAT_MODES, IMAGE_EXTS, SIXTEEN_BIT_MODES, Pair, grey_array
+from unet.data import IMAGE_EXTS, Pair, grey_array
 from unet.errors import UserError
 
 # A level between background and foreground that fills regions of at least this share of a
@@ -129,7 +129,7 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
             alpha = "A" in image.getbands() or "transparency" in image.info
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
-    if mode in SIXTEEN_BIT_MODES + FLOAT_MODES:
+    if mode in imageio.DEEP_MODES:
         return size, [Finding(path, "16bit_image", mode)]
     findings = [Finding(path, "rgba_image", mode)] if alpha else []
     if mode in ("1", "L", "LA"):

@@ -118,7 +118,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     if run is not None:
         print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
               f"{len(data.val_set)} val images, {cfg.epochs} epochs, {precision.name} on "
-              f"{precision.device}", flush=True)
+              f"{precision.device}; intensity window {intensity.describe(data.train_set.window)}",
+              flush=True)
     run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch,
                cfg.tracking_wait_min * 60)
     if run is not None:
