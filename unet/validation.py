@@ -118,40 +118,28 @@ def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
 
 def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     """Decodes the image fully; returns its (width, height) (None if unreadable) and findings."""
-    if imageio.is_tiff(path):
-        return check_tiff(path)
     try:
-        with Image.open(path) as image:
-            size, mode = image.size, image.mode
-            if image.format == "JPEG":   # decode at 1/8 scale: still reads every byte, 3x faster
-                image.draft(image.mode, (size[0] // 8, size[1] // 8))
-            image.load()
-            alpha = "A" in image.getbands() or "transparency" in image.info
+        if imageio.is_tiff(path):            # tifffile: its dtype and channels say the same
+            values = imageio.read_tiff(path, None)
+            bands = 1 if values.ndim == 2 else values.shape[2]
+            size, mode = values.shape[1::-1], f"TIFF {values.dtype}, {bands} channel(s)"
+            alpha, grey, deep = bands in (2, 4), bands < 3, values.dtype != np.uint8
+        else:
+            with Image.open(path) as image:
+                size, mode = image.size, image.mode
+                if image.format == "JPEG":   # 1/8 scale: still reads every byte, 3x faster
+                    image.draft(image.mode, (size[0] // 8, size[1] // 8))
+                image.load()
+                alpha = "A" in image.getbands() or "transparency" in image.info
+            grey, deep = mode in ("1", "L", "LA"), mode in imageio.DEEP_MODES
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
-    if mode in imageio.DEEP_MODES:
+    if deep:
         return size, [Finding(path, "16bit_image", mode)]
     findings = [Finding(path, "rgba_image", mode)] if alpha else []
-    if mode in ("1", "L", "LA"):
+    if grey:
         findings.append(Finding(path, "grayscale_image", mode))
     return size, findings
-
-
-def check_tiff(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
-    """check_image for a TIFF (unet.imageio): decoded fully; 16-bit or float, grey and
-    alpha noted."""
-    try:
-        values = imageio.read_tiff(path, None)
-    except imageio.UnreadableImage as e:
-        return None, [Finding(path, "unreadable_image", str(e))]
-    channels = 1 if values.ndim == 2 else values.shape[2]
-    what = f"TIFF {values.dtype}, {channels} channel(s)"
-    findings = [Finding(path, "16bit_image", what)] if values.dtype != np.uint8 else []
-    if channels in (2, 4):
-        findings.append(Finding(path, "rgba_image", what))
-    if channels in (1, 2):
-        findings.append(Finding(path, "grayscale_image", what))
-    return (values.shape[1], values.shape[0]), findings
 
 
 def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool) -> list[Finding]:
