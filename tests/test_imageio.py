@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from PIL import Image
 
 import mlflow
 from conftest import TINY, mlflow_run, only
-from unet import imageio, intensity
+from unet import imageio, intensity, rle
 from unet.data import Pair, load_image, load_mask
 from unet.evaluation import evaluate_pairs
 from unet.fingerprint import fingerprint
@@ -261,6 +262,10 @@ def test_the_logged_model_carries_the_window_and_serves_tiff_as_in_process(track
                                                    params={"threshold": threshold})
     mask = np.asarray(Image.open(io.BytesIO(served["mask"][0]))) // 255
     assert 0 < expected.mean() < 1 and np.array_equal(mask, expected)
+    # format rle: what predict's Spark engine asks the model for, row by row
+    rows = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [data]}),
+                                                 params={"threshold": threshold, "format": "rle"})
+    assert rows["error"][0] == "" and rows["rle_mask"][0] == rle.encode(expected)
 
 
 def test_the_fluorescence_generator_is_deterministic_and_labels_each_nucleus(tmp_path):
@@ -282,9 +287,9 @@ def test_the_fluorescence_generator_is_deterministic_and_labels_each_nucleus(tmp
     assert np.asarray(Image.open(png / "images" / "s000_01.png")).dtype == np.uint8
 
 
-def dice_of(folder, layout: dict[str, str], tracking_uri: str) -> tuple[float, str]:
-    """(test Dice, train run's intensity_window tag) of split_data -> train -> evaluate on
-    `folder` with fixed small settings."""
+def dice_of(folder, layout: dict[str, str], tracking_uri: str):
+    """(test Dice, train run, evaluate run) of split_data -> train -> evaluate on `folder` with
+    fixed small settings."""
     split = mlflow_run("split_data", {"data_dir": str(folder), **layout, "seed": "3"},
                        tracking_uri)
     assert split.returncode == 0, split.stderr[-3000:]
@@ -305,7 +310,7 @@ def dice_of(folder, layout: dict[str, str], tracking_uri: str) -> tuple[float, s
     run = mlflow.search_runs(search_all_experiments=True, output_format="list",
                              filter_string="tags.`mlflow.project.entryPoint` = 'evaluate'",
                              order_by=["start_time DESC"])[0]
-    return run.data.metrics["test_dice"], train_run.data.tags["intensity_window"]
+    return run.data.metrics["test_dice"], train_run, run
 
 
 @pytest.mark.slow
@@ -316,10 +321,25 @@ def test_a_16bit_tiff_folder_trains_as_well_as_its_8bit_png_copy(tracking_uri, t
     from tools.datasets import CELLS_LAYOUT, FLUORESCENCE_LAYOUT, fluorescence_folder, png_copy
     fluo = fluorescence_folder(tmp_path / "fluo", 24, seed=11, binary_labels=True)
     png = png_copy(fluo, tmp_path / "png")
-    deep, window = dice_of(fluo, FLUORESCENCE_LAYOUT, tracking_uri)
+    deep, train, evaluate = dice_of(fluo, FLUORESCENCE_LAYOUT, tracking_uri)
+    window = train.data.tags["intensity_window"]
     low, high = (float(v) for v in window.split(".."))
     assert 100 < low < 400 and 2500 < high < 5000          # measured on the 16-bit values
-    flat, none = dice_of(png, CELLS_LAYOUT, tracking_uri)
+    # predict (the real entry point) applies the model's window as evaluate did
+    out = tmp_path / "predicted"
+    predict = mlflow_run("predict", {"model_uri": train.data.tags["model_uri"],
+                                     "input_dir": str(fluo / "images"), "output_dir": str(out)},
+                         tracking_uri)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    tested = mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
+                                                 artifact_path="predictions/masks",
+                                                 dst_path=str(tmp_path / "evaluated"))
+    names = sorted(p.name for p in Path(tested).iterdir())
+    assert len(names) >= 4
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(out / name)),
+                              np.asarray(Image.open(Path(tested) / name))), name
+    flat, plain, _ = dice_of(png, CELLS_LAYOUT, tracking_uri)
     print(f"\ntest Dice: 16-bit TIFF {deep:.4f} (window {window}), 8-bit PNG {flat:.4f}")
-    assert none == intensity.describe(None) and flat > 0.8
+    assert plain.data.tags["intensity_window"] == intensity.describe(None) and flat > 0.8
     assert abs(deep - flat) <= 0.01
