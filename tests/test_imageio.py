@@ -325,6 +325,9 @@ def test_a_16bit_tiff_folder_trains_as_well_as_its_8bit_png_copy(tracking_uri, t
     window = train.data.tags["intensity_window"]
     low, high = (float(v) for v in window.split(".."))
     assert 100 < low < 400 and 2500 < high < 5000          # measured on the 16-bit values
+    card = mlflow.MlflowClient().get_model_version(evaluate.data.tags["model_name"],
+                                                   evaluate.data.tags["model_version"])
+    assert f"intensity window {window} (train run" in card.description      # the model card
     # predict (the real entry point) applies the model's window as evaluate did
     out = tmp_path / "predicted"
     predict = mlflow_run("predict", {"model_uri": train.data.tags["model_uri"],
