@@ -95,7 +95,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     cfg = inputs.cfg
     if run is not None:
         log_inputs(inputs, precision)
-    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes)
+    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes,
+                             inputs.split.ignore_index, inputs.split.instances)
     if data.cache is not None and run is not None:
         print(f"resized arrays: {data.cache.hits} from {data.cache.directory}, "
               f"{data.cache.misses} decoded")
