@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from unet.data import grey_array, load_mask
-from unet.masks import MAX_INDEX_VALUE, VOID, instance_objects, palette_void
+from unet.masks import MAX_INDEX_VALUE, VOID, instance_objects, levels, palette_void
 
 
 class BadLabel(ValueError):
@@ -112,7 +112,8 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
         with Image.open(path) as mask:
             values, indices = class_values(mask, ignore)
             coloured = indices and mask.mode == "P"
-        kept = np.unique(values if ignore is None else values[values != ignore])
+        kept = levels(values)
+        kept = kept if ignore is None else kept[kept != ignore]
         if not coloured and kept.max(initial=0) > 0:
             filled += 1
             label_masks += instance_objects(values, ignore) is not None

@@ -7,10 +7,12 @@ labelled below top/2 background. A mask holds instance labels (`instance_objects
 at least MIN_LABELS nonzero values and nearly every value (LABEL_SHARE of them) is one compact
 object: a single 8-connected region, at least 2 pixels thick (its box's shorter side), filling at
 least MIN_FILL of its bounding box. Antialiased edges fail this: their in-between levels lie in
-many thin pieces along the outlines (measured on generated masks in tests/test_masks.py: circles
-and squares drawn with antialiasing, 0 of their levels pass; label masks of discs and ellipses,
-all pass). A class-index mask fails it when a class fills several regions (parts, several
-objects of a class). The folder decides (unet.classes.detect): masks of instance labels whose
+many thin pieces along the outlines. Measured on generated masks (tests/test_masks.py): 40 of
+40 label masks of 4..200 discs and ellipses pass (overlapping ones too, later over earlier;
+39 of 40 where earlier objects cut later ones into pieces),
+and 0 of 40 antialiased 0/255 masks of ellipses and boxes, 0 of 40 blurred ones, 0 of 40
+built-in cars and part masks. A class-index mask fails it when a class fills several regions
+(parts, several objects of a class). Objects one pixel thin (fibres) are no compact objects. The folder decides (unet.classes.detect): masks of instance labels whose
 values are all small (<= 31) would otherwise pass as class indices.
 
 Void: a value that is no class (PASCAL VOC's 255 on object borders) is left out of the loss, the
@@ -34,16 +36,24 @@ LABEL_SHARE = 0.9                # share of values that must be compact objects
 MIN_FILL = 0.2                   # an object's pixels / its bounding box (a disc: 0.79)
 
 
+def levels(values: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer mask, ascending (by counting for 8 and 16 bits: 3x
+    faster than np.unique on a Carvana mask)."""
+    if values.dtype.itemsize <= 2 and values.dtype.kind == "u":
+        return np.flatnonzero(np.bincount(values.ravel()))
+    return np.unique(values)
+
+
 def instance_objects(values: np.ndarray, ignore: int | None = None) -> int | None:
     """(H, W) integer values of a single-channel mask -> the number of objects if it holds
     instance labels (module docstring), else None. `ignore` (a void value) is no object."""
-    labels = values.astype(np.int64)
-    if ignore is not None:
-        labels = np.where(labels == ignore, 0, labels)
-    present = np.unique(labels)
-    present = present[present > 0]
+    present = levels(values)
+    present = present[(present > 0) & (present != (-1 if ignore is None else ignore))]
     if len(present) < MIN_LABELS:
         return None
+    labels = values.astype(np.int64)
+    if ignore is not None:
+        labels[labels == ignore] = 0
     eight = np.ones((3, 3), bool)
     compact = 0
     # find_objects gives each value's bounding box in one pass: the cost follows the objects'

@@ -40,6 +40,12 @@ class Split:
         class indices, void pixels unet.masks.VOID."""
         return reader(self.classes, self.ignore_index, self.instances)(path)
 
+    @property
+    def plan_reader(self):
+        """How the training plan reads the masks for object sizes: as before (None: binary
+        thresholding) unless the masks hold void or instance labels (read_mask)."""
+        return None if self.ignore_index is None and not self.instances else self.read_mask
+
 
 def _pairs_digest(pairs: list[Pair]) -> str:
     """Names and sizes of the files: cheap on 5,000 Carvana photos, changes when files do."""

@@ -48,7 +48,7 @@ def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
                         f"with val_fraction > 0")
     precision = choose_precision(config.given("train", overrides).get("precision", config.AUTO))
     cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
-                                   precision)
+                                   precision, read_mask=split.plan_reader)
     resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
               if cfg.resume_from else None)
     return TrainInputs(cfg, plan, split, resume)
