@@ -27,7 +27,8 @@ def evaluate() -> None:
         metrics, runtime = test_model(cfg, model_uri, split, Path(tmp) / "predictions")
         labels = check_labels(cfg, model_uri, split, Path(tmp) / "labels")
         int8 = (quantize.try_int8(model_uri, split.subsets, cfg,
-                                  metrics["dice"] if runtime == "onnx" else None)
+                                  metrics["dice"] if runtime == "onnx" else None,
+                                  split.read_mask)
                 if cfg.quantize == "int8" else None)
         floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin,
                                    split.classes, split.read_mask)

@@ -22,7 +22,7 @@ from unet.data import Pair, load_mask
 from unet.errors import UserError
 from unet.losses import make_loss
 from unet.masks import VOID, instance_objects, parse_ignore
-from unet.metrics import SegmentationMetrics, confusion, scores
+from unet.metrics import SegmentationMetrics, confusion
 from unet.synthetic import render
 from unet.validation import validate_folder
 
