@@ -300,3 +300,12 @@ def test_voc_folder_end_to_end_leaves_void_out(tmp_path, tracking_uri):
         assert (values == 255).any() and counted == (values != 255).sum()
         assert int(row["tp"]) + int(row["fn"]) == (values == 1).sum()
     assert "baseline_dice_all_foreground" in evaluate.data.metrics
+
+
+def test_panels_show_void_in_vocs_void_colour():
+    from unet.visualize import colour_mask
+    binary = colour_mask(np.array([[0, 1, VOID]], np.uint8))
+    assert binary.tolist() == [[[0, 0, 0], [255, 255, 255], [224, 224, 192]]]
+    classes = colour_mask(np.array([[0, 2, VOID]], np.uint8), classes=3)
+    assert classes[0, 0].tolist() == [0, 0, 0] and classes[0, 2].tolist() == [224, 224, 192]
+    assert classes[0, 1].tolist() not in ([0, 0, 0], [224, 224, 192])
