@@ -16,6 +16,11 @@
   PNG images (one intensity window for the whole folder: its 0.5th..99.5th percentiles) with
   0/255 PNG masks, the hand conversion the pipeline's own reading is measured against.
 
+* `voc_folder`: PASCAL VOC's layout and masks (`JPEGImages/<scene>_<n>.jpg`,
+  `SegmentationClass/<scene>_<n>.png`): palette PNGs in VOC's colours, background 0, one or two
+  object classes (1, 2), and VOC's void value 255 on a border a few pixels wide around each
+  object (where annotators were unsure), 96x128.
+
 * `corrupt_masks`: label errors in a Carvana-layout folder, for the label-quality check
   (docs/label-quality.md): a share of the masks shifted by a tenth of the width, swapped with
   another car's, half erased or emptied, in turn; `corrupted.json` in the folder records which.
@@ -25,6 +30,7 @@
     python -m tools.datasets cells OUT --images 96 --seed 7
     python -m tools.datasets fluorescence OUT --images 24 --size 64x64 --png OUT_PNG
     python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
+    python -m tools.datasets voc OUT --images 48 --seed 3 --classes 2
 """
 from __future__ import annotations
 
@@ -219,6 +225,73 @@ def png_copy(folder: Path, out: Path) -> Path:
         labels = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")
         Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(
             out / "masks" / f"{path.stem}_mask.png")
+
+
+VOC_LAYOUT = {"image_dir": "JPEGImages", "mask_dir": "SegmentationClass", "mask_suffix": "",
+              "mask_ext": ".png"}
+VOC_VOID = 255
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's 256-colour palette (its devkit's bit-interleaving colour map): 0 black,
+    1 (128, 0, 0), 2 (0, 128, 0), ..., 255 (224, 224, 192), the void colour."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        for shift in range(7, -1, -1):
+            r |= ((index >> 0) & 1) << shift
+            g |= ((index >> 1) & 1) << shift
+            b |= ((index >> 2) & 1) << shift
+            index >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _scene(args) -> None:
+    out, seed, scene, shot, height, width, classes, border = args
+    rng = np.random.default_rng([seed, scene, shot])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # A smooth, textured background, so that the objects are not told by brightness alone.
+    image = (rng.uniform(60, 140, 3) + 25 * np.sin(xx[..., None] / rng.uniform(5, 15))
+             * np.cos(yy[..., None] / rng.uniform(5, 15)))
+    labels = np.zeros((height, width), np.uint8)
+    void = np.zeros((height, width), bool)
+    kernel = np.ones((border, border), np.uint8)
+    colours = {1: (200, 60, 50), 2: (50, 90, 210)}           # class 1 reddish, class 2 blue
+    for _ in range(int(rng.integers(1, 4))):
+        cls = int(rng.integers(1, classes + 1))
+        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+        a, b = rng.uniform(0.08, 0.2) * width, rng.uniform(0.08, 0.2) * height
+        inside = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+        image[inside] = np.asarray(colours[cls]) * rng.uniform(0.8, 1.1)
+        labels[inside] = cls
+        # VOC's void: a band across the outline, half inside and half outside the object.
+        ring = cv2.dilate(inside.astype(np.uint8), kernel) & ~cv2.erode(
+            inside.astype(np.uint8), kernel).astype(bool)
+        void |= ring.astype(bool)
+    labels[void] = VOC_VOID
+    image += rng.normal(0, 8, image.shape)
+    stem = f"{2026 + scene:04d}_{shot:06d}"
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
+        out / "JPEGImages" / f"{stem}.jpg", quality=92)
+    mask = Image.fromarray(labels, "P")
+    mask.putpalette(voc_palette())
+    mask.save(out / "SegmentationClass" / f"{stem}.png")
+
+
+def voc_folder(out: Path, images: int, seed: int, size=(96, 128), classes: int = 1,
+               border: int = 3, workers: int = 2) -> Path:
+    """`images` scenes of VOC's layout (VOC_LAYOUT), 4 shots per scene (the split's group);
+    `classes` object classes (1 or 2); the void band is `border` pixels wide. The same seed
+    gives the same files."""
+    if classes not in (1, 2):
+        raise ValueError(f"voc_folder: 1 or 2 object classes, not {classes}")
+    out = Path(out)
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, seed, i // 4, i % 4 + 1, *size, classes, border) for i in range(images)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_scene, jobs, chunksize=8))
     return out
 
 
@@ -269,7 +342,7 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["carvana", "cells", "fluorescence"])
+    parser.add_argument("kind", choices=["carvana", "cells", "fluorescence", "voc"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
@@ -286,7 +359,11 @@ def main() -> None:
                         help="fluorescence: also this folder, as 8-bit PNG with 0/255 masks")
     parser.add_argument("--corrupt", type=float, default=0.0,
                         help="carvana: share of the masks to corrupt (see corrupt_masks)")
+    parser.add_argument("--classes", type=int, default=1, help="voc: object classes, 1 or 2")
     args = parser.parse_args()
+    if args.kind == "voc":
+        print(voc_folder(args.out, args.images, args.seed, classes=args.classes))
+        return
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))
         return

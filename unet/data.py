@@ -169,5 +169,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.resized(index)
         out = self.transform(image=image, mask=mask)
-        return out["image"], (out["mask"].float() if self.labels == "binary"
+        # Binary masks (0/1, void VOID) are float for the BCE; class indices are long.
+        return out["image"], (out["mask"].float() if self.labels.startswith("binary")
                               else out["mask"].long())

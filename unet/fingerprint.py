@@ -15,6 +15,7 @@ from PIL import Image
 
 from unet import imageio
 from unet.data import Pair, load_mask
+from unet.masks import VOID
 from unet.losses import make_loss
 from unet.model import UNet
 from unet.precision import Precision, prepare
@@ -33,9 +34,12 @@ class Fingerprint:
     colour: bool = True            # the images have colour (not grey stored as RGB)
 
 
-def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
+def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
+                read_mask=None) -> Fingerprint:
     """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
-    masks, spread evenly over the training split, for object sizes."""
+    masks, spread evenly over the training split, for object sizes. `read_mask` reads a mask
+    as the split does (default unet.data.load_mask); its objects are its nonzero values but
+    the void pixels (unet.masks.VOID)."""
     def spread(items, n):
         step = max(1, len(items) // n)
         return list(items)[::step][:n]
@@ -45,7 +49,8 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) ->
         sizes.append(imageio.image_size(pair.image))
     diameters, fractions = [], []
     for pair in spread(train, sample):
-        mask = load_mask(pair.mask)
+        mask = load_mask(pair.mask) if read_mask is None else read_mask(pair.mask)
+        mask = ((mask > 0) & (mask != VOID)).astype(np.uint8)
         fractions.append(float(mask.mean()))
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]

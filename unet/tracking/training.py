@@ -48,7 +48,7 @@ def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
                         f"with val_fraction > 0")
     precision = choose_precision(config.given("train", overrides).get("precision", config.AUTO))
     cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
-                                   precision)
+                                   precision, read_mask=split.plan_reader)
     resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
               if cfg.resume_from else None)
     return TrainInputs(cfg, plan, split, resume)
@@ -95,7 +95,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     cfg = inputs.cfg
     if run is not None:
         log_inputs(inputs, precision)
-    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes)
+    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes,
+                             inputs.split.ignore_index, inputs.split.instances)
     if data.cache is not None and run is not None:
         print(f"resized arrays: {data.cache.hits} from {data.cache.directory}, "
               f"{data.cache.misses} decoded")
