@@ -225,6 +225,7 @@ def png_copy(folder: Path, out: Path) -> Path:
         labels = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")
         Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(
             out / "masks" / f"{path.stem}_mask.png")
+    return out
 
 
 VOC_LAYOUT = {"image_dir": "JPEGImages", "mask_dir": "SegmentationClass", "mask_suffix": "",
