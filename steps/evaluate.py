@@ -1,6 +1,5 @@
 """Entry point evaluate: test a train run's model at full resolution next to the trivial
 baselines, then register it and move the aliases (unet/tracking/registry.py)."""
-import functools
 import tempfile
 import time
 from pathlib import Path
@@ -8,8 +7,6 @@ from pathlib import Path
 import mlflow
 
 from unet import cli, config, label_quality
-from unet.classes import load_class_map
-from unet.data import load_mask
 from unet.errors import UserError
 from unet.evaluation import evaluate_pairs
 from unet.tracking import models, quantize, registry, reports, runs, splits
@@ -27,20 +24,20 @@ def evaluate() -> None:
         mlflow.set_tags({"split_run_id": split.run_id, "train_run_id": train_run.info.run_id})
         splits.log_split_inputs(split, ("test",))
         model_uri = train_run.data.tags["model_uri"]
-        metrics, runtime = test_model(cfg, model_uri, split.subsets["test"],
-                                      Path(tmp) / "predictions")
+        metrics, runtime = test_model(cfg, model_uri, split, Path(tmp) / "predictions")
         labels = check_labels(cfg, model_uri, split, Path(tmp) / "labels")
         int8 = (quantize.try_int8(model_uri, split.subsets, cfg,
-                                  metrics["dice"] if runtime == "onnx" else None)
+                                  metrics["dice"] if runtime == "onnx" else None,
+                                  split.read_mask)
                 if cfg.quantize == "int8" else None)
         floor = registry.log_floor(split.subsets, cfg.threshold, cfg.floor_margin,
-                                   split.classes)
+                                   split.classes, split.read_mask)
 
         # Registration comes last: a failure above leaves the registry as it was.
         def score_champion(uri: str) -> float:
             return evaluate_pairs(models.load_segmenter(uri).with_tta(cfg.tta),
                                   split.subsets["test"], cfg.threshold,
-                                  cfg.eval_batch_size)["dice"]
+                                  cfg.eval_batch_size, read_mask=split.read_mask)["dice"]
 
         promotion = registry.register_and_promote(model_uri, cfg.model_name, metrics,
                                                   split.run_id, train_run.info.run_id,
@@ -63,15 +60,17 @@ def announce(run, name: str, metrics: dict, promotion: registry.Promotion) -> No
           f"{promotion.version} -> {alias}: {promotion.reason}")
 
 
-def test_model(cfg: config.EvaluateConfig, model_uri: str, test: list, out_dir: Path
+def test_model(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path
                ) -> tuple[dict, str]:
-    """Scores the model on the test pairs at full resolution on cfg.runtime and logs the
-    metrics and the predictions (masks, overlays, panels, per-image CSV); returns the metrics
-    and the runtime it ran on."""
+    """Scores the model on the split's test pairs at full resolution on cfg.runtime (void
+    pixels left out) and logs the metrics and the predictions (masks, overlays, panels,
+    per-image CSV); returns the metrics and the runtime it ran on."""
+    test = split.subsets["test"]
     segmenter = models.load_segmenter(model_uri, cfg.runtime).with_tta(cfg.tta)
     mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
     start = time.perf_counter()
-    metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir)
+    metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir,
+                             split.read_mask)
     mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     # Full resolution end to end: decode, predict, score, write the prediction files.
     mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))
@@ -85,8 +84,7 @@ def check_labels(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Pat
     if not cfg.label_quality:
         return ""
     segmenter = models.load_segmenter(model_uri).with_tta(cfg.tta)
-    read_mask = load_mask if segmenter.binary else functools.partial(
-        load_class_map, classes=split.classes)
+    read_mask = split.read_mask
     start = time.perf_counter()
     rows, worst = label_quality.score_pairs(segmenter, split.subsets, read_mask,
                                             cfg.label_threshold, cfg.eval_batch_size)

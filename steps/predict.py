@@ -9,6 +9,7 @@ import mlflow
 from unet import cli, config, serving
 from unet.errors import UserError
 from unet.folder import claim, plan_job
+from unet.imageio import EXTS_TEXT
 from unet.streaming import CsvSink, Outcome, predict_stream
 from unet.tracking import models, runs
 
@@ -54,7 +55,7 @@ def report(run, outcome: Outcome, sink, ignored: int) -> None:
     if isinstance(sink, CsvSink) and sink.path.stat().st_size <= ARTIFACT_LIMIT:
         mlflow.log_artifact(str(sink.path))
     print(f"predict run {run.info.run_id}: {outcome.line()}; output in {sink.describe()}"
-          + (f"; ignored {ignored} file(s) that are not .jpg/.jpeg/.png" if ignored else ""))
+          + (f"; ignored {ignored} file(s) that are not images ({EXTS_TEXT})" if ignored else ""))
     if outcome.failed:
         print(f"{len(outcome.failed)} image(s) skipped (unreadable or over the limits):", file=sys.stderr)
         for path, why in outcome.failed:

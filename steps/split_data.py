@@ -23,7 +23,8 @@ def split_data() -> None:
         pairs = report.pairs
         subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
-        splits.log_split(subsets, layout, data_dir, builtin, report.classes)
+        splits.log_split(subsets, layout, data_dir, builtin, report.classes,
+                         report.ignore_index, report.instances)
         sizes = ", ".join(f"{name} {len(p)}" for name, p in subsets.items())
         groups = len({pair.group for pair in pairs})
         runs.name_run(f"split_data {'built-in' if builtin else data_dir.name}: {groups} cars, "
@@ -31,6 +32,8 @@ def split_data() -> None:
         print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
               f"{'the built-in set' if builtin else data_dir}: {sizes}; "
               f"{report.classes.count} classes ({', '.join(report.classes.names)})")
+        for line in report.reading():
+            print(line)
 
 
 def checked_pairs(cfg, data_dir: Path) -> validation.DataReport:
@@ -39,7 +42,7 @@ def checked_pairs(cfg, data_dir: Path) -> validation.DataReport:
     report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
                                         cfg.mask_suffix, cfg.mask_ext,
                                         multiclass_ok=cfg.multiclass_masks == "threshold",
-                                        classes=_class_names(cfg))
+                                        classes=_class_names(cfg), ignore_index=cfg.ignore)
     if cfg.exclude:
         report = validation.exclude(report, *read_exclude(cfg.exclude))
     report_uri = reports.log_data_report(report)

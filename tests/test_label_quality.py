@@ -142,7 +142,7 @@ def test_a_missing_exclude_file_or_an_unknown_stem_is_one_line(tracking_uri, tmp
 class Oracle:
     """A stand-in Segmenter (binary, input 32x48) sure of the given masks, in the order the
     images come: what a model that learned the clean masks would say."""
-    binary, image_size = True, (32, 48)
+    binary, image_size, window = True, (32, 48), None      # None: 8-bit images as they are
 
     def __init__(self, masks: list[np.ndarray]):
         self.queue = [sure_of(m) for m in masks]

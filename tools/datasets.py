@@ -9,6 +9,17 @@
 * `cells_folder`: another kind of data: microscopy-like fields of many small, partly touching
   cells on an unevenly lit background, PNG images with 0/255 PNG masks
   (`images/<slide>_<field>.png`, `masks/<slide>_<field>_mask.png`), 384x512.
+* `fluorescence_folder`: microscopy as it is kept: 16-bit greyscale TIFF fields of bright
+  blob nuclei on a dark, unevenly lit background (values about 200..4000 of 65535, with shot
+  and read noise), 16-bit TIFF instance-label masks (0 background, 1..N one value per
+  nucleus; `--binary-labels`: 0/65535 instead); `png_copy` converts such a folder to 8-bit
+  PNG images (one intensity window for the whole folder: its 0.5th..99.5th percentiles) with
+  0/255 PNG masks, the hand conversion the pipeline's own reading is measured against.
+
+* `voc_folder`: PASCAL VOC's layout and masks (`JPEGImages/<scene>_<n>.jpg`,
+  `SegmentationClass/<scene>_<n>.png`): palette PNGs in VOC's colours, background 0, one or two
+  object classes (1, 2), and VOC's void value 255 on a border a few pixels wide around each
+  object (where annotators were unsure), 96x128.
 
 * `large_folder`: a few large images (e.g. 4 of 1500x2000) with small blob objects, JPEG images
   and 0/255 PNG masks in the cells layout: what the plan's memory cap is for.
@@ -22,7 +33,9 @@
     python -m tools.datasets carvana OUT --images 64 --seed 2026
     python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
+    python -m tools.datasets fluorescence OUT --images 24 --size 64x64 --png OUT_PNG
     python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
+    python -m tools.datasets voc OUT --images 48 --seed 3 --classes 2
     python -m tools.datasets large OUT --images 4 --size 1500x2000 --seed 7
     python -m tools.datasets tiled-field OUT --images 3 --seed 7
 """
@@ -46,6 +59,7 @@ PARTS_LAYOUT = {"mask_ext": ".png"}
 PART_NAMES = ("background", "body", "wheels")
 CELLS_LAYOUT = {"image_dir": "images", "mask_dir": "masks", "mask_suffix": "_mask",
                 "mask_ext": ".png"}
+FLUORESCENCE_LAYOUT = {**CELLS_LAYOUT, "mask_ext": ".tif"}     # its png_copy: CELLS_LAYOUT
 
 
 def dusk(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -145,6 +159,147 @@ def cells_folder(out: Path, images: int, seed: int, size=(384, 512), workers: in
     jobs = [(out, seed, i // 4, i % 4 + 1, *size) for i in range(images)]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_field, jobs, chunksize=8))
+    return out
+
+
+def fluorescence_field(seed: int, slide: int, field: int, height: int, width: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One field: ((H, W) uint16 image, (H, W) uint16 labels 0..N), deterministic from
+    (seed, slide, field). Nuclei are ellipses of radius 4-10 px with a soft edge, each of its
+    own brightness (600..3800 over a background of about 200-320), some touching (a later
+    nucleus covers an earlier one); labels are renumbered 1..N over the nuclei still seen."""
+    rng = np.random.default_rng([seed, slide, field, 16])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = 200 + 120 * (0.5 + 0.5 * np.cos((xx / width - rng.uniform()) * np.pi)
+                              * np.cos((yy / height - rng.uniform()) * np.pi))
+    signal = np.zeros((height, width), np.float32)
+    labels = np.zeros((height, width), np.int32)
+    area = height * width
+    for label in range(1, int(rng.integers(max(2, area // 1200), max(3, area // 500))) + 1):
+        r = rng.uniform(4, 10)
+        a, b = r * rng.uniform(0.75, 1.25), r * rng.uniform(0.75, 1.25)
+        angle = rng.uniform(0, np.pi)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+        d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+        brightness = rng.uniform(600, 3800)
+        blob = brightness / (1 + np.exp((d - 1) * 8))           # soft edge, half at d = 1
+        blob *= 1 + 0.15 * np.cos(u * 0.9 + rng.uniform(0, 6)) * (d < 1)   # chromatin texture
+        signal = np.maximum(signal, blob)
+        labels[d < 1] = label
+    expected = background + signal
+    image = rng.poisson(expected / 4).astype(np.float32) * 4 + rng.normal(0, 25, expected.shape)
+    seen = np.unique(labels[labels > 0])
+    renumber = np.zeros(int(labels.max()) + 1, np.uint16)
+    renumber[seen] = np.arange(1, len(seen) + 1)
+    return image.clip(0, 65535).astype(np.uint16), renumber[labels]
+
+
+def fluorescence_folder(out: Path, images: int, seed: int, size=(64, 64),
+                        binary_labels: bool = False) -> Path:
+    """images/s<slide>_<field>.tif (uint16 grey) and masks/s<slide>_<field>_mask.tif (uint16
+    instance labels 1..N, or 0/65535 with binary_labels), four fields per slide (the group
+    the split keeps together). Layout: FLUORESCENCE_LAYOUT."""
+    import tifffile
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, labels = fluorescence_field(seed, i // 4, i % 4 + 1, *size)
+        if binary_labels:
+            labels = np.where(labels > 0, 65535, 0).astype(np.uint16)
+        stem = f"s{i // 4:03d}_{i % 4 + 1:02d}"
+        tifffile.imwrite(out / "images" / f"{stem}.tif", image)
+        tifffile.imwrite(out / "masks" / f"{stem}_mask.tif", labels)
+    return out
+
+
+def png_copy(folder: Path, out: Path) -> Path:
+    """A fluorescence folder as 8-bit PNG images and 0/255 PNG masks (CELLS_LAYOUT), as one
+    would convert it by hand: one window for all images, the 0.5th..99.5th percentiles of
+    their values, mapped linearly onto 0..255."""
+    import tifffile
+    from unet.intensity import PERCENTILES, to_rgb8
+    folder, out = Path(folder), Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    paths = sorted((folder / "images").glob("*.tif"))
+    stack = np.stack([tifffile.imread(p) for p in paths])
+    window = tuple(float(v) for v in np.percentile(stack, PERCENTILES))
+    for path, image in zip(paths, stack):
+        Image.fromarray(to_rgb8(image, window)[..., 0]).save(out / "images" / f"{path.stem}.png")
+        labels = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")
+        Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(
+            out / "masks" / f"{path.stem}_mask.png")
+    return out
+
+
+VOC_LAYOUT = {"image_dir": "JPEGImages", "mask_dir": "SegmentationClass", "mask_suffix": "",
+              "mask_ext": ".png"}
+VOC_VOID = 255
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's 256-colour palette (its devkit's bit-interleaving colour map): 0 black,
+    1 (128, 0, 0), 2 (0, 128, 0), ..., 255 (224, 224, 192), the void colour."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        for shift in range(7, -1, -1):
+            r |= ((index >> 0) & 1) << shift
+            g |= ((index >> 1) & 1) << shift
+            b |= ((index >> 2) & 1) << shift
+            index >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def _scene(args) -> None:
+    out, seed, scene, shot, height, width, classes, border = args
+    rng = np.random.default_rng([seed, scene, shot])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    # A smooth, textured background, so that the objects are not told by brightness alone.
+    image = (rng.uniform(60, 140, 3) + 25 * np.sin(xx[..., None] / rng.uniform(5, 15))
+             * np.cos(yy[..., None] / rng.uniform(5, 15)))
+    labels = np.zeros((height, width), np.uint8)
+    void = np.zeros((height, width), bool)
+    kernel = np.ones((border, border), np.uint8)
+    colours = {1: (200, 60, 50), 2: (50, 90, 210)}           # class 1 reddish, class 2 blue
+    for _ in range(int(rng.integers(1, 4))):
+        cls = int(rng.integers(1, classes + 1))
+        cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
+        a, b = rng.uniform(0.08, 0.2) * width, rng.uniform(0.08, 0.2) * height
+        inside = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+        image[inside] = np.asarray(colours[cls]) * rng.uniform(0.8, 1.1)
+        labels[inside] = cls
+        # VOC's void: a band across the outline, half inside and half outside the object.
+        ring = cv2.dilate(inside.astype(np.uint8), kernel) & ~cv2.erode(
+            inside.astype(np.uint8), kernel).astype(bool)
+        void |= ring.astype(bool)
+    labels[void] = VOC_VOID
+    image += rng.normal(0, 8, image.shape)
+    stem = f"{2026 + scene:04d}_{shot:06d}"
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
+        out / "JPEGImages" / f"{stem}.jpg", quality=92)
+    mask = Image.fromarray(labels, "P")
+    mask.putpalette(voc_palette())
+    mask.save(out / "SegmentationClass" / f"{stem}.png")
+
+
+def voc_folder(out: Path, images: int, seed: int, size=(96, 128), classes: int = 1,
+               border: int = 3, workers: int = 2) -> Path:
+    """`images` scenes of VOC's layout (VOC_LAYOUT), 4 shots per scene (the split's group);
+    `classes` object classes (1 or 2); the void band is `border` pixels wide. The same seed
+    gives the same files."""
+    if classes not in (1, 2):
+        raise ValueError(f"voc_folder: 1 or 2 object classes, not {classes}")
+    out = Path(out)
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, seed, i // 4, i % 4 + 1, *size, classes, border) for i in range(images)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_scene, jobs, chunksize=8))
     return out
 
 
@@ -268,7 +423,8 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
-    parser.add_argument("kind", choices=["carvana", "cells", "large", "tiled-field"])
+    parser.add_argument("kind", choices=["carvana", "cells", "fluorescence", "voc", "large",
+                                         "tiled-field"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=2026)
@@ -277,21 +433,37 @@ def main() -> None:
                         help="carvana: val/test cars wear paints no training car wears")
     parser.add_argument("--parts", action="store_true",
                         help="carvana: palette PNG masks of background, body, wheels")
-    parser.add_argument("--size", default="1280x1918", help="carvana: HxW")
+    parser.add_argument("--size", default=None,
+                        help="HxW (carvana: default 1280x1918; fluorescence: 64x64; "
+                             "large: 1500x2000)")
+    parser.add_argument("--binary-labels", action="store_true",
+                        help="fluorescence: 0/65535 masks instead of instance labels 1..N")
+    parser.add_argument("--png", type=Path, default=None,
+                        help="fluorescence: also this folder, as 8-bit PNG with 0/255 masks")
     parser.add_argument("--corrupt", type=float, default=0.0,
                         help="carvana: share of the masks to corrupt (see corrupt_masks)")
+    parser.add_argument("--classes", type=int, default=1, help="voc: object classes, 1 or 2")
     args = parser.parse_args()
+    if args.kind == "voc":
+        print(voc_folder(args.out, args.images, args.seed, classes=args.classes))
+        return
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))
         return
     if args.kind == "large":           # --images 4 --size 1500x2000 for the issue's set
-        size = tuple(int(v) for v in args.size.split("x"))
+        size = tuple(int(v) for v in (args.size or "1500x2000").split("x"))
         print(large_folder(args.out, args.images, args.seed, size))
         return
     if args.kind == "tiled-field":     # --images: fields (the last one held out)
         print(tiled_field_folder(args.out, args.images, seed=args.seed))
         return
-    size = tuple(int(v) for v in args.size.split("x"))
+    if args.kind == "fluorescence":
+        size = tuple(int(v) for v in (args.size or "64x64").split("x"))
+        print(fluorescence_folder(args.out, args.images, args.seed, size, args.binary_labels))
+        if args.png:
+            print(png_copy(args.out, args.png))
+        return
+    size = tuple(int(v) for v in (args.size or "1280x1918").split("x"))
     print(carvana_folder(args.out, args.images, args.seed, size, views=args.views,
                          unseen_paints=args.unseen_paints, parts=args.parts))
     if args.corrupt:

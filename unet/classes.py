@@ -3,20 +3,22 @@ tutorial) or K > 2 classes (a softmax head over K channels).
 
 A mask of K classes holds class indices 0..K-1 (0 = background): the indices of a palette
 PNG/GIF, or the values of a single-channel PNG whose values are all small. Anything else (0/255
-masks, antialiased greys) is binary: foreground above half the top value (unet.data.load_mask).
+masks, antialiased greys) is binary: foreground above half the top value (unet.data.load_mask),
+except instance labels (every nonzero label is foreground) and void pixels (unet.masks).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from unet.data import grey_array
-
-MAX_INDEX_VALUE = 31   # a single-channel mask whose values are all <= this holds class indices
+from unet import imageio
+from unet.data import grey_array, load_mask
+from unet.masks import MAX_INDEX_VALUE, VOID, instance_objects, levels, palette_void
 
 
 class BadLabel(ValueError):
@@ -58,11 +60,11 @@ class Classes:
         return self.names[1:]
 
 
-def class_values(mask: Image.Image) -> tuple[np.ndarray, bool]:
+def class_values(mask: Image.Image, ignore: int | None = None) -> tuple[np.ndarray, bool]:
     """A decoded mask -> ((H, W) values, whether they are class indices). A palette mask with
     colours holds indices (PASCAL VOC, this project's part masks); one whose palette is grey
-    (Carvana's black/white GIFs) holds those greys, which are indices only when all are small,
-    as are the values of a single-channel mask."""
+    (Carvana's black/white GIFs) holds those greys, which are indices only when all are small
+    (the void value `ignore` left aside), as are the values of a single-channel mask."""
     if mask.mode == "P":
         indices = np.asarray(mask)
         palette = np.asarray(mask.getpalette() or [], np.int64).reshape(-1, 3)
@@ -70,42 +72,110 @@ def class_values(mask: Image.Image) -> tuple[np.ndarray, bool]:
         if len(used) and not (used == used[:, :1]).all():
             return indices, True
     values = grey_array(mask)
-    return values, int(values.max(initial=0)) <= MAX_INDEX_VALUE
+    kept = values if ignore is None else values[values != ignore]
+    return values, int(kept.max(initial=0)) <= MAX_INDEX_VALUE
+
+
+@dataclasses.dataclass(frozen=True)
+class Detected:
+    """What a folder's masks hold: `count` classes, the void value (None: none) and whether
+    they are instance labels (binary: every nonzero label is foreground)."""
+    count: int
+    ignore: int | None = None
+    instances: bool = False
+
+
+def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int = 64
+           ) -> Detected:
+    """The classes, void and instance labels of these masks (up to `limit` of them, spread
+    evenly). The folder decides, never one mask:
+    * void: `ignore` if declared (an int; None: no void); "auto": 255 when a palette mask uses
+      it as void (unet.masks.palette_void: VOC's void colour, or indices 0..K-1 plus 255);
+    * instance labels: when at least half of the non-empty masks not of a colour palette hold
+      instance labels (unet.masks.instance_objects: >= 4 values, each one compact object).
+      This comes first, since label masks numbering few objects (values <= 31) look like class
+      indices; a folder of class-index masks has several regions per class in most masks;
+    * classes: when most masks hold class indices, the largest index found in at least two of
+      them (or in the only one), + 1; else 2. A mask that disagrees (a stray value, another
+      format) does not decide the data's classes: the checks then report it by name."""
+    step = max(1, len(masks) // limit)
+    chosen = list(masks)[::step][:limit]
+    if ignore == "auto":
+        ignore = None
+        for path in chosen:
+            with imageio.open_pil(path) as mask:
+                if palette_void(mask):
+                    ignore = VOID
+                    break
+    seen: dict[int, int] = {}        # index -> masks holding it
+    index_masks = label_masks = filled = 0
+    for path in chosen:
+        with imageio.open_pil(path) as mask:
+            values, indices = class_values(mask, ignore)
+            coloured = indices and mask.mode == "P"
+        kept = levels(values)
+        kept = kept if ignore is None else kept[kept != ignore]
+        if not coloured and kept.max(initial=0) > 0:
+            filled += 1
+            label_masks += instance_objects(values, ignore) is not None
+        if indices:
+            index_masks += 1
+            for value in kept.tolist():
+                seen[value] = seen.get(value, 0) + 1
+    if filled and label_masks * 2 >= filled:
+        return Detected(2, ignore, True)
+    if index_masks * 2 <= len(chosen):
+        return Detected(2, ignore)
+    classes = [v for v, n in seen.items() if n >= min(2, index_masks)]
+    return Detected(max(2, max(classes, default=1) + 1), ignore)
 
 
 def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
-    """The number of classes in these masks (up to `limit` of them, spread evenly): when most
-    hold class indices, the largest index found in at least two of them (or in the only one),
-    + 1; else 2. A mask that disagrees (a stray value, another format) does not decide the
-    data's classes: the checks then report it by name."""
-    step = max(1, len(masks) // limit)
-    chosen = list(masks)[::step][:limit]
-    seen: dict[int, int] = {}        # index -> masks holding it
-    index_masks = 0
-    for path in chosen:
-        with Image.open(path) as mask:
-            values, indices = class_values(mask)
-        if indices:
-            index_masks += 1
-            for value in np.unique(values).tolist():
-                seen[value] = seen.get(value, 0) + 1
-    if index_masks * 2 <= len(chosen):
-        return 2
-    classes = [v for v, n in seen.items() if n >= min(2, index_masks)]
-    return max(2, max(classes, default=1) + 1)
+    """The number of classes in these masks (detect, void by default)."""
+    return detect(masks, limit=limit).count
 
 
-def load_class_map(path: Path, classes: Classes) -> np.ndarray:
-    """A mask of class indices -> (H, W) uint8. BadLabel naming the file and the value when a
-    pixel is not one of `classes`."""
-    with Image.open(path) as mask:
-        values, _ = class_values(mask)
-    top = int(values.max(initial=0))
+def load_class_map(path: Path, classes: Classes, ignore: int | None = None) -> np.ndarray:
+    """A mask of class indices -> (H, W) uint8, void pixels (value `ignore`) VOID. BadLabel
+    naming the file and the value when a pixel is not one of `classes`."""
+    with imageio.open_pil(path) as mask:
+        values, _ = class_values(mask, ignore)
+    void = values == ignore if ignore is not None else np.zeros(values.shape, bool)
+    top = int(values[~void].max(initial=0))
     if top >= classes.count:
         raise BadLabel(f"{path}: value {top} is not a class (0..{classes.count - 1}: "
                        f"{', '.join(classes.names)}); fix the mask, or declare the classes with "
                        f"-P classes=<name>,<name>,...")
-    return values.astype(np.uint8)
+    labels = values.astype(np.uint8)
+    labels[void] = VOID
+    return labels
+
+
+def load_binary(path: Path, ignore: int | None = None, instances: bool = False) -> np.ndarray:
+    """A binary mask -> (H, W) uint8 0/1, void pixels (value `ignore`) VOID. Instance labels
+    and palette indices: every nonzero value is foreground; else (0/255, antialiased greys)
+    above half the top value, as unet.data.load_mask, which reads it when there is no void."""
+    if ignore is None and not instances:
+        return load_mask(path)
+    with imageio.open_pil(path) as mask:
+        values, indices = class_values(mask, ignore)
+    void = values == ignore if ignore is not None else np.zeros(values.shape, bool)
+    if instances or (indices and mask.mode == "P"):
+        foreground = values > 0
+    else:
+        foreground = values > int(values[~void].max(initial=0)) / 2
+    labels = (foreground & ~void).astype(np.uint8)
+    labels[void] = VOID
+    return labels
+
+
+def reader(classes: Classes, ignore: int | None = None, instances: bool = False
+           ) -> Callable[[Path], np.ndarray]:
+    """How the masks of a split are read: path -> (H, W) uint8, 0/1 (binary) or class indices,
+    void pixels VOID."""
+    if classes.binary:
+        return functools.partial(load_binary, ignore=ignore, instances=instances)
+    return functools.partial(load_class_map, classes=classes, ignore=ignore)
 
 
 def parse(text: str, detected: int) -> Classes:

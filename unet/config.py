@@ -17,6 +17,7 @@ from unet.checks import AUTO, LOSSES, at_least, check_runtime, check_tta, one_of
 from unet.transforms import APPEARANCES
 from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
+from unet.masks import parse_ignore
 
 # The project's params.yaml, carried by the package (a link in a checkout, a copy when built).
 PARAMS_FILE = Path(__file__).parent / "params.yaml"
@@ -40,10 +41,17 @@ class SplitConfig:
     classes: str             # auto (detected from the masks) | names, background first
     synthetic_classes: int   # built-in set: 2 or 4 (body, windows, wheels)
     exclude: str = ""        # a file of stems to leave out ("": none)
+    ignore_index: str = "auto"   # the void value: auto (VOC's 255) | none | a mask value
+
+    @property
+    def ignore(self) -> str | int | None:
+        """ignore_index parsed: "auto", None or the value (unet.masks.parse_ignore)."""
+        return parse_ignore(self.ignore_index)
 
     def validate(self) -> None:
         one_of(self, "on_bad_data", ("fail", "skip"))
         one_of(self, "multiclass_masks", ("error", "threshold"))
+        parse_ignore(self.ignore_index)
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: must be in [0, 1)")

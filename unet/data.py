@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unet import imageio
 from unet.cache import ArrayCache
 from unet.errors import UserError
+from unet.imageio import IMAGE_EXTS  # noqa: F401  (what image folders are listed by)
+from unet.intensity import Window, to_rgb8
 from unet.transforms import resize_pair
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +61,13 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # how PIL opens 16-bit greys
 
 
-def rgb_array(image: Image.Image) -> np.ndarray:
+def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
     """A decoded image of any mode -> (H, W, 3) uint8: grey and palette images are expanded,
-    an alpha channel is dropped, 16-bit values are scaled to 8 bits (PIL's convert("RGB")
-    would clip them at 255, turning most of a 16-bit photo white)."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+    an alpha channel is dropped, 16-bit and float values go through the intensity `window`
+    (unet.intensity.to_rgb8; PIL's convert("RGB") would clip them at 255, turning most of a
+    16-bit photo white)."""
+    if image.mode in imageio.DEEP_MODES:
+        return to_rgb8(np.asarray(image), window)
     return np.asarray(image.convert("RGB"))
 
 
@@ -78,13 +79,17 @@ def grey_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
-def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Image -> (H, W, 3) uint8 (see rgb_array). With size=(H, W), JPEGs decode at a reduced
-    scale no smaller than that (PIL draft mode), several times faster on large photos."""
+def load_image(path: Path, size: tuple[int, int] | None = None,
+               window: Window | None = None) -> np.ndarray:
+    """Image -> (H, W, 3) uint8 (see rgb_array; a TIFF through unet.imageio, its values
+    through `window` unless 8-bit). With size=(H, W), JPEGs decode at a reduced scale no
+    smaller than that (PIL draft mode), several times faster on large photos."""
+    if imageio.is_tiff(path):
+        return to_rgb8(imageio.read_tiff(path, None), window)
     with Image.open(path) as image:
         if size is not None and image.format == "JPEG":
             image.draft("RGB", (size[1], size[0]))
-        return rgb_array(image)
+        return rgb_array(image, window)
 
 
 def load_mask(path: Path) -> np.ndarray:
@@ -94,7 +99,7 @@ def load_mask(path: Path) -> np.ndarray:
     0/255 (or 0/65535 in 16 bits), antialiased masks hold values in between, and some masks hold
     0/1 directly: taking the luminance and thresholding at half its maximum handles all of them.
     """
-    with Image.open(path) as mask:
+    with imageio.open_pil(path) as mask:
         grey = grey_array(mask)
     top = int(grey.max())
     return (grey > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(grey)
@@ -107,17 +112,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
     `transform` (augmentation, normalization, ToTensorV2) runs on every read. Items are
     (float image (3, H, W), float 0/1 mask (H, W)), or with masks of K > 2 classes (int64
     class indices (H, W)). With `cache`, the resized arrays are also
-    kept on disk across runs (see unet.cache).
+    kept on disk across runs (see unet.cache). 16-bit and float images reach uint8 through
+    the intensity `window` measured on the training images (unet.intensity).
     """
 
     def __init__(self, pairs: Sequence[Pair], size: tuple[int, int], transform: Callable,
                  cache: ArrayCache | None = None, read_mask: Callable[[Path], np.ndarray] = None,
-                 labels: str = "binary"):
+                 labels: str = "binary", window: Window | None = None):
         self.pairs = list(pairs)
         self.size, self.transform, self.disk_cache = size, transform, cache
         # Masks of K > 2 classes: read_mask gives class indices, and `labels` (e.g. "4
         # classes") keeps their cache entries apart from the binary ones of the same files.
         self.read_mask, self.labels = read_mask or load_mask, labels
+        self.window = window           # 16-bit and float images -> uint8 (unet.intensity)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -126,7 +133,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def with_transform(self, transform: Callable) -> "SegmentationDataset":
         """The same pairs and resized arrays (shared, not copied) under another transform."""
         view = SegmentationDataset(self.pairs, self.size, transform, self.disk_cache,
-                                   self.read_mask, self.labels)
+                                   self.read_mask, self.labels, self.window)
         view._cache = self._cache
         return view
 
@@ -148,16 +155,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
 
         def decode():
-            return resize_pair(load_image(pair.image, self.size), self.read_mask(pair.mask),
-                               self.size)
+            return resize_pair(load_image(pair.image, self.size, self.window),
+                               self.read_mask(pair.mask), self.size)
 
         if self.disk_cache is None:
             return decode()
+        # Another window makes other arrays of the same files: another cache entry.
+        variant = self.labels if self.window is None else (
+            f"{self.labels} window {self.window[0]:.6g},{self.window[1]:.6g}")
         return self.disk_cache.get_or_compute(pair.image, pair.mask, self.size, decode,
-                                              self.labels)
+                                              variant)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.resized(index)
         out = self.transform(image=image, mask=mask)
-        return out["image"], (out["mask"].float() if self.labels == "binary"
+        # Binary masks (0/1, void VOID) are float for the BCE; class indices are long.
+        return out["image"], (out["mask"].float() if self.labels.startswith("binary")
                               else out["mask"].long())

@@ -95,9 +95,10 @@ def loss_target(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def decide(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, truth) as metrics count them: 0/1 (B, H, W) for a sigmoid head (the
-    probability above `threshold`), class indices (B, H, W) for K channels (the argmax)."""
+    probability above `threshold`), class indices (B, H, W) for K channels (the argmax); the
+    truth keeps its void pixels (VOID), which the metrics leave out."""
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0]) > threshold, masks > 0.5
+        return torch.sigmoid(logits[:, 0]) > threshold, masks
     return logits.argmax(1), masks
 
 

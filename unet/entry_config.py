@@ -13,7 +13,7 @@ TUNNELS = ("none", "ngrok")
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
     model_uri: str           # models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model
-    input_dir: str           # a folder of .jpg/.jpeg/.png images, or ...
+    input_dir: str           # a folder of .jpg/.jpeg/.png/.tif/.tiff images, or ...
     input_list: str          # ... a text file of image paths, one per line
     output_dir: str          # gets <stem>_mask.png (and <stem>_overlay.jpg) or submission.csv
     format: str              # png | rle (Kaggle Carvana submission.csv)

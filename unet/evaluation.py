@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,24 +10,27 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from unet.classes import Classes, load_class_map
-from unet.data import Pair, load_image, load_mask
+from unet.classes import Classes, reader
+from unet.data import Pair, load_image
 from unet.metrics import SegmentationMetrics, scores
 from unet.predict import TTA_FLIPS, Segmenter
 from unet.visualize import confusion_image, overlay, panel
 
 
 def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float = 0.5,
-                   batch_size: int = 16, out_dir: Path | None = None) -> dict[str, float]:
-    """Accuracy/Dice/IoU per image and micro (see unet.metrics), masks scored at full size.
+                   batch_size: int = 16, out_dir: Path | None = None,
+                   read_mask=None) -> dict[str, float]:
+    """Accuracy/Dice/IoU per image and micro (see unet.metrics), masks scored at full size,
+    read by `read_mask` (default: unet.classes.reader of the model's classes, no void; void
+    pixels count in no metric).
 
     With out_dir, writes masks/<stem>_mask.png (0/255), overlays/<stem>_overlay.jpg,
     panels/<stem>.jpg (image | truth | prediction | overlay) for the first 8, and
     per_image.csv (stem, accuracy, dice, iou, tp, fp, fn, tn).
     """
     classes = class_count(segmenter)
-    read_truth = load_mask if segmenter.binary else functools.partial(
-        load_class_map, classes=Classes(segmenter.classes))
+    read_truth = read_mask or reader(Classes(segmenter.classes) if not segmenter.binary
+                                     else Classes.numbered(2))
     metrics = SegmentationMetrics(classes)
     if out_dir is not None:
         for sub in ("masks", "overlays", "panels"):
@@ -37,7 +39,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
                 disable=None)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        images = [load_image(p.image) for p in chunk]
+        images = [load_image(p.image, window=segmenter.window) for p in chunk]
         for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
                                             segmenter.masks(images, threshold, batch_size)):
             truth = read_truth(pair.mask)

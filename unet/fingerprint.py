@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unet import imageio
 from unet.data import Pair, load_mask
+from unet.masks import VOID
 from unet.losses import make_loss
 from unet.model import UNet
 from unet.precision import Precision, prepare
@@ -32,20 +34,23 @@ class Fingerprint:
     colour: bool = True            # the images have colour (not grey stored as RGB)
 
 
-def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) -> Fingerprint:
+def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
+                read_mask=None) -> Fingerprint:
     """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
-    masks, spread evenly over the training split, for object sizes."""
+    masks, spread evenly over the training split, for object sizes. `read_mask` reads a mask
+    as the split does (default unet.data.load_mask); its objects are its nonzero values but
+    the void pixels (unet.masks.VOID)."""
     def spread(items, n):
         step = max(1, len(items) // n)
         return list(items)[::step][:n]
 
     sizes = []
     for pair in spread(train, 256):
-        with Image.open(pair.image) as image:
-            sizes.append(image.size[::-1])
+        sizes.append(imageio.image_size(pair.image))
     diameters, fractions = [], []
     for pair in spread(train, sample):
-        mask = load_mask(pair.mask)
+        mask = load_mask(pair.mask) if read_mask is None else read_mask(pair.mask)
+        mask = ((mask > 0) & (mask != VOID)).astype(np.uint8)
         fractions.append(float(mask.mean()))
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         areas = stats[1:, cv2.CC_STAT_AREA]
@@ -61,7 +66,15 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32) ->
 def has_colour(path, tolerance: float = 3.0) -> bool:
     """Whether an image holds colour: its channels differ by more than `tolerance` grey
     levels on average (JPEG's chroma noise stays below that on a grey image saved as RGB).
-    Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters."""
+    Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters. A TIFF: its
+    channels differ by more than `tolerance` / 255 of its value range."""
+    if imageio.is_tiff(path):
+        values = imageio.read_tiff(path, None)
+        if values.ndim == 2 or values.shape[2] < 3:
+            return False
+        rgb = values[..., :3].astype(np.float32)
+        span = float(rgb.max() - rgb.min()) or 1.0
+        return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance * span / 255
     with Image.open(path) as image:
         if image.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
             return False

@@ -3,12 +3,11 @@ several under torchrun). Knows nothing of MLflow (unet/tracking/training.py logs
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
-from unet import batchnorm, distributed, engine, seeding, transforms
+from unet import batchnorm, distributed, engine, imageio, intensity, seeding, transforms
 from unet.cache import ArrayCache
-from unet.classes import Classes, load_class_map
+from unet.classes import Classes, reader
 from unet.config import TrainConfig
 from unet.data import Pair, SegmentationDataset
 from unet.errors import UserError
@@ -28,9 +27,13 @@ class TrainData:
 
 
 def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
-              classes: Classes = Classes.numbered(2)) -> TrainData:
+              classes: Classes = Classes.numbered(2), ignore: int | None = None,
+              instances: bool = False) -> TrainData:
     """Decodes and resizes the train and val pairs (through the disk cache when on); masks
-    as 0/1, or as class indices when there are K > 2 classes."""
+    as 0/1, or as class indices when there are K > 2 classes, void pixels (value `ignore`)
+    VOID and instance labels all foreground (unet.classes.reader). 16-bit and float images go
+    through the intensity window measured here on the training images (unet.intensity; every
+    process measures the same images, so all agree)."""
     world = distributed.world_size()
     if cfg.batch_size % world:
         raise UserError(f"parameter batch_size={cfg.batch_size}: the batch is shared out among "
@@ -42,12 +45,16 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
                                          cfg.color_jitter, seed, patch if patch != size else None,
                                          cfg.appearance)
     cache = ArrayCache(cfg.cache_dir) if cfg.cache_dir else None
-    masks = {} if classes.binary else {
-        "read_mask": functools.partial(load_class_map, classes=classes),
-        "labels": f"{classes.count} classes"}
-    train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks).preload()
+    # `labels` keeps cache entries of the same files read another way apart.
+    reading = ("binary" if classes.binary else f"{classes.count} classes") + \
+        (f" void {ignore}" if ignore is not None else "") + (" instances" if instances else "")
+    masks = {} if reading == "binary" else {
+        "read_mask": reader(classes, ignore, instances), "labels": reading}
+    window = intensity.measure([pair.image for pair in subsets["train"]], imageio.read_deep)
+    train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks,
+                                    window=window).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
-                                  cache, **masks).preload()
+                                  cache, **masks, window=window).preload()
     return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes)
 
 

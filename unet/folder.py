@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from unet.data import IMAGE_EXTS
+from unet.imageio import EXTS_TEXT, IMAGE_EXTS
 from unet.errors import UserError
 from unet.streaming import SUBMISSION, CsvSink, PngSink
 
@@ -65,7 +65,7 @@ def folder_images(input_dir: Path, output_dir: Path) -> tuple[list[Path], list[P
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
     if not images:
-        raise UserError(f"parameter input_dir={input_dir}: no .jpg/.jpeg/.png images in it")
+        raise UserError(f"parameter input_dir={input_dir}: no {EXTS_TEXT} images in it")
     return images, files
 
 

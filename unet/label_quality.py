@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from unet.data import Pair, load_image
+from unet.masks import VOID
 from unet.transforms import resize_image, resize_mask
 
 MIN_AREA = 0.01          # the smallest object area a score is relative to, share of the image
@@ -46,11 +47,11 @@ def disagreement(probs, mask) -> torch.Tensor:
     probs: (H, W) float probabilities of the object, or (H, W, K) of each class (softmax);
     mask: (H, W) integer labels (0/1, or class indices 0..K-1). Returns (K-1, H, W) float in
     [0, 1]: 0 where the model agrees with the mask or is unsure (0.5), 1 where it is certain of
-    the other answer."""
+    the other answer. Void pixels (mask VOID) disagree with nothing: 0."""
     q = class_probabilities(torch.as_tensor(probs, dtype=torch.float32))[..., 1:]
     m = torch.stack([torch.as_tensor(mask) == c for c in range(1, q.shape[-1] + 1)], -1)
     weight = (2 * (m.float() - q).abs() - 1).clamp(0, 1)
-    return weight.permute(2, 0, 1)
+    return weight.permute(2, 0, 1) * (torch.as_tensor(mask) != VOID)
 
 
 def class_scores(probs, mask, min_area: float = MIN_AREA) -> torch.Tensor:
@@ -58,7 +59,8 @@ def class_scores(probs, mask, min_area: float = MIN_AREA) -> torch.Tensor:
     weight = disagreement(probs, mask)
     q = class_probabilities(torch.as_tensor(probs, dtype=torch.float32))[..., 1:]
     m = torch.stack([torch.as_tensor(mask) == c for c in range(1, q.shape[-1] + 1)])
-    union = (m | (q.permute(2, 0, 1) > 0.5)).flatten(1).sum(1).float()
+    valid = torch.as_tensor(mask) != VOID
+    union = ((m | (q.permute(2, 0, 1) > 0.5)) & valid).flatten(1).sum(1).float()
     floor = min_area * mask.shape[0] * mask.shape[1]
     return weight.flatten(1).sum(1) / union.clamp(min=floor)
 
@@ -70,9 +72,12 @@ def image_score(probs, mask, min_area: float = MIN_AREA) -> float:
 
 def prediction_dice(probs, mask) -> tuple[float, int]:
     """(Dice of the predicted labels vs the mask, mean over the foreground classes either has;
-    1.0 when neither has any; pixels whose predicted label differs from the mask's)."""
-    p = class_probabilities(torch.as_tensor(probs, dtype=torch.float32)).argmax(-1)
+    1.0 when neither has any; pixels whose predicted label differs from the mask's), over the
+    non-void pixels."""
     m = torch.as_tensor(mask).long()
+    valid = m != VOID
+    p = torch.where(valid, class_probabilities(
+        torch.as_tensor(probs, dtype=torch.float32)).argmax(-1), VOID)
     dices = []
     for c in range(1, int(class_probabilities(torch.as_tensor(probs)).shape[-1])):
         a, b = p == c, m == c
@@ -117,7 +122,7 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
     items = [(name, pair) for name, pairs in subsets.items() for pair in pairs]
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        images = np.stack([resize_image(load_image(p.image, (h, w)), (h, w))
+        images = np.stack([resize_image(load_image(p.image, (h, w), segmenter.window), (h, w))
                            for _, p in chunk])
         for (name, pair), image, probs in zip(chunk, images,
                                               segmenter.probabilities_resized(images)):

@@ -16,29 +16,39 @@ foreground classes; `accuracy` is the share of pixels whose class is right. An i
 class is absent from both truth and prediction says nothing about that class: it is left out
 of that class's per-image mean (nnU-Net does the same), and a class absent from every image
 has no score (NaN) and is left out of the mean.
+
+Void pixels (truth VOID, unet.masks) count in none of TP, FP, FN, TN: whatever is predicted
+there is neither right nor wrong.
 """
 from __future__ import annotations
 
 import torch
 
+from unet.masks import VOID
+
 NAMES = ("accuracy", "dice", "iou")
 
 
-def confusion(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0/1 masks (B, H, W) or (B, 1, H, W) -> (B, 4) int64 counts [TP, FP, FN, TN] per image."""
-    pred = pred.reshape(pred.shape[0], -1).bool()
-    target = target.reshape(target.shape[0], -1).bool()
+def confusion(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """0/1 masks (B, H, W) or (B, 1, H, W), truth possibly VOID -> (B, 4) int64 counts
+    [TP, FP, FN, TN] per image over the non-void pixels (`valid`, default truth != VOID)."""
+    flat = target.reshape(target.shape[0], -1)
+    valid = (flat != VOID) if valid is None else valid.reshape(flat.shape)
+    pred = pred.reshape(pred.shape[0], -1).bool() & valid
+    target = flat.bool() & valid
     tp = (pred & target).sum(1)
     fp = (pred & ~target).sum(1)
     fn = (~pred & target).sum(1)
-    tn = pred.shape[1] - tp - fp - fn
+    tn = valid.sum(1) - tp - fp - fn
     return torch.stack([tp, fp, fn, tn], dim=1).long()
 
 
 def class_confusion(pred: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
     """Class-index maps (B, H, W) -> (B, count, 4) int64 counts [TP, FP, FN, TN] of each class
-    (background included) per image."""
-    return torch.stack([confusion(pred == c, target == c) for c in range(count)], dim=1)
+    (background included) per image, over the pixels whose truth is not VOID."""
+    valid = target != VOID
+    return torch.stack([confusion(pred == c, target == c, valid) for c in range(count)], dim=1)
 
 
 def scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,7 +78,9 @@ class SegmentationMetrics:
         counts = (confusion(pred, target) if self.classes == 2
                   else class_confusion(pred, target, self.classes)).cpu()
         if self.classes > 2:
-            pairs = (target.reshape(-1).long() * self.classes + pred.reshape(-1).long()).cpu()
+            valid = target.reshape(-1) != VOID
+            pairs = (target.reshape(-1)[valid].long() * self.classes
+                     + pred.reshape(-1)[valid].long()).cpu()
             self._matrix += torch.bincount(pairs, minlength=self.classes ** 2).reshape(
                 self.classes, self.classes)
         self.counts.append(counts)

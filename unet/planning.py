@@ -308,9 +308,10 @@ def fit_width_to_machine(v: dict, speed: Speed, steps: int, why: str, natural: i
 
 
 def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pair],
-              precision: Precision, params: dict[str, Any] | None = None):
+              precision: Precision, params: dict[str, Any] | None = None, read_mask=None):
     """The train config for this split: the user's values, then the preset's (if one is
-    named), then the plan's. Returns (TrainConfig, Plan)."""
+    named), then the plan's (its masks read by `read_mask`, as unet.fingerprint.fingerprint).
+    Returns (TrainConfig, Plan)."""
     params = params if params is not None else config.read_params()
     explicit = config.given("train", overrides, params)
     # Check the user's values before measuring anything (placeholders stand in for "auto").
@@ -328,7 +329,7 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     # The memory formats to time: both, unless the user chose one.
     formats = ((explicit["memory_format"] == "channels_last",) if "memory_format" in explicit
                else (True, False))
-    plan = make_plan(fingerprint(train, val), Machine.of(precision), explicit["time_budget_min"],
+    plan = make_plan(fingerprint(train, val, read_mask=read_mask), Machine.of(precision), explicit["time_budget_min"],
                      fixed, params["plan"], explicit["nproc"],
                      measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision,
                                                                      formats=formats))

@@ -14,7 +14,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unet import tiling
+from unet import imageio
 from unet.data import rgb_array
+from unet.imageio import MAX_PIXELS, NotAnImage, UnreadableImage  # noqa: F401  (re-exported)
+from unet.intensity import Window, to_rgb8
 from unet.precision import Precision, choose_precision, prepare
 from unet.model import UNet
 from unet.transforms import resize_image, to_input
@@ -56,6 +59,10 @@ class Segmenter:
     horizontal, vertical and both) the probabilities are averaged over the flipped images
     (each tile's, when tiled), each flipped back; the train step keeps TTA only where it
     measured a gain.
+
+    `window`: the intensity window (low, high) measured on the training images, which maps
+    16-bit and float images to uint8 wherever they are read for this model (unet.intensity);
+    None for a model trained on 8-bit images.
     """
 
     runtime = "torch"    # what runs the network (unet.onnx_runtime.OnnxSegmenter: onnx, onnx-int8)
@@ -63,7 +70,7 @@ class Segmenter:
 
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
                  tta: str = "none", classes: tuple[str, ...] | None = None,
-                 scale: tuple[float, float] | None = None):
+                 scale: tuple[float, float] | None = None, window: Window | None = None):
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
@@ -73,6 +80,7 @@ class Segmenter:
         # Class names, background first: K > 2 for a K-channel (softmax) model; None: binary.
         self.classes = tuple(classes) if classes else None
         self.scale = tuple(float(s) for s in scale) if scale else None
+        self.window = tuple(float(v) for v in window) if window is not None else None
 
     @property
     def binary(self) -> bool:
@@ -80,17 +88,20 @@ class Segmenter:
 
     @classmethod
     def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
-        """From {"features", "image_size", "model", "tta", "classes"} as written by `to_state`."""
+        """From {"features", "image_size", "model", "tta", "classes", "window"} as written by
+        `to_state` (a state of before windows has none: the model reads 8-bit images)."""
         classes = state.get("classes")
         model = UNet(out_channels=len(classes) if classes else 1, features=state["features"])
         model.load_state_dict(state["model"])
         return cls(model, state["image_size"], precision, state.get("tta", "none"), classes,
-                   state.get("scale"))     # None in a state written before scales existed
+                   state.get("scale"),     # None in a state written before scales existed
+                   state.get("window"))
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
                 "tta": self.tta, "classes": list(self.classes or []),
                 "scale": list(self.scale) if self.scale else None,
+                "window": list(self.window) if self.window is not None else None,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
 
     @property
@@ -235,26 +246,17 @@ class Segmenter:
             yield self.decide(probs, threshold)
 
 
-class UnreadableImage(ValueError):
-    """A file or byte string that is not a decodable image, or one over the pixel limit."""
-
-
-class NotAnImage(UnreadableImage):
-    """Bytes with no JPEG or PNG header at all."""
-
-
-MAX_PIXELS = 100_000_000          # default limit per image: 100 megapixels (10000 x 10000)
-FORMATS = ("JPEG", "PNG")         # what predict reads from folders and the served model takes
+FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF: unet.imageio)
 
 
 @contextlib.contextmanager
 def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
                ) -> Iterator[Image.Image]:
-    """The PIL image of JPEG/PNG bytes or file, its header checked before any pixel is
-    decoded: another format, or more than max_pixels pixels (None: no limit of ours), raises
-    UnreadableImage. A small file may declare a huge image (a few KB of PNG can say
-    12000 x 12000): decoding it would take seconds and gigabytes, reading the header takes
-    microseconds."""
+    """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
+    before any pixel is decoded: another format, or more than max_pixels pixels (None: no
+    limit of ours), raises UnreadableImage. A small file may declare a huge image (a few KB of
+    PNG can say 12000 x 12000): decoding it would take seconds and gigabytes, reading the
+    header takes microseconds."""
     try:
         with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -262,12 +264,12 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
                                else source, formats=FORMATS)
         with image:
             width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise UnreadableImage(f"{width}x{height} pixels is over the limit of "
-                                      f"{max_pixels / 1e6:g} megapixels per image")
+            refusal = imageio.over_limit(height, width, max_pixels)
+            if refusal:
+                raise refusal
             yield image
     except UnidentifiedImageError:
-        raise NotAnImage("not an image (no JPEG or PNG header)") from None
+        raise NotAnImage("not an image (no JPEG, PNG or TIFF header)") from None
     except Image.DecompressionBombError:
         raise UnreadableImage(f"over the limit of {(max_pixels or 0) / 1e6:g} megapixels per "
                               f"image") from None
@@ -277,27 +279,48 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
         raise UnreadableImage(f"unreadable image ({e})") from None
 
 
-def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-    """JPEG/PNG bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation
-    says (phone photos), so that its mask lines up with the image as people see it.
+def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window | None
+                  ) -> np.ndarray:
+    """TIFF bytes or file -> (H, W, 3) uint8 through `window` (unet.intensity.to_rgb8);
+    UnreadableImage saying why not."""
+    try:
+        return to_rgb8(imageio.read_tiff(source, max_pixels), window)
+    except ValueError as e:                   # NoWindow: a float image, a model of 8 bits
+        if isinstance(e, UnreadableImage):
+            raise
+        raise UnreadableImage(str(e)) from None
 
-    Raises UnreadableImage saying why (not a JPEG/PNG, truncated, over max_pixels, ...).
+
+def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
+               window: Window | None = None) -> np.ndarray:
+    """JPEG/PNG/TIFF bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF
+    orientation says (phone photos), so that its mask lines up with the image as people see
+    it; 16-bit and float values through the model's intensity `window` (unet.intensity).
+
+    Raises UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
     """
+    if imageio.is_tiff(source):
+        return read_tiff_rgb(source, max_pixels, window)
     with open_image(source, max_pixels) as image:
-        return rgb_array(ImageOps.exif_transpose(image))
+        return rgb_array(ImageOps.exif_transpose(image), window)
 
 
 def read_for_model(source: bytes | Path,
                    size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
-                   max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
-    """JPEG/PNG bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
+                   max_pixels: int | None = MAX_PIXELS, window: Window | None = None
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """JPEG/PNG/TIFF bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
 
     `size`: the model input (h, w), or a function of the upright (H, W) that gives it
     (Segmenter.input_size: the image at the model's scale). A JPEG larger than that is
     decoded at 1/2, 1/4 or 1/8 of its size (PIL draft mode: the DCT scales, several times
-    faster), never smaller than it; other images at full size. Upright as EXIF says, as
-    read_image. The mask belongs at (H, W). Raises UnreadableImage saying why (as read_image).
+    faster), never smaller than it; other images at full size. Upright as EXIF says and
+    through `window`, as read_image. The mask belongs at (H, W). Raises UnreadableImage
+    saying why (as read_image).
     """
+    if imageio.is_tiff(source):
+        image = read_tiff_rgb(source, max_pixels, window)
+        return image, image.shape[:2]
     with open_image(source, max_pixels) as image:
         width, height = image.size
         transposed = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
@@ -307,7 +330,7 @@ def read_for_model(source: bytes | Path,
         if image.format == "JPEG":
             stored = target[::-1] if transposed else target     # draft sees the file's sides
             image.draft(None, (stored[1], stored[0]))
-        return rgb_array(ImageOps.exif_transpose(image)), (height, width)
+        return rgb_array(ImageOps.exif_transpose(image), window), (height, width)
 
 
 EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap width and height

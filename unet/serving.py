@@ -1,8 +1,10 @@
 """The logged model's interface (MLflow pyfunc): images in, masks out.
 
 Input: a DataFrame with one column `image`, one row per image of any size. A cell holds the
-bytes of a JPEG/PNG file (over HTTP: base64 text, which MLflow decodes because the column's
-type is binary) or, from Python, an (H, W, 3) uint8 RGB array.
+bytes of a JPEG, PNG or TIFF file (over HTTP: base64 text, which MLflow decodes because the
+column's type is binary; a TIFF is told by its first bytes) or, from Python, an (H, W, 3)
+uint8 RGB array. 16-bit and float images go through the model's intensity window
+(unet.intensity; its metadata `intensity_window`), as in training.
 
 Output: a DataFrame, one row per image: `mask` (PNG bytes, (H, W), 0 background / 255 object,
 at the image's own size; base64 text over HTTP; a model of K > 2 classes gives the class map,
@@ -20,8 +22,8 @@ in which case its other cells are empty; one bad image does not fail the others.
 read as predict reads them (JPEG draft mode), so the runs equal predict's local engine's.
 
 Hostile input is refused cheaply, from what a request declares, before any pixel is decoded:
-only JPEG and PNG; at most UNET_MAX_MEGAPIXELS megapixels per image (read from the image's
-header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
+only JPEG, PNG and TIFF; at most UNET_MAX_MEGAPIXELS megapixels per image (read from the
+image's header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
 variables of the serving process (the operator's choice, not the client's). A refusal is a
 400 with one line (format "png") or that row's `error` (format "rle"); the server stays up.
 Images are predicted at the model's scale, large ones by tiles (unet.predict.Segmenter), so a
@@ -87,29 +89,30 @@ def invalid(message: str) -> MlflowException:
     return Refusal(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def as_image(index: int, cell: Any) -> np.ndarray:
-    """One input cell (image bytes or an (H, W, 3) uint8 array) -> (H, W, 3) uint8."""
+def as_image(index: int, cell: Any, window=None) -> np.ndarray:
+    """One input cell (image bytes or an (H, W, 3) uint8 array) -> (H, W, 3) uint8; 16-bit
+    and float images through the model's intensity `window`."""
     if isinstance(cell, (bytes, bytearray)):
         try:
-            return read_image(bytes(cell), max_pixels())
+            return read_image(bytes(cell), max_pixels(), window)
         except UnreadableImage as e:
             problem = e
         try:   # {"inputs": ...} requests reach the model still base64-encoded (MLflow decodes
             # only dataframe_split/dataframe_records for binary columns)
-            return read_image(base64.b64decode(cell), max_pixels())
+            return read_image(base64.b64decode(cell), max_pixels(), window)
         except binascii.Error:
             pass
         except UnreadableImage as e:    # an image's own error says more than "not an image"
             problem = e if isinstance(problem, NotAnImage) else problem
-        raise invalid(f"image {index}: {problem}; send the base64 of a JPEG or PNG file of at "
-                      f"most {max_pixels() / 1e6:g} megapixels") from None
+        raise invalid(f"image {index}: {problem}; send the base64 of a JPEG, PNG or TIFF file "
+                      f"of at most {max_pixels() / 1e6:g} megapixels") from None
     if isinstance(cell, np.ndarray) and cell.dtype == np.uint8 and cell.ndim == 3 \
             and cell.shape[2] == 3:
         return cell
     kind = (f"an array of {cell.dtype} {cell.shape}" if isinstance(cell, np.ndarray)
             else f"a {type(cell).__name__}")
-    raise invalid(f"image {index}: got {kind}; expected JPEG/PNG bytes (base64 over HTTP) "
-                  f"or an (H, W, 3) uint8 array")
+    raise invalid(f"image {index}: got {kind}; expected JPEG/PNG/TIFF bytes (base64 over "
+                  f"HTTP) or an (H, W, 3) uint8 array")
 
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
@@ -168,7 +171,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                 raise invalid(f"param format=rle: the Kaggle RLE holds binary masks; this model "
                               f"has {len(segmenter.classes)} classes (use format=png)")
             return rle_rows(segmenter, model_input[INPUT_COLUMN], threshold)
-        images = [as_image(i, cell) for i, cell in enumerate(model_input[INPUT_COLUMN])]
+        images = [as_image(i, cell, segmenter.window)
+                  for i, cell in enumerate(model_input[INPUT_COLUMN])]
         if with_probabilities and not segmenter.binary:
             raise invalid("param return_probabilities: only for binary models; this one has "
                           f"{len(segmenter.classes)} classes")
@@ -185,7 +189,8 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                             + (["probabilities"] if with_probabilities else []))
 
 
-def read_cell(index: int, cell: Any, size: tuple[int, int] | Callable[[int, int], tuple[int, int]]
+def read_cell(index: int, cell: Any,
+              size: tuple[int, int] | Callable[[int, int], tuple[int, int]], window=None
               ) -> tuple[np.ndarray, tuple[int, int]]:
     """An input cell as predict reads a file (unet.predict.read_for_model): (image, full size).
     Bytes may be base64 text (HTTP); UnreadableImage or `invalid` say why not."""
@@ -193,10 +198,11 @@ def read_cell(index: int, cell: Any, size: tuple[int, int] | Callable[[int, int]
         image = as_image(index, cell)
         return image, image.shape[:2]
     try:
-        return read_for_model(bytes(cell), size, max_pixels())
+        return read_for_model(bytes(cell), size, max_pixels(), window)
     except UnreadableImage as e:
         try:
-            return read_for_model(base64.b64decode(cell, validate=True), size, max_pixels())
+            return read_for_model(base64.b64decode(cell, validate=True), size, max_pixels(),
+                                  window)
         except binascii.Error:
             raise e from None
 
@@ -207,7 +213,7 @@ def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.Dat
     rows, images, sizes, at = [], [], [], []
     for i, cell in enumerate(cells):
         try:
-            image, size = read_cell(i, cell, segmenter.input_size)
+            image, size = read_cell(i, cell, segmenter.input_size, segmenter.window)
         except (UnreadableImage, MlflowException) as e:
             rows.append({"rle_mask": "", "height": 0, "width": 0,
                          "error": str(getattr(e, "message", e))})

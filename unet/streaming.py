@@ -107,6 +107,7 @@ class PngSink:
 
     def __init__(self, output_dir: Path, overlay: bool = False, classes: int = 2):
         self.output_dir, self.overlay, self.classes = Path(output_dir), overlay, classes
+        self.window = None         # the model's intensity window, for the overlays' photos
 
     def outputs(self, image: Path) -> list[Path]:
         names = [image.stem + MASK_SUFFIX] + ([image.stem + OVERLAY_SUFFIX] if self.overlay else [])
@@ -120,7 +121,7 @@ class PngSink:
         for path, mask in items:
             mask_path, *overlay_path = self.outputs(path)
             if overlay_path:
-                art = visualize.overlay(read_image(path, None), mask,   # checked when read
+                art = visualize.overlay(read_image(path, None, self.window), mask,  # checked
                                         classes=self.classes)
                 atomic_save(Image.fromarray(art), overlay_path[0], format="JPEG", quality=90)
             atomic_save(Image.fromarray(mask * 255 if self.classes == 2 else mask), mask_path,
@@ -139,17 +140,18 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
 
 def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                workers: int, window: int,
-               max_pixels: int = MAX_PIXELS, window_pixels: int = WINDOW_PIXELS
+               max_pixels: int = MAX_PIXELS, window_pixels: int = WINDOW_PIXELS, intensity=None
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
     decoding up to `window` images ahead in `workers` threads, but no more than about
     `window_pixels` pixels (as their headers declare; one image at least): a folder of
     8000 x 8000 scans holds one or two ahead, not `window`. JPEGs are decoded no larger than
     `size` (the model input, or a function of an image's (H, W): read_for_model); one
-    declaring more than max_pixels pixels is UnreadableImage, found from its header."""
+    declaring more than max_pixels pixels is UnreadableImage, found from its header. 16-bit
+    and float images go through the model's `intensity` window (unet.intensity)."""
     def read(path: Path):
         try:
-            return read_for_model(path, size, max_pixels)
+            return read_for_model(path, size, max_pixels, intensity)
         except UnreadableImage as e:
             return e
 
@@ -189,6 +191,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
     `workers` reader threads (default: the cores, at most 8). Unreadable images are named (via
     `log`; default: a line above the progress bar), counted as failed and skipped."""
     workers = workers or min(8, os.cpu_count() or 2)
+    if isinstance(sink, PngSink):
+        sink.window = segmenter.window     # overlays show the photo as the model saw it
     todo = sink.todo(images)
     outcome = Outcome(skipped=len(images) - len(todo))
     writes: deque[Future] = deque()
@@ -207,7 +211,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             batch.clear()
 
         for path, read in read_ahead(todo, segmenter.input_size, workers,
-                                     2 * batch_size + workers, max_pixels):
+                                     2 * batch_size + workers, max_pixels,
+                                     intensity=segmenter.window):
             if isinstance(read, UnreadableImage):
                 outcome.failed.append((path, str(read)))
                 (log or bar.write)(f"failed {path}: {read}")

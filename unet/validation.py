@@ -4,14 +4,18 @@ listed, paired and decoded, and every problem goes into one report.
 Two kinds of findings:
 * problems: the file can't be used (no partner, unreadable, sizes differ, a mask of several
   classes, two images with one stem). Policy `on_bad_data` decides: fail, or drop those pairs.
-* notes: the file is used after a conversion or is ignored (grey, RGBA and 16-bit images,
-  antialiased or empty masks, hidden and non-image files). Counted, never fatal.
+* notes: the file is used after a conversion or is ignored (grey, RGBA, 16-bit and float images,
+  antialiased or empty masks, instance labels, hidden and non-image files). Counted, never
+  fatal.
+
+How the masks are read is decided for the whole folder (unet.classes.detect) and said in the
+report's READING lines: instance labels (every nonzero label foreground) and the void value
+(its share of the pixels, left out of loss and metrics).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,86 +23,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unet import classes as labels
+from unet import imageio
 from unet.classes import BadLabel, Classes
-from unet.data import IMAGE_EXTS, SIXTEEN_BIT_MODES, Pair, grey_array
+from unet.data import IMAGE_EXTS, Pair, grey_array
 from unet.errors import UserError
+from unet.data_report import NOTES, PROBLEMS, DataReport, Finding  # noqa: F401 (the API)
+from unet.masks import VOID
 
 # A level between background and foreground that fills regions of at least this share of a
 # mask is a class of its own; levels found only along edges are antialiasing.
 MIN_CLASS_SHARE = 0.01
 DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
-
-PROBLEMS = {   # kind -> what the report says
-    "no_mask": "image without mask",
-    "no_image": "mask without image",
-    "duplicate_stem": "two images share one stem",
-    "unreadable_image": "unreadable or truncated image",
-    "unreadable_mask": "unreadable or truncated mask",
-    "size_mismatch": "image and mask sizes differ",
-    "multiclass_mask": "mask has more than 2 classes",
-    "bad_label": "mask value that is not a class",
-}
-NOTES = {
-    "grayscale_image": "grayscale image (expanded to RGB)",
-    "rgba_image": "image with alpha (alpha dropped)",
-    "16bit_image": "16-bit image (scaled to 8 bits)",
-    "antialiased_mask": "mask with antialiased edges (thresholded at half)",
-    "multiclass_mask_thresholded": "mask with more than 2 classes (thresholded at half)",
-    "empty_mask": "empty mask (no foreground; used)",
-    "hidden_file": "hidden file (ignored)",
-    "non_image_file": "not an image or mask by its name (ignored)",
-    "excluded": "left out by parameter exclude",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    path: Path
-    kind: str          # a key of PROBLEMS or NOTES
-    detail: str = ""
-
-    def line(self) -> str:
-        what = PROBLEMS.get(self.kind) or NOTES[self.kind]
-        return f"{self.path}: {what}" + (f" ({self.detail})" if self.detail else "")
-
-
-@dataclasses.dataclass
-class DataReport:
-    pairs: list[Pair]            # the usable pairs (problems dropped)
-    problems: list[Finding]      # files that can't be used
-    notes: list[Finding]         # files used after a conversion, or ignored
-    classes: Classes = Classes.numbered(2)   # detected from the masks, or declared
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Findings per kind, plus the pairs kept and the files at fault."""
-        counts = Counter(f.kind for f in self.problems + self.notes)
-        return {"pairs_ok": len(self.pairs),
-                "bad_files": len({f.path for f in self.problems}), **counts}
-
-    def to_dict(self) -> dict:
-        return {"counts": self.counts,
-                "problems": [{"file": str(f.path), "kind": f.kind, "detail": f.detail}
-                             for f in self.problems],
-                "notes": [{"file": str(f.path), "kind": f.kind, "detail": f.detail}
-                          for f in self.notes]}
-
-    def to_text(self) -> str:
-        lines = [f"{len(self.pairs)} usable pair(s); {self.counts['bad_files']} bad file(s)", ""]
-        lines += ["PROBLEMS (pairs dropped or the step fails, by on_bad_data)"]
-        lines += [f"  {f.line()}" for f in self.problems] or ["  none"]
-        lines += ["", "NOTES (converted, ignored or counted; not an error)"]
-        lines += [f"  {f.line()}" for f in self.notes] or ["  none"]
-        lines += ["", "COUNTS"] + [f"  {k}: {v}" for k, v in self.counts.items()]
-        return "\n".join(lines) + "\n"
-
-    def summary(self, limit: int = 20) -> str:
-        """The files at fault, `folder/name (what)`, the first `limit` of them."""
-        shown = [f"{f.path.parent.name}/{f.path.name} ({PROBLEMS[f.kind]})"
-                 for f in self.problems[:limit]]
-        more = len(self.problems) - limit
-        return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
 
 def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
     """Plain files of folder for which keep(path) holds; hidden and other files become notes."""
@@ -118,34 +53,51 @@ def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
 def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     """Decodes the image fully; returns its (width, height) (None if unreadable) and findings."""
     try:
-        with Image.open(path) as image:
-            size, mode = image.size, image.mode
-            if image.format == "JPEG":   # decode at 1/8 scale: still reads every byte, 3x faster
-                image.draft(image.mode, (size[0] // 8, size[1] // 8))
-            image.load()
-            alpha = "A" in image.getbands() or "transparency" in image.info
+        if imageio.is_tiff(path):            # tifffile: its dtype and channels say the same
+            values = imageio.read_tiff(path, None)
+            bands = 1 if values.ndim == 2 else values.shape[2]
+            size, mode = values.shape[1::-1], f"TIFF {values.dtype}, {bands} channel(s)"
+            alpha, grey, deep = bands in (2, 4), bands < 3, values.dtype != np.uint8
+        else:
+            with Image.open(path) as image:
+                size, mode = image.size, image.mode
+                if image.format == "JPEG":   # 1/8 scale: still reads every byte, 3x faster
+                    image.draft(image.mode, (size[0] // 8, size[1] // 8))
+                image.load()
+                alpha = "A" in image.getbands() or "transparency" in image.info
+            grey, deep = mode in ("1", "L", "LA"), mode in imageio.DEEP_MODES
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
-    if mode in SIXTEEN_BIT_MODES:
+    if deep:
         return size, [Finding(path, "16bit_image", mode)]
     findings = [Finding(path, "rgba_image", mode)] if alpha else []
-    if mode in ("1", "L", "LA"):
+    if grey:
         findings.append(Finding(path, "grayscale_image", mode))
     return size, findings
 
 
-def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool) -> list[Finding]:
-    """Decodes the mask fully and looks at its levels: size, classes, edges, emptiness."""
+def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool,
+               ignore: int | None = None, instances: bool = False) -> list[Finding]:
+    """Decodes the mask fully and looks at its levels: size, classes, edges, emptiness; the
+    void value `ignore` is no level. In a folder of instance labels, counts the objects."""
     try:
-        with Image.open(path) as mask:
+        with imageio.open_pil(path) as mask:
             mask.load()
             size = mask.size
-            grey = grey_array(mask)
+            if ignore is None and not instances:
+                grey = grey_array(mask)
+            else:    # the raw values the void value names (palette indices) and labels are
+                values, _ = labels.class_values(mask, ignore)
+                grey = values if ignore is None else np.where(values == ignore, 0, values)
     except DECODE_ERRORS as e:
         return [Finding(path, "unreadable_mask", str(e))]
     if size != image_size:
         return [Finding(path, "size_mismatch", f"mask {size[0]}x{size[1]}, image "
                                                f"{image_size[0]}x{image_size[1]}")]
+    if instances:
+        objects = len(np.unique(grey[grey > 0]))
+        return [Finding(path, "instance_labels", f"{objects} objects")] if objects else \
+            [Finding(path, "empty_mask")]
     levels, counts = np.unique(grey, return_counts=True)
     if len(levels) > 2:
         classes = 2 + _inner_levels(grey, int(levels[0]), int(levels[-1]))
@@ -176,13 +128,14 @@ def _inner_levels(grey: np.ndarray, low: int, high: int) -> int:
     return int((counts >= MIN_CLASS_SHARE * grey.size).sum())
 
 
-def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes
-                     ) -> list[Finding]:
-    """A mask of class indices: decodable, of the image's size, every value a class."""
+def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes,
+                     ignore: int | None = None) -> list[Finding]:
+    """A mask of class indices: decodable, of the image's size, every value a class (or the
+    void value `ignore`)."""
     try:
-        with Image.open(path) as mask:
+        with imageio.open_pil(path) as mask:
             size = mask.size
-        class_map = labels.load_class_map(path, classes)
+        class_map = labels.load_class_map(path, classes, ignore)
     except BadLabel as e:
         return [Finding(path, "bad_label", str(e).split(": ", 1)[1])]
     except DECODE_ERRORS as e:
@@ -190,42 +143,58 @@ def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes
     if size != image_size:
         return [Finding(path, "size_mismatch", f"mask {size[0]}x{size[1]}, image "
                                                f"{image_size[0]}x{image_size[1]}")]
-    return [] if class_map.any() else [Finding(path, "empty_mask")]
+    return [] if ((class_map > 0) & (class_map != VOID)).any() else [Finding(path, "empty_mask")]
 
 
-def check_pair(pair: Pair, multiclass_ok: bool, classes: Classes | None = None) -> list[Finding]:
+def check_pair(pair: Pair, multiclass_ok: bool, classes: Classes | None = None,
+               found: labels.Detected = labels.Detected(2)) -> list[Finding]:
     size, findings = check_image(pair.image)
     if size is None:
         return findings
     if classes is not None and not classes.binary:
-        return findings + check_class_mask(pair.mask, size, classes)
-    return findings + check_mask(pair.mask, size, multiclass_ok)
+        return findings + check_class_mask(pair.mask, size, classes, found.ignore)
+    return findings + check_mask(pair.mask, size, multiclass_ok, found.ignore, found.instances)
 
 
-def detect_classes(masks: list[Path], declared: str) -> Classes:
-    """The classes of these masks (unet.classes.detect_count; unreadable masks are left to
-    the checks) under the names of parameter `classes` ("auto": numbered)."""
+def void_pixels(path: Path, ignore: int) -> tuple[int, int]:
+    """(pixels of value `ignore`, all pixels) of a mask (its raw values: palette indices, or
+    the grey levels of a single-channel mask)."""
+    with imageio.open_pil(path) as mask:
+        values, _ = labels.class_values(mask, ignore)
+    return int((values == ignore).sum()), values.size
+
+
+def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = "auto"
+                   ) -> tuple[Classes, labels.Detected]:
+    """The classes, void and instance labels of these masks (unet.classes.detect; unreadable
+    masks are left to the checks), the classes under the names of parameter `classes`
+    ("auto": numbered)."""
     readable = []
     for path in masks:
         try:
-            with Image.open(path) as mask:
+            with imageio.open_pil(path) as mask:
                 mask.load()
             readable.append(path)
         except DECODE_ERRORS:
             pass
+    found = (labels.detect(readable, ignore) if readable
+             else labels.Detected(2, None if ignore == "auto" else ignore))
     try:
-        return labels.parse(declared, labels.detect_count(readable) if readable else 2)
+        return labels.parse(declared, found.count), found
     except ValueError as e:
         raise UserError(f"parameter {e}") from None
 
 
 def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
                     mask_ext: str = ".gif", multiclass_ok: bool = False,
-                    threads: int | None = None, classes: str = "auto") -> DataReport:
+                    threads: int | None = None, classes: str = "auto",
+                    ignore_index: str | int | None = "auto") -> DataReport:
     """Lists, pairs and decodes every file of image_dir and mask_dir (decoding in threads: PIL
-    releases the GIL). Image `X.<jpg|jpeg|png>` pairs with mask `X{mask_suffix}{mask_ext}`.
+    releases the GIL). Image `X.<jpg|jpeg|png|tif|tiff>` pairs with mask
+    `X{mask_suffix}{mask_ext}`, whatever the image's extension (X.tif with X_mask.png).
     The classes are detected from the masks (or declared by `classes`, comma names); with
-    K > 2 every mask value must be a class index.
+    K > 2 every mask value must be a class index. The void value is `ignore_index` ("auto":
+    VOC's 255 where palette masks use it; None: none), instance labels are detected.
 
     Raises UserError only when there is nothing to check (a folder missing, no images).
     """
@@ -237,7 +206,7 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
     problems: list[Finding] = []
     images = _list(image_dir, lambda p: p.suffix.lower() in IMAGE_EXTS, notes)
     if not images:
-        raise UserError(f"no images (.jpg, .jpeg, .png) in {image_dir}")
+        raise UserError(f"no images ({imageio.EXTS_TEXT}) in {image_dir}")
     mask_end = f"{mask_suffix}{mask_ext}"
     masks = {p.name[: -len(mask_end)]: p
              for p in _list(mask_dir, lambda p: p.name.endswith(mask_end), notes)}
@@ -254,15 +223,16 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
             problems.append(Finding(paths[0], "no_mask", f"expected {mask_dir / (stem + mask_end)}"))
         else:
             candidates.append(Pair(stem, paths[0], masks[stem]))
-    problems += [Finding(path, "no_image", f"expected {image_dir / stem}.jpg, .jpeg or .png")
+    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{imageio.EXTS_TEXT}")
                  for stem, path in masks.items() if stem not in by_stem]
 
     spread = candidates[::max(1, len(candidates) // 64)]
-    found_classes = detect_classes([pair.mask for pair in spread], classes)
+    found_classes, detected = detect_classes([pair.mask for pair in spread], classes,
+                                             ignore_index)
     threads = threads or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
-        found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok, found_classes),
-                              candidates))
+        found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok, found_classes,
+                                                      detected), candidates))
     pairs = []
     for pair, findings in zip(candidates, found):
         bad = [f for f in findings if f.kind in PROBLEMS]
@@ -271,7 +241,14 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
         if not bad:
             pairs.append(pair)
     problems.sort(key=lambda f: str(f.path))
-    return DataReport(pairs, problems, notes, found_classes)
+    share = 0.0
+    if detected.ignore is not None and pairs:
+        with ThreadPoolExecutor(threads) as pool:
+            void, total = np.sum(list(pool.map(
+                lambda pair: void_pixels(pair.mask, detected.ignore), pairs)), axis=0)
+        share = float(void / total)
+    return DataReport(pairs, problems, notes, found_classes, detected.ignore, share,
+                      detected.instances)
 
 
 def exclude(report: DataReport, stems: list[str], source: str) -> DataReport:

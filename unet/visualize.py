@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unet.masks import VOC_VOID_COLOUR, VOID
+
 OVERLAY_COLOUR = np.array([255, 0, 255], np.float32)   # magenta: rare in photos of cars
 # Colours of classes 1, 2, ... in masks of K > 2 classes (background stays black / untinted).
 CLASS_COLOURS = np.array([(255, 0, 255), (0, 170, 255), (255, 200, 0), (0, 220, 90),
@@ -17,10 +19,16 @@ def class_colours(count: int) -> np.ndarray:
 
 
 def colour_mask(mask: np.ndarray, classes: int = 2) -> np.ndarray:
-    """(H, W) mask -> (H, W, 3) uint8: 0/1 as black/white, class indices in their colours."""
+    """(H, W) mask -> (H, W, 3) uint8: 0/1 as black/white, class indices in their colours,
+    void pixels (VOID) in VOC's void colour."""
+    void = mask == VOID
+    labels = np.where(void, 0, mask)
     if classes == 2:
-        return np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=2)
-    return class_colours(classes)[mask]
+        out = np.repeat(labels[..., None].astype(np.uint8) * 255, 3, axis=2)
+    else:
+        out = class_colours(classes)[labels]
+    out[void] = VOC_VOID_COLOUR
+    return out
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, classes: int = 2

@@ -30,12 +30,13 @@ MODEL_NAME_IN_RUN = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
-MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "model.py",
-                 "onnx_runtime.py", "precision.py", "predict.py", "rle.py", "serving.py",
-                 "tiling.py", "transforms.py")
+MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "imageio.py",
+                 "intensity.py", "model.py", "onnx_runtime.py", "precision.py", "predict.py",
+                 "rle.py", "serving.py", "tiling.py",
+                 "transforms.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
-                      "opencv-python-headless", "albumentations"]
+                      "opencv-python-headless", "albumentations", "tifffile"]
 
 
 SIGNATURE = ModelSignature(
@@ -63,7 +64,9 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     the unet package that inference needs (MODEL_MODULES) travel with the model (code_paths),
     so it loads where this project is not installed. The same network goes along as ONNX
     (unet.onnx_runtime); the runtime measured faster here becomes the default (metadata
-    `runtime`, and model_config, which the pyfunc reads).
+    `runtime`, and model_config, which the pyfunc reads). A model trained on 16-bit or float
+    images carries its intensity window (metadata `intensity_window`: [low, high]; it is in
+    the weights' state too, which is what the pyfunc applies).
     """
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "segmenter.pt"
@@ -86,7 +89,9 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
                       "scale": list(segmenter.scale) if segmenter.scale else None,
                       "image_size": list(segmenter.image_size),
                       "runtime": runtime, "runtime_ms_per_image": ms,
-                      "runtime_measured_on": machine(segmenter)},
+                      "runtime_measured_on": machine(segmenter),
+                      **({"intensity_window": list(segmenter.window)}
+                         if segmenter.window is not None else {})},
             input_example=pd.DataFrame({INPUT_COLUMN: [encode_png(example)]}),
             pip_requirements=MODEL_REQUIREMENTS)
     mlflow.set_tag("model_uri", info.model_uri)

@@ -32,12 +32,13 @@ def calibration_pairs(train: list, count: int = CALIBRATION_IMAGES) -> list:
     return train[::step][:count]
 
 
-def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None
-             ) -> Int8Result:
+def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None,
+             read_mask=None) -> Int8Result:
     """Quantizes the model's ONNX file on training images, scores it on subsets["test"] and,
     if it is within INT8_TOLERANCE of fp32, adds it to the logged model (runtime=onnx-int8).
     `fp32_dice`: the ONNX fp32 test Dice if evaluate measured it already (runtime onnx);
-    None: measured here. Logs `int8_test_dice`, `int8_dice_change`, tag `int8`."""
+    None: measured here. `read_mask`: how the split reads its masks (void left out; see
+    unet.evaluation.evaluate_pairs). Logs `int8_test_dice`, `int8_dice_change`, tag `int8`."""
     try:
         fp32 = models.load_segmenter(model_uri, "onnx").with_tta(cfg.tta)
     except UserError:
@@ -45,14 +46,17 @@ def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None
                         f"ONNX export existed); train it again or use quantize=none") from None
     test = subsets["test"]
     if fp32_dice is None:
-        fp32_dice = evaluate_pairs(fp32, test, cfg.threshold, cfg.eval_batch_size)["dice"]
+        fp32_dice = evaluate_pairs(fp32, test, cfg.threshold, cfg.eval_batch_size,
+                                   read_mask=read_mask)["dice"]
     with tempfile.TemporaryDirectory() as tmp:
         int8_file = onnx_runtime.quantize_int8(
             Path(fp32.path), Path(tmp) / onnx_runtime.INT8_FILE,
-            [load_image(p.image) for p in calibration_pairs(subsets["train"])],
+            [load_image(p.image, window=fp32.window)
+             for p in calibration_pairs(subsets["train"])],
             fp32.image_size)
         int8 = onnx_runtime.OnnxSegmenter(fp32, int8_file, "onnx-int8", shared=False)
-        dice = evaluate_pairs(int8, test, cfg.threshold, cfg.eval_batch_size)["dice"]
+        dice = evaluate_pairs(int8, test, cfg.threshold, cfg.eval_batch_size,
+                              read_mask=read_mask)["dice"]
         kept = fp32_dice - dice <= INT8_TOLERANCE
         if kept:
             models.add_int8(model_uri, int8_file)

@@ -37,13 +37,15 @@ class Floor:
         return self.baselines[self.best] + self.margin
 
 
-def log_floor(subsets: dict, threshold: float, margin: float, classes=None) -> Floor:
+def log_floor(subsets: dict, threshold: float, margin: float, classes=None,
+              read_mask=None) -> Floor:
     """The floor for a model tested on subsets["test"]: the trivial baselines (unet.baselines,
-    the mean mask from subsets["train"]; per class with K > 2 `classes`) logged as
-    `baseline_dice_<name>`, and `floor_dice`."""
+    the mean mask from subsets["train"]; per class with K > 2 `classes`; masks read by
+    `read_mask`, void left out) logged as `baseline_dice_<name>`, and `floor_dice`."""
     scores = baselines.baseline_dice(
-        subsets["test"], baselines.mean_mask(subsets["train"], classes=classes), threshold,
-        classes)
+        subsets["test"], baselines.mean_mask(subsets["train"], classes=classes,
+                                             read_mask=read_mask), threshold,
+        classes, read_mask)
     floor = Floor(scores, margin)
     mlflow.log_metrics({f"baseline_dice_{k}": v for k, v in scores.items()}
                        | {"floor_dice": floor.dice})

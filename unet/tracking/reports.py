@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from unet import label_quality
+from unet.intensity import describe
 from unet.tracking.runs import CHECKPOINT_ARTIFACT
 from unet.visualize import label_panel
 
@@ -78,6 +79,9 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"{name} {metrics[f'dice_{name}']:.4f}" for name in classes) + ")")
     other = promotion.compared_with
     compared = "no other version" if other is None else f"v{other[0]}, Dice {other[1]:.4f}"
+    # 16-bit/float images: the values that became 0 and 255 (unet.intensity)
+    window = train_run.data.tags.get("intensity_window", "")
+    window = f", intensity window {window}" if window and window != describe(None) else ""
     return "\n".join([
         f"**Data**: {source} ({p.get('plan.median_size', '?')} median image size); images "
         f"per split: {sizes} (split run `{split.run_id}`).",
@@ -88,7 +92,8 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"**Plan**: input {value('image_height')}x{value('image_width')}, features "
         f"{value('features')}, batch {value('batch_size')}, lr {value('lr')} "
         f"{value('lr_schedule')}, {value('epochs')} epochs x {value('steps_per_epoch')} steps, "
-        f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')}, "
+        f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')}"
+        f"{window}, "
         f"predicted at scale {train_run.data.tags.get('scale', 'none')} (input pixels per "
         f"image pixel; none: resized to the input) "
         f"(train run `{train_run.info.run_id}`, its `plan.txt`).",

@@ -14,7 +14,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-from unet.classes import Classes
+from unet.classes import Classes, reader
 from unet.data import Pair
 from unet.errors import UserError
 from unet.tracking.runs import get_run
@@ -32,6 +32,19 @@ class Split:
     subsets: dict[str, list[Pair]]     # "train", "val", "test"
     data_dir: Path
     classes: Classes = Classes.numbered(2)
+    ignore_index: int | None = None    # the masks' void value (None: none), unet.masks
+    instances: bool = False            # masks of instance labels: nonzero is foreground
+
+    def read_mask(self, path: Path):
+        """A mask of this split as training and evaluation read it: (H, W) uint8, 0/1 or
+        class indices, void pixels unet.masks.VOID."""
+        return reader(self.classes, self.ignore_index, self.instances)(path)
+
+    @property
+    def plan_reader(self):
+        """How the training plan reads the masks for object sizes: as before (None: binary
+        thresholding) unless the masks hold void or instance labels (read_mask)."""
+        return None if self.ignore_index is None and not self.instances else self.read_mask
 
 
 def _pairs_digest(pairs: list[Pair]) -> str:
@@ -57,11 +70,14 @@ def log_dataset(pairs: list[Pair], name: str, context: str, source: str) -> None
 
 
 def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: Path,
-              builtin: bool, classes: Classes = Classes.numbered(2)) -> None:
-    """Logs split.json (stems per subset, the folder layout and the class names), the
-    generated data set itself when builtin, and each subset as an input."""
+              builtin: bool, classes: Classes = Classes.numbered(2),
+              ignore_index: int | None = None, instances: bool = False) -> None:
+    """Logs split.json (stems per subset, the folder layout, the class names, the void value
+    and whether the masks hold instance labels), the generated data set itself when builtin,
+    and each subset as an input."""
     record = {"builtin": builtin, "data_dir": None if builtin else str(Path(data_dir).resolve()),
-              "classes": list(classes.names),
+              "classes": list(classes.names), "ignore_index": ignore_index,
+              "instances": instances,
               **layout, **{name: [p.image.name for p in pairs] for name, pairs in subsets.items()}}
     mlflow.log_dict(record, SPLIT_FILE)
     if builtin:
@@ -113,4 +129,6 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
                         f"{missing[0]}: restore them or run split_data again")
     # Splits logged before classes were recorded are binary.
     names = tuple(record.get("classes") or Classes.numbered(2).names)
-    return Split(run_id, record["builtin"], subsets, data_dir, Classes(names))
+    # ... and those logged before void and instance labels were, have neither.
+    return Split(run_id, record["builtin"], subsets, data_dir, Classes(names),
+                 record.get("ignore_index"), bool(record.get("instances")))

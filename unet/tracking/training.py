@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 
-from unet import config, distributed, engine, fitting, planning, transforms
+from unet import config, distributed, engine, fitting, intensity, planning, transforms
 from unet.errors import UserError
 from unet.evaluation import choose_tta
 from unet.model import UNet
@@ -48,7 +48,7 @@ def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
                         f"with val_fraction > 0")
     precision = choose_precision(config.given("train", overrides).get("precision", config.AUTO))
     cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
-                                   precision)
+                                   precision, read_mask=split.plan_reader)
     resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
               if cfg.resume_from else None)
     return TrainInputs(cfg, plan, split, resume)
@@ -95,7 +95,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     cfg = inputs.cfg
     if run is not None:
         log_inputs(inputs, precision)
-    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes)
+    data = fitting.load_data(cfg, inputs.split.subsets, inputs.split.classes,
+                             inputs.split.ignore_index, inputs.split.instances)
     if data.cache is not None and run is not None:
         print(f"resized arrays: {data.cache.hits} from {data.cache.directory}, "
               f"{data.cache.misses} decoded")
@@ -118,7 +119,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     if run is not None:
         print(f"train run {run.info.run_id}: {len(data.train_set)} train and "
               f"{len(data.val_set)} val images, {cfg.epochs} epochs, {precision.name} on "
-              f"{precision.device}", flush=True)
+              f"{precision.device}; intensity window {intensity.describe(data.train_set.window)}",
+              flush=True)
     run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch,
                cfg.tracking_wait_min * 60)
     if run is not None:
@@ -133,7 +135,7 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line. At the
     end, waits up to wait_s for records kept through an outage (Outbox.wait_until_sent)."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
-                     classes=trainer.classes)
+                     classes=trainer.classes, window=val_set.window)
     outbox = Outbox(run.info.run_id) if run is not None else None
     try:
         for result in trainer.fit(train_loader, val_loader):
@@ -179,11 +181,12 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
                    scale: tuple[float, float] | None = None):
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
     model, with the test-time augmentation that validation measured to help, the scale it
-    was trained at (predicted images are resized by it) and an input example."""
+    was trained at (predicted images are resized by it), the intensity window of 16-bit/float
+    training images (tag `intensity_window`) and an input example."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
-                          classes=trainer.classes)
+                          classes=trainer.classes, window=val_set.window)
     # TTA is chosen on the validation images already at the input size: without a scale,
     # which would resize them again.
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
@@ -195,7 +198,8 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
     mlflow.log_metrics({"best_val_dice": trainer.best_dice, "best_epoch": trainer.best_epoch,
                         "kept_val_dice": trainer.kept_dice, "kept_epoch": trainer.kept_epoch})
     mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower(),
-                     "scale": ",".join(f"{s:.6g}" for s in scale) if scale else "none"})
+                     "scale": ",".join(f"{s:.6g}" for s in scale) if scale else "none",
+                     "intensity_window": intensity.describe(segmenter.window)})
     stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
             f"{cfg.patience} epochs); " if trainer.stopped_early else "")
     print(f"train run {run.info.run_id}: {stop}kept the {cfg.keep} weights (epoch "

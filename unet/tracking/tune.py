@@ -62,7 +62,8 @@ def prepare(split: splits.Split, fixed: dict[str, str], space_table: dict) -> Se
         raise UserError(f"split run {split.run_id} has no validation images: trials are "
                         f"compared on them; run split_data with val_fraction > 0")
     precision = choose_precision(given.get("precision", config.AUTO))
-    _, plan = planning.configure(fixed, split.subsets["train"], split.subsets["val"], precision)
+    _, plan = planning.configure(fixed, split.subsets["train"], split.subsets["val"], precision,
+                                 read_mask=split.plan_reader)
     reports.log_plan(plan)
     # Fixed: a value other than params.yaml's (`mlflow run` passes every default, so a -P
     # equal to the default, e.g. rotate_limit=35, can't be told apart and is searched).
@@ -95,7 +96,8 @@ def objective(job: Search, study_name: str):
             suggested, job.plan, len(job.split.subsets["train"]))}
         trial.set_user_attr("train_params", {k: overrides[k] for k in job.space})
         cfg, plan = planning.configure(overrides, job.split.subsets["train"],
-                                       job.split.subsets["val"], job.precision)
+                                       job.split.subsets["val"], job.precision,
+                                       read_mask=job.split.plan_reader)
         inputs = training.TrainInputs(cfg, plan, job.split, None)
         with mlflow.start_run(nested=True) as run:
             trial.set_user_attr(search.RUN_ID_ATTR, run.info.run_id)
