@@ -32,8 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # (tests/test_tracking.py checks that these import on their own).
 MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "imageio.py",
                  "intensity.py", "model.py", "onnx_runtime.py", "precision.py", "predict.py",
-                 "rle.py", "serving.py", "tiling.py",
-                 "transforms.py")
+                 "reading.py", "rle.py", "serving.py", "tiling.py", "transforms.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
                       "opencv-python-headless", "albumentations", "tifffile"]
