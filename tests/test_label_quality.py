@@ -88,8 +88,8 @@ def test_ranking_file_round_trips_to_the_flagged_stems(tmp_path):
             lq.Row("b", "val", 0.01, 0.98, 3, [0.01], False)]
     lq.write_ranking(tmp_path / "ranking.csv", rows, ("background", "car"))
     lines = (tmp_path / "ranking.csv").read_text().splitlines()
-    assert lines[0] == "rank,stem,subset,score,dice,disagree_px,flagged"
-    assert lines[1] == "1,a,train,0.9000,0.1000,500,true"
+    assert lines[0] == "rank,stem,subset,score,dice,disagree_px,flagged,image_score,group_median"
+    assert lines[1] == "1,a,train,0.9000,0.1000,500,true,0.9000,0.0000"
     assert lq.read_stems(tmp_path / "ranking.csv") == ["a"]
     (tmp_path / "stems.txt").write_text("# masks to drop\nx_01\n\n  y_02  # swapped\n")
     assert lq.read_stems(tmp_path / "stems.txt") == ["x_01", "y_02"]
@@ -195,6 +195,57 @@ def test_a_corrupted_mask_ranks_first_and_the_run_shows_it(tracking_uri, tmp_pat
         f"{finished.tags['label_ranking']}; check them, then rerun with "
         f"-P exclude=<that file or a file of stems>")
     assert finished.tags["label_ranking"].endswith("label_quality/ranking.csv")
+
+
+def test_a_group_the_model_fails_on_as_a_whole_ranks_below_one_wrong_mask(tmp_path):
+    """Five views of a car the model sees as all object while their masks are empty (the model
+    fails on that car, own scores 0.98) against a car of three views with one mask that holds
+    the whole image where the model sees the left half (own score 0.49 by hand: the right half,
+    752 of 1536 pixels at weight 0.98, over the union, 1536). The ranked score is the excess
+    over the group's median, and the panel of the winner is predicted again after its arrays
+    were dropped by the streaming (keep=1)."""
+    from PIL import Image
+
+    from unet.data import Pair, load_mask
+
+    class Bright:
+        """Sure of the object where the image is bright, whatever order the images come in."""
+        binary, image_size, window = True, (32, 48), None
+
+        def probabilities_resized(self, images):
+            return np.where(images[..., 0] > 128, 0.99, 0.01).astype(np.float32)
+
+    def pair(stem, bright_columns, mask_columns):
+        image, mask = np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8)
+        image[:, :bright_columns], mask[:, :mask_columns] = 255, 255
+        Image.fromarray(image).save(tmp_path / f"{stem}.png")
+        Image.fromarray(mask).save(tmp_path / f"{stem}_mask.png")
+        return Pair(stem, tmp_path / f"{stem}.png", tmp_path / f"{stem}_mask.png")
+
+    car = [pair("car_01", 24, 48), pair("car_02", 24, 24), pair("car_03", 24, 24)]
+    dark = [pair(f"dark_0{v}", 48, 0) for v in range(1, 6)]
+    rows, worst = lq.score_pairs(Bright(), {"train": car, "test": dark}, load_mask,
+                                 threshold=0.3, batch_size=2, keep=1)
+    first, *rest = rows
+    assert first.stem == "car_01" and first.flagged and not any(r.flagged for r in rest)
+    assert first.image_score == pytest.approx(0.49) and first.score == pytest.approx(0.49)
+    assert first.group_median == 0.0
+    darks = [r for r in rows if r.stem.startswith("dark")]
+    assert all(r.image_score == pytest.approx(0.98) and r.score == 0.0 for r in darks)
+    assert all(r.group_median == pytest.approx(0.98) for r in darks)
+    assert list(worst) == ["car_01"]
+    assert (worst["car_01"].mask == 1).all() and (worst["car_01"].pred[:, :24] == 1).all()
+
+
+def test_groups_of_fewer_than_three_images_keep_their_own_scores():
+    rows = [lq.Row("a_1", "train", 0.6, 0.5, 10, [0.6]), lq.Row("a_2", "train", 0.2, 0.9, 2, [0.2]),
+            lq.Row("b_1", "train", 0.5, 0.5, 10, [0.5]), lq.Row("b_2", "val", 0.1, 0.9, 1, [0.1]),
+            lq.Row("b_3", "val", 0.3, 0.7, 5, [0.3]), lq.Row("b_4", "val", 0.7, 0.4, 12, [0.7])]
+    lq.relative_to_groups(rows, {r.stem: r.stem[0] for r in rows})
+    assert [r.score for r in rows[:2]] == [0.6, 0.2]                   # group a: 2 images
+    # group b: the median of the other three, by hand: b_1 0.3, b_2 0.5, b_3 0.5, b_4 0.3.
+    assert [r.group_median for r in rows[2:]] == pytest.approx([0.3, 0.5, 0.5, 0.3])
+    assert [r.score for r in rows[2:]] == pytest.approx([0.2, 0.0, 0.0, 0.4])
 
 
 def test_the_corruptions_of_tools_datasets(tmp_path):

@@ -6,7 +6,10 @@ the corrupted masks rank in the worst 10% of the evaluate run's label_quality/ra
     python -m tools.label_quality OUT --images 64 400 --corrupt 0.05 --clean
     python -m tools.label_quality OUT --images 400 --clean --score-with models:/NAME/1
 
-With --score-with, no pipeline runs: an already trained model scores every mask of the folders
+    python -m tools.label_quality OUT --images 64 400 --clean --evaluate-again
+
+With --evaluate-again, only evaluate runs again, on the train runs of the folders' last
+report (a changed label-quality rule measured without training again). With --score-with, no pipeline runs: an already trained model scores every mask of the folders
 (cheap: one forward pass per image; every prediction is then out of sample).
 
 Writes OUT/report.json and prints a table. Folders are generated once under OUT and reused.
@@ -51,11 +54,14 @@ def folder(out: Path, images: int, seed: int, fraction: float) -> Path:
     return name
 
 
-def run_pipeline(data_dir: Path, tracking_uri: str, model_name: str, extra: list[str]) -> tuple[str, float]:
-    """`mlflow run . -e main` on data_dir; (the evaluate run's id, wall seconds)."""
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local",
-           "--experiment-name", EXPERIMENT,
-           "-P", f"data_dir={data_dir}", "-P", f"model_name={model_name}", *extra]
+def run_pipeline(data_dir: Path, tracking_uri: str, model_name: str, extra: list[str],
+                 train_run: str = "") -> tuple[str, float]:
+    """`mlflow run . -e main` on data_dir, or `-e evaluate` of `train_run` when one is given;
+    (the evaluate run's id, wall seconds)."""
+    step = ["-e", "evaluate", "-P", f"train_run_id={train_run}"] if train_run else \
+        ["-e", "main", "-P", f"data_dir={data_dir}"]
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), *step, "--env-manager", "local",
+           "--experiment-name", EXPERIMENT, "-P", f"model_name={model_name}", *extra]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -64,6 +70,10 @@ def run_pipeline(data_dir: Path, tracking_uri: str, model_name: str, extra: list
     if done.returncode:
         raise SystemExit(f"the pipeline failed on {data_dir}: see {data_dir.parent}/"
                          f"{data_dir.name}.log")
+    if train_run:
+        line = next(x for x in done.stdout.splitlines() if x.startswith("evaluate run "))
+        print(line)
+        return line.split()[2].rstrip(":"), seconds
     marker = "=== pipeline summary ==="
     summary = done.stdout[done.stdout.index(marker):] if marker in done.stdout else ""
     print(summary)
@@ -130,6 +140,8 @@ def main() -> None:
     parser.add_argument("--score-with", default="",
                         help="a model URI: score the folders with it instead of running the pipeline")
     parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--evaluate-again", action="store_true",
+                        help="run evaluate again on each folder's train run of the last report")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -153,18 +165,22 @@ def main() -> None:
             print(f"{data_dir.name} scored: {json.dumps({k: v for k, v in result.items() if k != 'scores'})}",
                   flush=True)
             continue
-        run_id, seconds = run_pipeline(data_dir, tracking_uri, f"lq-{data_dir.name}", extra)
         import mlflow
+        train_run = (mlflow.get_run(report[data_dir.name]["evaluate_run_id"]).data
+                     .params["train_run_id"] if args.evaluate_again else "")
+        run_id, seconds = run_pipeline(data_dir, tracking_uri, f"lq-{data_dir.name}", extra,
+                                       train_run)
         evaluate = mlflow.get_run(run_id)
         result = measure(ranking(evaluate.info.run_id), corrupted)
-        result.update({"pipeline_seconds": round(seconds),
+        result.update({("evaluate_seconds" if train_run else "pipeline_seconds"): round(seconds),
                        "label_quality_seconds": evaluate.data.metrics.get("label_quality_seconds"),
                        "test_dice": evaluate.data.metrics.get("test_dice"),
                        "evaluate_run_id": run_id})
-        report[data_dir.name] = result
+        key = f"{data_dir.name}-evaluated-again" if train_run else data_dir.name
+        report[key] = result
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         shown = {k: v for k, v in result.items() if k not in ("scores",)}
-        print(f"{data_dir.name}: {json.dumps(shown)}", flush=True)
+        print(f"{key}: {json.dumps(shown)}", flush=True)
 
 
 if __name__ == "__main__":

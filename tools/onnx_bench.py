@@ -1,14 +1,18 @@
 """CPU inference runtimes side by side (issue 21): torch eager fp32, torch bf16 (where the CPU
 has bf16), ONNX Runtime fp32 and ONNX Runtime int8, for the CPU plan's U-Net (features
-16..128 at 128x192) and the seed-size one (64..512 at 160x240).
+8..64 at 128x192: what the quick start's plan trains on a 2-core CPU of either kind) and the
+seed-size one (64..512 at 160x240).
 
     python -m tools.onnx_bench OUT [--images 24] [--train_steps 60,20] [--models cpu,seed]
+    python -m tools.onnx_bench OUT --model cpu=models:/NAME/1 --model seed=models:/SEED/1
 
 Generates a Carvana-like folder (tools.datasets: 1918x1280 dusk cars) under OUT/data, its
 first two thirds of the cars for training and calibration, the rest for the test; trains each
 model briefly in-process (`--train_steps` Adam steps, batch 8, one count per model: enough
 for the int8-vs-fp32 Dice difference to mean something, not a quality run; 0 leaves the
-weights untrained, for speed figures alone); exports it (unet.onnx_runtime.export)
+weights untrained, for speed figures alone), or takes it from a model the pipeline trained and
+logged (`--model NAME=URI`: its weights, input size, scale and window; the Dice figures
+that mean something); exports it (unet.onnx_runtime.export)
 and quantizes it (quantize_int8, calibrated on the training images). Then each runtime is
 measured in a fresh process (its own peak RSS): single-image latency of a 1918x1280 image end
 to end (resize, network, resize back; median of `--repeats`), throughput of the network on
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"cpu": ((16, 32, 64, 128), (128, 192)), "seed": ((64, 128, 256, 512), (160, 240))}
+MODELS = {"cpu": ((8, 16, 32, 64), (128, 192)), "seed": ((64, 128, 256, 512), (160, 240))}
 RUNTIMES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 
 
@@ -85,41 +89,61 @@ def train(features, size, train_pairs, steps: int, seed: int = 0):
     return model.eval()
 
 
-def prepare(out: Path, images: int, steps: list[int], names: list[str]) -> dict:
+def logged(uri: str) -> dict:
+    """The Segmenter state (unet.predict.Segmenter.to_state) of a logged model, fp32 weights."""
+    from unet.tracking import models
+    return models.load_segmenter(uri, "torch").to_state()
+
+
+def prepare(out: Path, images: int, steps: list[int], names: list[str],
+            uris: dict[str, str]) -> dict:
     from tools.datasets import carvana_folder
     from unet import onnx_runtime
     from unet.data import load_image
+    from unet.predict import Segmenter
     data = out / "data"
     if not (data / "train").is_dir() or len(list((data / "train").glob("*.jpg"))) < images:
         carvana_folder(data, images, seed=2026)
     train_pairs, _ = split_folder(data)
     made = {}
     for name, count in zip(names, steps):
-        features, size = MODELS[name]
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        model = train(features, size, train_pairs, count)
-        trained = time.perf_counter() - start
-        torch.save({"features": list(features), "image_size": list(size),
-                    "model": model.state_dict()}, folder / "model.pt")
+        if name in uris:
+            state = logged(uris[name])
+            # Test-time flips (the pipeline's `tta`) would double every runtime's time alike;
+            # the bench times the network once per image.
+            state["tta"] = "none"
+            made[name] = {"model_uri": uris[name], "features": state["features"],
+                          "image_size": state["image_size"]}
+        else:
+            features, size = MODELS[name]
+            start = time.perf_counter()
+            model = train(features, size, train_pairs, count)
+            made[name] = {"train_steps": count,
+                          "train_seconds": round(time.perf_counter() - start, 1)}
+            state = Segmenter(model, size, choose_fp32()).to_state()
+        torch.save(state, folder / "model.pt")
+        size = tuple(state["image_size"])
+        model = Segmenter.from_state(state, choose_fp32()).model
         onnx_runtime.export(model, folder / "fp32.onnx", size)
         onnx_runtime.quantize_int8(folder / "fp32.onnx", folder / "int8.onnx",
                                    [load_image(p.image) for p in train_pairs], size)
-        made[name] = {"train_steps": count, "train_seconds": round(trained, 1)}
     return made
+
+
+def choose_fp32():
+    from unet.precision import choose_precision
+    return choose_precision("fp32", "cpu")
 
 
 def segmenter_for(folder: Path, runtime: str):
     from unet import onnx_runtime
-    from unet.model import UNet
     from unet.precision import choose_precision
     from unet.predict import Segmenter
     state = torch.load(folder / "model.pt", weights_only=True)
-    model = UNet(features=state["features"])
-    model.load_state_dict(state["model"])
     precision = choose_precision("bf16" if runtime == "torch-bf16" else "fp32", "cpu")
-    segmenter = Segmenter(model, state["image_size"], precision)
+    segmenter = Segmenter.from_state(state, precision)
     if runtime.startswith("onnx"):
         file = folder / ("int8.onnx" if runtime == "onnx-int8" else "fp32.onnx")
         segmenter = onnx_runtime.OnnxSegmenter(segmenter, file, runtime)
@@ -158,7 +182,8 @@ def interleaved(out: Path, name: str, runtimes: list[str], repeats: int) -> dict
     rounds): on a shared machine a load that comes and goes hits every runtime alike, so
     their ratios hold better than those of runs minutes apart."""
     segmenters = {r: segmenter_for(out / name, r) for r in runtimes}
-    batch = np.zeros((8, *MODELS[name][1], 3), np.uint8)
+    size = next(iter(segmenters.values())).image_size
+    batch = np.zeros((8, *size, 3), np.uint8)
     best = {r: float("inf") for r in runtimes}
     for s in segmenters.values():
         s.probabilities_resized(batch)
@@ -190,6 +215,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--train_steps", default="60,20", help="per model, comma list")
     parser.add_argument("--models", default="cpu,seed")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=URI",
+                        help="take model NAME from a logged model (e.g. cpu=models:/unet-carvana/1) "
+                             "instead of training it here")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no_dice", action="store_true",
                         help="skip the test Dice (untrained weights: speed figures only)")
@@ -198,9 +226,11 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.out, *args.measure, args.repeats, not args.no_dice)))
         return
-    names = args.models.split(",")
+    uris = dict(item.split("=", 1) for item in args.model)
+    names = list(dict.fromkeys(args.models.split(",") + list(uris)))
     steps = [int(n) for n in args.train_steps.split(",")]
-    made = prepare(args.out, args.images, steps + steps[-1:] * (len(names) - len(steps)), names)
+    made = prepare(args.out, args.images, steps + steps[-1:] * (len(names) - len(steps)), names,
+                   uris)
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     rows = []
     runtimes = [r for r in RUNTIMES if bf16 or r != "torch-bf16"]
@@ -218,7 +248,10 @@ def main() -> None:
     report = {"cpu": cpu_flags(), "bf16": bf16, "torch_threads": torch.get_num_threads(),
               "models": made, "rows": rows}
     (args.out / "onnx_bench.json").write_text(json.dumps(report, indent=2))
-    trained = ", ".join(f"{n} {m['train_steps']} steps" for n, m in made.items())
+    trained = ", ".join(f"{n} {m['train_steps']} steps" if "train_steps" in m
+                        else f"{n} {m['model_uri']} ({'..'.join(map(str, m['features'][::3]))} "
+                             f"at {'x'.join(map(str, m['image_size']))})"
+                        for n, m in made.items())
     text = (f"CPU: {report['cpu']} ({torch.get_num_threads()} threads); training: {trained}"
             f"\n\n{table(rows)}\n")
     (args.out / "onnx_bench.md").write_text(text)

@@ -125,7 +125,10 @@ def log_label_quality(rows, worst: dict, threshold: float, class_names, seconds:
                       "score": [round(r.score, 4) for r in rows],
                       "dice": [round(r.dice, 4) for r in rows],
                       "disagree_px": [r.disagree_px for r in rows],
-                      "flagged": [r.flagged for r in rows]}, f"{LABELS}/ranking.json")
+                      "flagged": [r.flagged for r in rows],
+                      "image_score": [round(r.image_score, 4) for r in rows],
+                      "group_median": [round(r.group_median, 4) for r in rows]},
+                     f"{LABELS}/ranking.json")
     flagged = sum(r.flagged for r in rows)
     top = rows[0].score if rows else 0.0
     mlflow.log_metrics({"label_suspects": flagged, "label_score_max": top,
