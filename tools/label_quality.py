@@ -166,7 +166,8 @@ def main() -> None:
                   flush=True)
             continue
         import mlflow
-        train_run = (mlflow.get_run(report[data_dir.name]["evaluate_run_id"]).data
+        first = "-".join([data_dir.name, *args.params])
+        train_run = (mlflow.get_run(report[first]["evaluate_run_id"]).data
                      .params["train_run_id"] if args.evaluate_again else "")
         run_id, seconds = run_pipeline(data_dir, tracking_uri, f"lq-{data_dir.name}", extra,
                                        train_run)
@@ -176,7 +177,8 @@ def main() -> None:
                        "label_quality_seconds": evaluate.data.metrics.get("label_quality_seconds"),
                        "test_dice": evaluate.data.metrics.get("test_dice"),
                        "evaluate_run_id": run_id})
-        key = f"{data_dir.name}-evaluated-again" if train_run else data_dir.name
+        # Runs with other parameters (e.g. -P seed=1) are kept beside the default's.
+        key = "-".join([data_dir.name, *args.params] + (["evaluated-again"] if train_run else []))
         report[key] = result
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         shown = {k: v for k, v in result.items() if k not in ("scores",)}
