@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -147,8 +147,9 @@ def segmenter_for(folder: Path, runtime: str):
     if runtime.startswith("onnx"):
         file = folder / ("int8.onnx" if runtime == "onnx-int8" else "fp32.onnx")
         segmenter = onnx_runtime.OnnxSegmenter(segmenter, file, runtime)
-        # The torch weights are not needed to run: dropped, so RSS is the session's.
-        segmenter.model = None
+        # The torch weights are not needed to run: dropped, so RSS is the session's. The
+        # network's depth (Segmenter.step: the multiple inputs are padded to) stays.
+        segmenter.model = SimpleNamespace(features=segmenter.model.features)
     return segmenter
 
 
@@ -171,10 +172,19 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
     best = seconds_per_batch(segmenter, 8, repeats)
     # Peak RSS of inference (libraries, weights or session, one photo), before the test set
     # is read at full resolution.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     dice = evaluate_pairs(segmenter, test_pairs, 0.5, 8)["dice"] if dice else float("nan")
     return {"model": name, "runtime": runtime, "latency_ms": 1000 * statistics.median(latencies),
             "images_per_s": 8 / best, "dice": dice, "peak_rss_mb": rss}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MB. Not getrusage's ru_maxrss: Linux
+    carries that over from the parent across fork and exec, so each measuring process would
+    report at least the bench's own peak (every runtime alike, as a run of 2026-12-01 did)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def interleaved(out: Path, name: str, runtimes: list[str], repeats: int) -> dict[str, float]:
