@@ -9,7 +9,8 @@ the corrupted masks rank in the worst 10% of the evaluate run's label_quality/ra
     python -m tools.label_quality OUT --images 64 400 --clean --evaluate-again
 
 With --evaluate-again, only evaluate runs again, on the train runs of the folders' last
-report (a changed label-quality rule measured without training again). With --score-with, no pipeline runs: an already trained model scores every mask of the folders
+report (a changed label-quality rule measured without training again). With --score-with, no
+pipeline runs: an already trained model scores every mask of the folders
 (cheap: one forward pass per image; every prediction is then out of sample).
 
 Writes OUT/report.json and prints a table. Folders are generated once under OUT and reused.

@@ -166,7 +166,8 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
     for row in rows:
         row.flagged = row.score > threshold
     rows.sort(key=rank_key)
-    again = [item for item in items if item[1].stem in {r.stem for r in rows[:keep]} - set(arrays)]
+    missing = {r.stem for r in rows[:keep]} - set(arrays)
+    again = [item for item in items if item[1].stem in missing]
     for _, pair, image, mask, probs in predicted(segmenter, again, read_mask):
         arrays[pair.stem] = (image, mask, probs)
     kept = {}
