@@ -87,7 +87,8 @@ def check_labels(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Pat
     read_mask = split.read_mask
     start = time.perf_counter()
     rows, worst = label_quality.score_pairs(segmenter, split.subsets, read_mask,
-                                            cfg.label_threshold, cfg.eval_batch_size)
+                                            cfg.label_threshold, cfg.eval_batch_size,
+                                            group_of=split.group_rule.of)
     line = reports.log_label_quality(rows, worst, cfg.label_threshold, split.classes.names,
                                      time.perf_counter() - start, out_dir)
     excluded = int(mlflow.get_run(split.run_id).data.metrics.get("data_excluded", 0))

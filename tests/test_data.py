@@ -80,9 +80,10 @@ def test_split_keeps_every_car_on_one_side_and_is_deterministic():
     assert [p.stem for p in other["test"]] != [p.stem for p in split["test"]]
 
 
-def test_split_needs_enough_cars():
+def test_split_needs_enough_groups_and_the_refusal_names_the_parameter():
     pairs = [Pair(f"car1_{v:02d}", None, None) for v in range(4)]
-    with pytest.raises(UserError, match="only 1 car id"):
+    with pytest.raises(UserError, match=r"only 1 group\(s\) \('car1'\) under parameter "
+                                        r"group=auto.*-P group=none"):
         split_pairs(pairs, 0.2, 0.2, seed=0)
 
 

@@ -8,6 +8,8 @@ AUTO = "auto"
 LOSSES = ("bce_dice", "bce")              # unet.losses
 TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # unet.onnx_runtime.RUNTIMES
+MASK_KINDS = ("auto", "binary", "classes", "instances")   # unet.classes.detect
+PREDICT_SCALES = ("auto", "native", "fit")   # unet.predict.Segmenter.predict_scale
 
 
 def at_least(config, names: tuple[str, ...], low: int) -> None:

@@ -13,7 +13,9 @@ from typing import Any, get_type_hints
 import yaml
 
 # AUTO and LOSSES are also read as config.AUTO, config.LOSSES by the steps and the library.
-from unet.checks import AUTO, LOSSES, at_least, check_runtime, check_tta, one_of  # noqa: F401
+from unet.checks import (AUTO, LOSSES, MASK_KINDS, PREDICT_SCALES,  # noqa: F401
+                         at_least, check_runtime, check_tta, one_of)
+from unet.data import parse_group
 from unet.transforms import APPEARANCES
 from unet.entry_config import PredictConfig, TuneConfig, UiConfig
 from unet.errors import UserError
@@ -42,6 +44,8 @@ class SplitConfig:
     synthetic_classes: int   # built-in set: 2 or 4 (body, windows, wheels)
     exclude: str = ""        # a file of stems to leave out ("": none)
     ignore_index: str = "auto"   # the void value: auto (VOC's 255) | none | a mask value
+    mask_kind: str = "auto"      # auto (decided from the masks) | binary | classes | instances
+    group: str = "auto"          # what the split keeps together: auto | none | a regex
 
     @property
     def ignore(self) -> str | int | None:
@@ -52,6 +56,8 @@ class SplitConfig:
         one_of(self, "on_bad_data", ("fail", "skip"))
         one_of(self, "multiclass_masks", ("error", "threshold"))
         parse_ignore(self.ignore_index)
+        one_of(self, "mask_kind", MASK_KINDS)
+        parse_group(self.group)
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"parameter {name}={getattr(self, name)}: must be in [0, 1)")
@@ -101,6 +107,7 @@ class TrainConfig:
     compile: bool            # torch.compile the model
     system_metrics: bool     # MLflow records CPU/memory/GPU use (system/... metrics)
     tracking_wait_min: float   # at the end, minutes to wait for a tracking server that is away
+    predict_scale: str = "auto"   # auto (from the data) | native | fit: unet.predict.Segmenter
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -134,6 +141,7 @@ class TrainConfig:
         one_of(self, "lr_schedule", ("cosine", "constant"))
         one_of(self, "appearance", APPEARANCES)
         one_of(self, "keep", ("final", "best"))
+        one_of(self, "predict_scale", PREDICT_SCALES)
         at_least(self, ("average_steps",), 0)
         one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
         one_of(self, "memory_format", ("auto", "channels_last", "contiguous"))

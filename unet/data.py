@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,26 +29,91 @@ class Pair:
 
     @property
     def group(self) -> str:
-        """The car id: "<car>_<view>" -> "<car>"; a stem without "_" is its own group."""
+        """The group under the `auto` rule (GroupRule): "<car>_<view>" -> "<car>"."""
         return self.stem.rsplit("_", 1)[0]
 
 
-def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
-                seed: int) -> dict[str, list[Pair]]:
-    """Splits by car (all views of a car on one side) -> {"train", "val", "test"}.
+@dataclasses.dataclass(frozen=True)
+class GroupRule:
+    """What the split keeps on one side (parameter `group`): images of one group are never
+    split between train, val and test, so that no car, slide, patient or sequence leaks.
 
-    Cars are shuffled with `seed` and dealt to test, then val, until each holds its fraction of
-    the images; the rest train. A fraction > 0 always gets at least one car.
+    * "auto": Carvana's `<car>_<view>`: the stem before its last "_" (a stem without "_" is
+      its own group). It assumes that the last "_" separates a view or frame number from the
+      group's name; `tile_3`, `hela_t07` and `2024_06_01` break it (one group, or dates).
+    * "none": every image is its own group (tiles of one field then land on both sides).
+    * a regular expression, searched in the stem, whose first group is the group id:
+      `^(.*)_t\\d+$` groups a time-lapse by sequence, `^(\\w+?)_` by the name's first word,
+      `^hela_t(\\d)\\d$` by blocks of ten frames (a split by time).
+    """
+    text: str = "auto"
+
+    def __post_init__(self):
+        if self.text not in ("auto", "none"):
+            self.pattern          # compiled once here: a bad expression is refused at once
+
+    @functools.cached_property
+    def pattern(self) -> re.Pattern | None:
+        if self.text in ("auto", "none"):
+            return None
+        try:
+            pattern = re.compile(self.text)
+        except re.error as e:
+            raise UserError(f"parameter group={self.text}: not a regular expression ({e}); "
+                            f"give auto, none, or an expression whose first group is the "
+                            f"group id, e.g. ^(.*)_t\\d+$") from None
+        if pattern.groups < 1:
+            raise UserError(f"parameter group={self.text}: the expression has no group; put "
+                            f"the part of the name that is the group id in parentheses, e.g. "
+                            f"^(.*)_t\\d+$")
+        return pattern
+
+    def of(self, stem: str) -> str:
+        """The group of an image stem; UserError naming the stem where the expression does
+        not match it or its first group is empty."""
+        if self.text == "auto":
+            return stem.rsplit("_", 1)[0]
+        if self.text == "none":
+            return stem
+        found = self.pattern.search(stem)
+        if found is None or not found.group(1):
+            raise UserError(f"parameter group={self.text}: image {stem!r} does not match (or "
+                            f"its first group is empty); write an expression that matches every "
+                            f"image name, or use group=none")
+        return found.group(1)
+
+    def describe(self) -> str:
+        return {"auto": "auto (the stem before its last \"_\": <group>_<view>)",
+                "none": "none (every image its own group)"}.get(self.text,
+                                                                 f"the expression {self.text}")
+
+
+def parse_group(text: str) -> GroupRule:
+    """Parameter `group` -> its rule (UserError naming the parameter if it is no rule)."""
+    return GroupRule(str(text).strip() or "auto")
+
+
+def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float,
+                seed: int, rule: GroupRule = GroupRule()) -> dict[str, list[Pair]]:
+    """Splits by group (all images of a group on one side; `rule`, default: by car)
+    -> {"train", "val", "test"}.
+
+    Groups are shuffled with `seed` and dealt to test, then val, until each holds its fraction
+    of the images; the rest train. A fraction > 0 always gets at least one group.
     """
     groups: dict[str, list[Pair]] = {}
     for pair in sorted(pairs, key=lambda p: p.stem):
-        groups.setdefault(pair.group, []).append(pair)
+        groups.setdefault(rule.of(pair.stem), []).append(pair)
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     wanted = [f for f in (test_fraction, val_fraction) if f > 0]
     if len(names) < len(wanted) + 1:
-        raise UserError(f"only {len(names)} car id(s) in the data: too few to split into train, "
-                        f"val and test; add images or set val_fraction/test_fraction to 0")
+        example = f" ({names[0]!r})" if len(names) == 1 else ""
+        raise UserError(f"only {len(names)} group(s){example} under parameter group="
+                        f"{rule.text}: too few to split into train, val and test. Say what "
+                        f"the groups are with -P group=none (every image its own) or -P "
+                        f"group='<regex>' (its first group is the group id, e.g. "
+                        f"'^(.*)_t\\d+$'), add images, or set val_fraction/test_fraction to 0")
     split: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
     total = len(pairs)
     for part, fraction in (("test", test_fraction), ("val", val_fraction)):

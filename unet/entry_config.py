@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from unet.checks import at_least, check_runtime, check_tta, one_of
+from unet.checks import PREDICT_SCALES, at_least, check_runtime, check_tta, one_of
 from unet.errors import UserError
 
 TUNNELS = ("none", "ngrok")
@@ -25,9 +25,11 @@ class PredictConfig:
     spark_master: str        # engine=spark: e.g. local[*]
     max_megapixels: float    # an image declaring more pixels is refused before it is decoded
     runtime: str             # auto (the model's default) | torch | onnx | onnx-int8
+    predict_scale: str = "auto"   # auto (the model's) | native | fit: overrides the model's
 
     def validate(self) -> None:
         check_tta(self.tta)
+        one_of(self, "predict_scale", PREDICT_SCALES)
         check_runtime(self.runtime)
         for name in ("model_uri", "output_dir"):    # input_dir/input_list: unet.folder
             if not getattr(self, name).strip():

@@ -16,7 +16,7 @@ reverse; a mask shifted by a tenth of the width scored 0.25-0.31 when measured, 
 one 0.22-0.42 (docs/label-quality.md).
 
 The ranked score is the excess of the own score over the median of the other images of the same
-group (Pair.group: the car, the slide), where the group holds at least GROUP_MIN images: label
+group (the split's rule, unet.data.GroupRule: the car, the slide), where the group holds at least GROUP_MIN images: label
 errors come one image at a time, while a car of a look the model never learned (a black car on
 a dark floor) makes it disagree with every view of that car. Without this, such a car's right
 masks filled the head of a 64-image folder's ranking (docs/label-quality.md).
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.data import Pair, load_image
+from unet.data import GroupRule, Pair, load_image
 from unet.masks import VOID
 from unet.transforms import resize_image, resize_mask
 
@@ -141,13 +141,15 @@ class Scored:
 
 def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
                 read_mask: Callable[[Path], np.ndarray], threshold: float,
-                batch_size: int = 16, min_area: float = MIN_AREA, keep: int = 8
+                batch_size: int = 16, min_area: float = MIN_AREA, keep: int = 8,
+                group_of: Callable[[str], str] = GroupRule().of
                 ) -> tuple[list[Row], dict[str, Scored]]:
     """Scores every pair of every subset with `segmenter` (unet.predict.Segmenter) at its input
     size: the image and mask are resized to it (the mask by nearest neighbour), so the cost is
     one forward pass per image. Returns the rows ranked worst first (scores relative to their
     group: `relative_to_groups`), `flagged` where the score is above `threshold`, and the
-    arrays of the `keep` worst (by stem) for panels."""
+    arrays of the `keep` worst (by stem) for panels. `group_of`: a stem's group (the split's
+    rule, unet.data.GroupRule)."""
     rows, arrays = [], {}
     items = [(name, pair) for name, pairs in subsets.items() for pair in pairs]
     for start in range(0, len(items), batch_size):
@@ -162,7 +164,7 @@ def score_pairs(segmenter, subsets: dict[str, Sequence[Pair]],
             if len(arrays) > 4 * keep:
                 worst = {r.stem for r in sorted(rows, key=rank_key)[:keep]}
                 arrays = {k: v for k, v in arrays.items() if k in worst}
-    relative_to_groups(rows, {pair.stem: pair.group for _, pair in items})
+    relative_to_groups(rows, {pair.stem: group_of(pair.stem) for _, pair in items})
     for row in rows:
         row.flagged = row.score > threshold
     rows.sort(key=rank_key)

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
 from unet.classes import Classes, reader
-from unet.data import Pair
+from unet.data import GroupRule, Pair
 from unet.errors import UserError
 from unet.tracking.runs import get_run
 
@@ -34,6 +34,7 @@ class Split:
     classes: Classes = Classes.numbered(2)
     ignore_index: int | None = None    # the masks' void value (None: none), unet.masks
     instances: bool = False            # masks of instance labels: nonzero is foreground
+    group_rule: GroupRule = GroupRule()  # what the split kept together (parameter group)
 
     def read_mask(self, path: Path):
         """A mask of this split as training and evaluation read it: (H, W) uint8, 0/1 or
@@ -71,13 +72,14 @@ def log_dataset(pairs: list[Pair], name: str, context: str, source: str) -> None
 
 def log_split(subsets: dict[str, list[Pair]], layout: dict[str, str], data_dir: Path,
               builtin: bool, classes: Classes = Classes.numbered(2),
-              ignore_index: int | None = None, instances: bool = False) -> None:
-    """Logs split.json (stems per subset, the folder layout, the class names, the void value
-    and whether the masks hold instance labels), the generated data set itself when builtin,
-    and each subset as an input."""
+              ignore_index: int | None = None, instances: bool = False,
+              mask_kind: str = "binary", group: GroupRule = GroupRule()) -> None:
+    """Logs split.json (stems per subset, the folder layout, the class names, the void value,
+    whether the masks hold instance labels, what the mask values were read as and the group
+    rule), the generated data set itself when builtin, and each subset as an input."""
     record = {"builtin": builtin, "data_dir": None if builtin else str(Path(data_dir).resolve()),
               "classes": list(classes.names), "ignore_index": ignore_index,
-              "instances": instances,
+              "instances": instances, "mask_kind": mask_kind, "group": group.text,
               **layout, **{name: [p.image.name for p in pairs] for name, pairs in subsets.items()}}
     mlflow.log_dict(record, SPLIT_FILE)
     if builtin:
@@ -129,6 +131,8 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
                         f"{missing[0]}: restore them or run split_data again")
     # Splits logged before classes were recorded are binary.
     names = tuple(record.get("classes") or Classes.numbered(2).names)
-    # ... and those logged before void and instance labels were, have neither.
+    # ... and those logged before void, instance labels and group rules were, have neither
+    # (they were split by car: the auto rule).
     return Split(run_id, record["builtin"], subsets, data_dir, Classes(names),
-                 record.get("ignore_index"), bool(record.get("instances")))
+                 record.get("ignore_index"), bool(record.get("instances")),
+                 GroupRule(record.get("group", "auto")))

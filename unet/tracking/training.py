@@ -76,8 +76,9 @@ def log_inputs(inputs: TrainInputs, precision: Precision) -> None:
     """The plan, the effective config, the split and the machine, on the active run."""
     print(inputs.plan.to_text(), flush=True)
     cfg, split = inputs.cfg, inputs.split
-    cars = len({pair.group for pairs in split.subsets.values() for pair in pairs})
-    runs.name_run(f"train lr={cfg.lr:.3g} {cars} cars {cfg.image_height}x{cfg.image_width}"
+    groups = len({split.group_rule.of(pair.stem) for pairs in split.subsets.values()
+                  for pair in pairs})
+    runs.name_run(f"train lr={cfg.lr:.3g} {groups} groups {cfg.image_height}x{cfg.image_width}"
                   + (f" preset={cfg.preset}" if cfg.preset != config.AUTO else ""))
     reports.log_plan(inputs.plan)
     runs.log_effective_params(config.as_params(inputs.cfg))
