@@ -19,15 +19,16 @@ def split_data() -> None:
                                cfg.synthetic_width, cfg.seed, cfg.synthetic_classes)
         else:
             data_dir = Path(cfg.data_dir).expanduser().resolve()
-        report = checked_pairs(cfg, data_dir)
+        rule = data.parse_group(cfg.group)
+        report = checked_pairs(cfg, data_dir, rule)
         pairs = report.pairs
-        subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed, rule)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
         splits.log_split(subsets, layout, data_dir, builtin, report.classes,
-                         report.ignore_index, report.instances)
+                         report.ignore_index, report.instances, report.kind, rule)
         sizes = ", ".join(f"{name} {len(p)}" for name, p in subsets.items())
-        groups = len({pair.group for pair in pairs})
-        runs.name_run(f"split_data {'built-in' if builtin else data_dir.name}: {groups} cars, "
+        groups = len({rule.of(pair.stem) for pair in pairs})
+        runs.name_run(f"split_data {'built-in' if builtin else data_dir.name}: {groups} groups, "
                       f"{len(pairs)} images")
         print(f"split_data run {run.info.run_id}: {len(pairs)} pairs from "
               f"{'the built-in set' if builtin else data_dir}: {sizes}; "
@@ -36,20 +37,26 @@ def split_data() -> None:
             print(line)
 
 
-def checked_pairs(cfg, data_dir: Path) -> validation.DataReport:
-    """The data check of data_dir, less the images of parameter exclude, logged as the data
-    report; UserError on bad files (on_bad_data=fail) or when no pair is left."""
+def checked_pairs(cfg, data_dir: Path, rule: data.GroupRule) -> validation.DataReport:
+    """The data check of data_dir, less the images of parameter exclude, with the groups of
+    `rule`, logged as the data report; UserError on bad files (on_bad_data=fail), when no
+    pair is left or an image does not match the group rule."""
     report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
                                         cfg.mask_suffix, cfg.mask_ext,
                                         multiclass_ok=cfg.multiclass_masks == "threshold",
-                                        classes=_class_names(cfg), ignore_index=cfg.ignore)
+                                        classes=_class_names(cfg), ignore_index=cfg.ignore,
+                                        mask_kind=cfg.mask_kind)
     if cfg.exclude:
         report = validation.exclude(report, *read_exclude(cfg.exclude))
+    report.groups = (f"{len({rule.of(pair.stem) for pair in report.pairs})} groups kept "
+                     f"together by the split, by parameter group={rule.describe()}")
     report_uri = reports.log_data_report(report)
     bad = report.counts["bad_files"]
     if bad and cfg.on_bad_data == "fail":
-        raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}. Every problem "
-                        f"is listed in {report_uri}. Fix or remove them, or pass "
+        hint = f" How the masks were read: {report.mask_kind}; {report.hint()}." \
+            if report.hint() else ""
+        raise UserError(f"{bad} bad file(s) in {data_dir}: {report.summary()}.{hint} Every "
+                        f"problem is listed in {report_uri}. Fix or remove them, or pass "
                         f"-P on_bad_data=skip to train on the other pairs")
     if not report.pairs:
         raise UserError(f"no usable image/mask pair in {data_dir}: see {report_uri}")

@@ -133,9 +133,11 @@ def test_a_folder_of_instance_labels_is_reported(tmp_path):
     counts = instance_folder(tmp_path)
     report = validate_folder(tmp_path / "images", tmp_path / "masks", "_mask", ".png")
     assert report.instances and report.classes.count == 2 and not report.problems
-    assert report.reading() == [f"8 masks hold instance labels (up to {max(counts)} objects): "
+    assert report.reading() == ["mask values read as instances (mask_kind=auto, from 8 masks: "
+                                "8 instances)",
+                                f"8 masks hold instance labels (up to {max(counts)} objects): "
                                 f"every nonzero label read as foreground"]
-    assert "READING (how the masks are read)\n  8 masks hold instance labels" in report.to_text()
+    assert "READING (how the masks are read)\n  mask values read as instances" in report.to_text()
     assert report.counts["instance_labels"] == 8
     notes = {f.path.name: f.detail for f in report.notes}
     assert notes["s0_1_mask.png"] == "80 objects"
@@ -164,7 +166,7 @@ def test_voc_void_borders_are_detected_as_void_not_classes(tmp_path):
     assert set(np.unique(values)) == {0, 1, 255}
     share = (values == 255).mean()
     assert report.void_share == pytest.approx(share)
-    assert report.reading() == [f"void value 255 found: {share:.1%} of pixels, left out of "
+    assert report.reading()[1:] == [f"void value 255 found: {share:.1%} of pixels, left out of "
                                 f"loss and metrics"]
     mask = load_binary(folder / "SegmentationClass" / "2026_000001.png", ignore=255)
     assert np.array_equal(mask, np.where(values[0] == 255, VOID, values[0]))
@@ -174,7 +176,9 @@ def test_voc_void_borders_are_detected_as_void_not_classes(tmp_path):
     # ignore_index=none: 255 is a class index again, as before (256 classes)
     off = validate_folder(two / "JPEGImages", two / "SegmentationClass", **layout,
                           ignore_index=None)
-    assert off.ignore_index is None and off.classes.count == 256 and off.reading() == []
+    assert off.ignore_index is None and off.classes.count == 256
+    assert off.reading() == ["mask values read as classes (mask_kind=auto, from 8 masks: 8 "
+                             "classes)"]
 
 
 def test_a_declared_void_in_grey_masks(tmp_path):

@@ -15,6 +15,15 @@
   nucleus; `--binary-labels`: 0/65535 instead); `png_copy` converts such a folder to 8-bit
   PNG images (one intensity window for the whole folder: its 0.5th..99.5th percentiles) with
   0/255 PNG masks, the hand conversion the pipeline's own reading is measured against.
+* `dsb_field` + `field_folders` (`dsb-field`): real data, the DSB-2018 fluorescence nuclei
+  field (512x512, 16-bit, values 0..235) with its expert instance labels, as the stardist
+  wheel ships it (downloaded by pip; nothing is kept in the repository): `field/` the whole
+  field, `tiles/` its 64 tiles of 64x64 (`dsb-r<row>c<col>`: each tile its own group; the
+  field's label ids; nuclei cut at the edges; empty tiles), `png/` the tiles' 8-bit copy.
+* `labelled_tiles_folder` (`labelled-tiles`): a generated look-alike of those tiles: fields of
+  256x256 cut into 64x64 tiles holding 0..6 labels with the field's (arbitrary) ids.
+* `timelapse_folder` (`timelapse`): frames of one drifting field, `images/hela_t00.tif` ...
+  with instance-label masks: one group under the default group rule, all frames "hela".
 
 * `voc_folder`: PASCAL VOC's layout and masks (`JPEGImages/<scene>_<n>.jpg`,
   `SegmentationClass/<scene>_<n>.png`): palette PNGs in VOC's colours, background 0, one or two
@@ -34,6 +43,9 @@
     python -m tools.datasets carvana OUT --images 128 --views 16 --unseen-paints --parts
     python -m tools.datasets cells OUT --images 96 --seed 7
     python -m tools.datasets fluorescence OUT --images 24 --size 64x64 --png OUT_PNG
+    python -m tools.datasets dsb-field OUT
+    python -m tools.datasets labelled-tiles OUT --images 3 --seed 7 --png OUT_PNG
+    python -m tools.datasets timelapse OUT --images 20 --size 128x128
     python -m tools.datasets carvana OUT --images 64 --corrupt 0.05
     python -m tools.datasets voc OUT --images 48 --seed 3 --classes 2
     python -m tools.datasets large OUT --images 4 --size 1500x2000 --seed 7
@@ -162,12 +174,14 @@ def cells_folder(out: Path, images: int, seed: int, size=(384, 512), workers: in
     return out
 
 
-def fluorescence_field(seed: int, slide: int, field: int, height: int, width: int
+def fluorescence_field(seed: int, slide: int, field: int, height: int, width: int,
+                       pixels_per_nucleus: tuple[int, int] = (1200, 500)
                        ) -> tuple[np.ndarray, np.ndarray]:
     """One field: ((H, W) uint16 image, (H, W) uint16 labels 0..N), deterministic from
     (seed, slide, field). Nuclei are ellipses of radius 4-10 px with a soft edge, each of its
     own brightness (600..3800 over a background of about 200-320), some touching (a later
-    nucleus covers an earlier one); labels are renumbered 1..N over the nuclei still seen."""
+    nucleus covers an earlier one), one per 1200..500 pixels of field (`pixels_per_nucleus`:
+    sparse, dense end); labels are renumbered 1..N over the nuclei still seen."""
     rng = np.random.default_rng([seed, slide, field, 16])
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     background = 200 + 120 * (0.5 + 0.5 * np.cos((xx / width - rng.uniform()) * np.pi)
@@ -175,7 +189,8 @@ def fluorescence_field(seed: int, slide: int, field: int, height: int, width: in
     signal = np.zeros((height, width), np.float32)
     labels = np.zeros((height, width), np.int32)
     area = height * width
-    for label in range(1, int(rng.integers(max(2, area // 1200), max(3, area // 500))) + 1):
+    sparse, dense = pixels_per_nucleus
+    for label in range(1, int(rng.integers(max(2, area // sparse), max(3, area // dense))) + 1):
         r = rng.uniform(4, 10)
         a, b = r * rng.uniform(0.75, 1.25), r * rng.uniform(0.75, 1.25)
         angle = rng.uniform(0, np.pi)
@@ -232,6 +247,126 @@ def png_copy(folder: Path, out: Path) -> Path:
         labels = tifffile.imread(folder / "masks" / f"{path.stem}_mask.tif")
         Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(
             out / "masks" / f"{path.stem}_mask.png")
+    return out
+
+
+def cut_tiles(folder: Path, prefix: str, image: np.ndarray, labels: np.ndarray,
+              tile: int) -> None:
+    """Writes the whole `tile` x `tile` tiles of a field, row by row, as
+    `images/<prefix>-r<row>c<col>.tif` and `masks/<prefix>-r<row>c<col>_mask.tif`
+    (FLUORESCENCE_LAYOUT): the image's values and the field's label numbers as they are, so
+    a nucleus cut by a tile edge keeps one id on both sides."""
+    import tifffile
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    height, width = labels.shape
+    for top in range(0, height - tile + 1, tile):
+        for left in range(0, width - tile + 1, tile):
+            stem = f"{prefix}-r{top // tile}c{left // tile}"
+            window = np.s_[top:top + tile, left:left + tile]
+            tifffile.imwrite(folder / "images" / f"{stem}.tif", image[window])
+            tifffile.imwrite(folder / "masks" / f"{stem}_mask.tif", labels[window])
+
+
+DSB_WHEEL = "stardist==0.9.2"      # ships one DSB-2018 field with its labels as test data
+DSB_FILES = ("stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif")
+
+
+def dsb_field() -> tuple[np.ndarray, np.ndarray]:
+    """The DSB-2018 fluorescence nuclei field ((512, 512) uint16 image, values 0..235) and its
+    expert instance labels ((512, 512) uint16, 125 nuclei numbered up to 183), read out of the
+    stardist wheel (about 3 MB, downloaded by pip into a temporary folder; stardist itself is
+    not installed)."""
+    import io
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    import tifffile
+    with tempfile.TemporaryDirectory() as tmp:
+        # --only-binary: an sdist would be built, not just unpacked; the wheel is a zip.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--only-binary", ":all:", DSB_WHEEL, "-d", tmp], check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            image, labels = (tifffile.imread(io.BytesIO(archive.read(name)))
+                             for name in DSB_FILES)
+    return image, labels
+
+
+def field_folders(out: Path, image: np.ndarray, labels: np.ndarray, tile: int = 64,
+                  name: str = "dsb") -> dict[str, Path]:
+    """A labelled field ((H, W) image, (H, W) instance labels) as a user would keep it, three
+    folders under `out`: `field/` the whole field (`images/<name>.tif`,
+    `masks/<name>_mask.tif`) and `tiles/` its `tile` x `tile` tiles (cut_tiles: stems
+    `<name>-r<row>c<col>`, the field's own label ids, nuclei cut at the edges, empty where the
+    field is), both FLUORESCENCE_LAYOUT with the arrays' dtypes; `png/` the tiles' 8-bit copy
+    with 0/255 masks (png_copy, CELLS_LAYOUT). `name` has no "_", so that under the default
+    group rule each tile is its own group. Returns {"field", "tiles", "png"} -> folder."""
+    import tifffile
+    out = Path(out)
+    folders = {kind: out / kind for kind in ("field", "tiles", "png")}
+    (folders["field"] / "images").mkdir(parents=True, exist_ok=True)
+    (folders["field"] / "masks").mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folders["field"] / "images" / f"{name}.tif", image)
+    tifffile.imwrite(folders["field"] / "masks" / f"{name}_mask.tif", labels)
+    cut_tiles(folders["tiles"], name, image, labels, tile)
+    png_copy(folders["tiles"], folders["png"])
+    return folders
+
+
+LABELLED_TILE_DENSITY = (5000, 2500)    # pixels per nucleus: about 0..6 labels in a 64 x 64 tile
+
+
+def labelled_tiles_folder(out: Path, seed: int = 2026, fields: int = 3, field: int = 256,
+                          tile: int = 64) -> Path:
+    """A generated look-alike of field_folders' `tiles/`: `fields` fluorescence fields of
+    `field` x `field` (one nucleus per 5000..2500 pixels, so that a 64 x 64 tile holds 0..6
+    labels: some empty, many 1, 2 or 3) cut into `tile` x `tile` tiles,
+    `images/f<i>-r<row>c<col>.tif` and `masks/..._mask.tif` (uint16, FLUORESCENCE_LAYOUT).
+    Each field's labels are renumbered to shuffled ids from 7 up, as a field's own numbering
+    would be: a tile holds arbitrary ids, not 1..N, and a nucleus cut by an edge keeps its id
+    in both tiles. It assumes, as the stems say (no "_"), that each tile is its own group: the
+    split deals tiles, so halves of one cut nucleus may land in train and in test. Cheap:
+    3 fields of 256 give 48 tiles in about a second. Deterministic from `seed`."""
+    out = Path(out)
+    for i in range(fields):
+        image, labels = fluorescence_field(seed, i, 0, field, field, LABELLED_TILE_DENSITY)
+        count = int(labels.max())
+        ids = np.zeros(count + 1, np.uint16)
+        ids[1:] = np.random.default_rng([seed, i, 17]).choice(
+            np.arange(7, 7 + 8 * count), count, replace=False)
+        cut_tiles(out, f"f{i}", image, ids[labels], tile)
+    return out
+
+
+def timelapse_folder(out: Path, frames: int = 20, name: str = "hela", seed: int = 2026,
+                     size=(128, 128)) -> Path:
+    """A time-lapse as a microscope keeps it: `images/<name>_t00.tif` ... (uint16) with
+    `masks/<name>_t00_mask.tif` ... (uint16 instance labels; a nucleus keeps its id in every
+    frame), FLUORESCENCE_LAYOUT, `size` (H, W). One fluorescence field a margin larger, seen
+    through a window that drifts by up to a pixel a frame (stage drift: the nuclei move
+    slightly), with fresh read noise in each frame. Under the default group rule (the stem
+    before its last "_") every frame is in one group, `name`: the split cannot divide it
+    unless told how (group=none, or e.g. ^hela_t(\\d)\\d$ for blocks of ten frames)."""
+    import tifffile
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    margin, (height, width) = 8, size
+    image, labels = fluorescence_field(seed, 0, 0, height + 2 * margin, width + 2 * margin)
+    rng = np.random.default_rng([seed, 18])
+    top = left = margin
+    digits = max(2, len(str(frames - 1)))
+    for t in range(frames):
+        window = np.s_[top:top + height, left:left + width]
+        frame = image[window] + rng.normal(0, 25, size)
+        stem = f"{name}_t{t:0{digits}d}"
+        tifffile.imwrite(out / "images" / f"{stem}.tif", frame.clip(0, 65535).astype(np.uint16))
+        tifffile.imwrite(out / "masks" / f"{stem}_mask.tif", labels[window])
+        top, left = (int(np.clip(v + rng.integers(-1, 2), 0, 2 * margin)) for v in (top, left))
     return out
 
 
@@ -424,9 +559,12 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["carvana", "cells", "fluorescence", "voc", "large",
-                                         "tiled-field"])
+                                         "tiled-field", "dsb-field", "labelled-tiles",
+                                         "timelapse"])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=None,
+                        help="images (labelled-tiles: fields, default 3; timelapse: frames, "
+                             "default 20; others: default 64)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--views", type=int, default=4, help="carvana: views per car")
     parser.add_argument("--unseen-paints", action="store_true",
@@ -435,15 +573,35 @@ def main() -> None:
                         help="carvana: palette PNG masks of background, body, wheels")
     parser.add_argument("--size", default=None,
                         help="HxW (carvana: default 1280x1918; fluorescence: 64x64; "
-                             "large: 1500x2000)")
+                             "large: 1500x2000; timelapse: 128x128)")
     parser.add_argument("--binary-labels", action="store_true",
                         help="fluorescence: 0/65535 masks instead of instance labels 1..N")
     parser.add_argument("--png", type=Path, default=None,
-                        help="fluorescence: also this folder, as 8-bit PNG with 0/255 masks")
+                        help="fluorescence, labelled-tiles: also this folder, as 8-bit PNG "
+                             "with 0/255 masks")
     parser.add_argument("--corrupt", type=float, default=0.0,
                         help="carvana: share of the masks to corrupt (see corrupt_masks)")
     parser.add_argument("--classes", type=int, default=1, help="voc: object classes, 1 or 2")
     args = parser.parse_args()
+    args.images = args.images or {"labelled-tiles": 3, "timelapse": 20}.get(args.kind, 64)
+    if args.kind == "dsb-field":
+        folders = field_folders(args.out, *dsb_field())
+        # The whole field is one image, one group: too few to split, so predict's input.
+        print(f"{folders['field']}: whole field; predict with "
+              f"-P input_dir={folders['field'] / 'images'}")
+        for kind, layout in (("tiles", FLUORESCENCE_LAYOUT), ("png", CELLS_LAYOUT)):
+            print(f"{folders[kind]}: train with -P data_dir={folders[kind]} "
+                  + " ".join(f"-P {key}={value}" for key, value in layout.items()))
+        return
+    if args.kind == "labelled-tiles":  # --images: fields
+        print(labelled_tiles_folder(args.out, args.seed, args.images))
+        if args.png:
+            print(png_copy(args.out, args.png))
+        return
+    if args.kind == "timelapse":       # --images: frames
+        size = tuple(int(v) for v in (args.size or "128x128").split("x"))
+        print(timelapse_folder(args.out, args.images, seed=args.seed, size=size))
+        return
     if args.kind == "voc":
         print(voc_folder(args.out, args.images, args.seed, classes=args.classes))
         return

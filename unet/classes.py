@@ -18,7 +18,8 @@ from PIL import Image
 
 from unet import imageio
 from unet.data import grey_array, load_mask
-from unet.masks import MAX_INDEX_VALUE, VOID, instance_objects, levels, palette_void
+from unet.errors import UserError
+from unet.masks import MAX_INDEX_VALUE, VOID, labels_present, mask_says, palette_void
 
 
 class BadLabel(ValueError):
@@ -79,25 +80,50 @@ def class_values(mask: Image.Image, ignore: int | None = None) -> tuple[np.ndarr
 @dataclasses.dataclass(frozen=True)
 class Detected:
     """What a folder's masks hold: `count` classes, the void value (None: none) and whether
-    they are instance labels (binary: every nonzero label is foreground)."""
+    they are instance labels (binary: every nonzero label is foreground); `declared`: by
+    parameter mask_kind rather than found; `says`: how many of the masks looked at said
+    what (unet.masks.mask_says: "instances", "classes", "binary", "cannot tell")."""
     count: int
     ignore: int | None = None
     instances: bool = False
+    declared: bool = False
+    says: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The mask_kind these masks are read as: instances, classes or binary."""
+        return "instances" if self.instances else "classes" if self.count > 2 else "binary"
+
+    def describe(self) -> str:
+        """How the kind was decided, e.g. "instances (mask_kind=auto: 30 of 64 masks say
+        instance labels, 34 cannot tell: empty or one value)"."""
+        if self.declared:
+            return f"{self.kind} (declared: mask_kind={self.kind})"
+        says = dict(self.says)
+        total = sum(says.values())
+        told = ", ".join(f"{n} {what}" for what, n in self.says if what != "cannot tell" and n)
+        unsure = says.get("cannot tell", 0)
+        return (f"{self.kind} (mask_kind=auto, from {total} masks: {told or 'none could tell'}"
+                + (f"; {unsure} cannot tell (empty, one value, or 2-3 values that are class "
+                   f"indices or labels alike)" if unsure else "") + ")")
 
 
-def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int = 64
-           ) -> Detected:
+def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int = 64,
+           kind: str = "auto") -> Detected:
     """The classes, void and instance labels of these masks (up to `limit` of them, spread
-    evenly). The folder decides, never one mask:
+    evenly). `kind` (parameter mask_kind) "binary", "classes" or "instances" declares what the
+    values are; "auto" lets the folder decide, never one mask:
     * void: `ignore` if declared (an int; None: no void); "auto": 255 when a palette mask uses
       it as void (unet.masks.palette_void: VOC's void colour, or indices 0..K-1 plus 255);
-    * instance labels: when at least half of the non-empty masks not of a colour palette hold
-      instance labels (unet.masks.instance_objects: >= 4 values, each one compact object).
-      This comes first, since label masks numbering few objects (values <= 31) look like class
-      indices; a folder of class-index masks has several regions per class in most masks;
+    * instance labels: when at least half of the masks that can tell (unet.masks.mask_says; not
+      those of a colour palette) say instance labels. Masks that cannot tell (empty tiles, one
+      object, two or three small values) have no say. This comes first, since label masks
+      numbering few objects (values <= 31) look like class indices; a folder of class-index
+      masks has several regions per class in most masks;
     * classes: when most masks hold class indices, the largest index found in at least two of
       them (or in the only one), + 1; else 2. A mask that disagrees (a stray value, another
-      format) does not decide the data's classes: the checks then report it by name."""
+      format) does not decide the data's classes: the checks then report it by name.
+      Declared classes take every value as an index (UserError where they exceed 31)."""
     step = max(1, len(masks) // limit)
     chosen = list(masks)[::step][:limit]
     if ignore == "auto":
@@ -108,26 +134,34 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
                     ignore = VOID
                     break
     seen: dict[int, int] = {}        # index -> masks holding it
-    index_masks = label_masks = filled = 0
+    index_masks = 0
+    says = dict.fromkeys(("instances", "classes", "binary", "cannot tell"), 0)
     for path in chosen:
         with imageio.open_pil(path) as mask:
             values, indices = class_values(mask, ignore)
             coloured = indices and mask.mode == "P"
-        kept = levels(values)
-        kept = kept if ignore is None else kept[kept != ignore]
-        if not coloured and kept.max(initial=0) > 0:
-            filled += 1
-            label_masks += instance_objects(values, ignore) is not None
-        if indices:
+        said = "classes" if coloured else mask_says(values, ignore)
+        says["cannot tell" if said is None else "classes" if said == "levels" and indices
+             else "binary" if said == "levels" else said] += 1
+        if indices or kind == "classes":
             index_masks += 1
-            for value in kept.tolist():
+            for value in labels_present(values, ignore).tolist():
                 seen[value] = seen.get(value, 0) + 1
-    if filled and label_masks * 2 >= filled:
-        return Detected(2, ignore, True)
-    if index_masks * 2 <= len(chosen):
-        return Detected(2, ignore)
+    said = tuple(says.items())
+    if kind in ("binary", "instances"):
+        return Detected(2, ignore, kind == "instances", True, said)
+    told = says["instances"] + says["binary"] + says["classes"]     # the masks that can tell
+    if kind == "auto" and says["instances"] and says["instances"] * 2 >= told:
+        return Detected(2, ignore, True, False, said)
+    if kind == "auto" and index_masks * 2 <= len(chosen):
+        return Detected(2, ignore, False, False, said)
     classes = [v for v, n in seen.items() if n >= min(2, index_masks)]
-    return Detected(max(2, max(classes, default=1) + 1), ignore)
+    count = max(2, max(classes, default=1) + 1)
+    if kind == "classes" and count > MAX_INDEX_VALUE + 1:
+        raise UserError(f"parameter mask_kind=classes: the masks hold values up to "
+                        f"{count - 1}, and class indices are 0..{MAX_INDEX_VALUE}; for object "
+                        f"labels pass -P mask_kind=instances, for 0/255 masks mask_kind=binary")
+    return Detected(count, ignore, False, kind == "classes", said)
 
 
 def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
@@ -144,8 +178,9 @@ def load_class_map(path: Path, classes: Classes, ignore: int | None = None) -> n
     top = int(values[~void].max(initial=0))
     if top >= classes.count:
         raise BadLabel(f"{path}: value {top} is not a class (0..{classes.count - 1}: "
-                       f"{', '.join(classes.names)}); fix the mask, or declare the classes with "
-                       f"-P classes=<name>,<name>,...")
+                       f"{', '.join(classes.names)}); fix the mask, declare the classes with "
+                       f"-P classes=<name>,<name>,..., or for object labels -P "
+                       f"mask_kind=instances")
     labels = values.astype(np.uint8)
     labels[void] = VOID
     return labels

@@ -20,6 +20,15 @@ PROBLEMS = {   # kind -> what the report says
     "multiclass_mask": "mask has more than 2 classes",
     "bad_label": "mask value that is not a class",
 }
+# What to tell the user once when masks are refused for their values: the parameters that
+# would read them otherwise.
+VALUE_HINT = {
+    "multiclass_mask": "if the values are object labels pass -P mask_kind=instances, if class "
+                       "indices -P mask_kind=classes, if grey levels to threshold at half -P "
+                       "multiclass_masks=threshold",
+    "bad_label": "if the values are object labels pass -P mask_kind=instances, if 0/255 "
+                 "masks -P mask_kind=binary, else declare the classes with -P classes=...",
+}
 NOTES = {
     "grayscale_image": "grayscale image (expanded to RGB)",
     "rgba_image": "image with alpha (alpha dropped)",
@@ -54,10 +63,18 @@ class DataReport:
     ignore_index: int | None = None          # the void value, detected or declared
     void_share: float = 0.0                  # void pixels / all pixels of the usable masks
     instances: bool = False                  # the masks hold instance labels
+    mask_kind: str = ""                      # how the kind was decided (Detected.describe)
+    groups: str = ""                         # the split's group rule and count (split_data)
+
+    @property
+    def kind(self) -> str:
+        """What the mask values were read as: instances, classes or binary (mask_kind)."""
+        return "instances" if self.instances else "binary" if self.classes.binary else "classes"
 
     def reading(self) -> list[str]:
-        """How the masks are read, where that is not plain (instance labels, void)."""
-        lines = []
+        """How the masks are read (their kind and how it was decided; instance labels,
+        void) and what the split keeps together."""
+        lines = [f"mask values read as {self.mask_kind}"] if self.mask_kind else []
         if self.instances:
             objects = [int(f.detail.split()[0]) for f in self.notes
                        if f.kind == "instance_labels"]
@@ -69,6 +86,8 @@ class DataReport:
                          f"pixels, left out of loss and metrics"
                          if self.void_share else
                          f"void value {self.ignore_index} declared: found in no mask")
+        if self.groups:
+            lines.append(self.groups)
         return lines
 
     @property
@@ -81,7 +100,8 @@ class DataReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts,
                 "ignore_index": self.ignore_index, "void_share": self.void_share,
-                "instances": self.instances, "reading": self.reading(),
+                "instances": self.instances, "mask_kind": self.mask_kind,
+                "groups": self.groups, "reading": self.reading(),
                 "problems": [{"file": str(f.path), "kind": f.kind, "detail": f.detail}
                              for f in self.problems],
                 "notes": [{"file": str(f.path), "kind": f.kind, "detail": f.detail}
@@ -98,6 +118,12 @@ class DataReport:
         lines += [f"  {f.line()}" for f in self.notes] or ["  none"]
         lines += ["", "COUNTS"] + [f"  {k}: {v}" for k, v in self.counts.items()]
         return "\n".join(lines) + "\n"
+
+    def hint(self) -> str:
+        """What would read the refused masks' values otherwise ("" if none was refused for
+        its values): one sentence per kind of refusal."""
+        kinds = {f.kind for f in self.problems}
+        return "; ".join(f"{PROBLEMS[k]}: {VALUE_HINT[k]}" for k in VALUE_HINT if k in kinds)
 
     def summary(self, limit: int = 20) -> str:
         """The files at fault, `folder/name (what)`, the first `limit` of them."""

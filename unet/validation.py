@@ -103,7 +103,8 @@ def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool,
         classes = 2 + _inner_levels(grey, int(levels[0]), int(levels[-1]))
         if classes > 2:
             if not multiclass_ok:
-                return [Finding(path, "multiclass_mask", f"{classes} levels fill regions of "
+                return [Finding(path, "multiclass_mask", f"values {_values_text(levels)}: "
+                                                         f"{classes} levels fill regions of "
                                                          f">= {MIN_CLASS_SHARE:.0%} of the mask")]
             return [Finding(path, "multiclass_mask_thresholded", f"{classes} classes")]
     if int(levels[-1]) == 0:
@@ -113,6 +114,12 @@ def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool,
         return [Finding(path, "antialiased_mask",
                         f"{len(levels)} levels, {edge:.1%} of pixels between")]
     return []
+
+
+def _values_text(values: np.ndarray, shown: int = 6) -> str:
+    """A mask's distinct values for a message: "0, 7, 50, 83" or "0, 1, 2, ... (40 values)"."""
+    text = ", ".join(str(v) for v in values[:shown].tolist())
+    return text + (f", ... ({len(values)} values)" if len(values) > shown else "")
 
 
 def _inner_levels(grey: np.ndarray, low: int, high: int) -> int:
@@ -164,11 +171,11 @@ def void_pixels(path: Path, ignore: int) -> tuple[int, int]:
     return int((values == ignore).sum()), values.size
 
 
-def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = "auto"
-                   ) -> tuple[Classes, labels.Detected]:
-    """The classes, void and instance labels of these masks (unet.classes.detect; unreadable
-    masks are left to the checks), the classes under the names of parameter `classes`
-    ("auto": numbered)."""
+def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = "auto",
+                   mask_kind: str = "auto") -> tuple[Classes, labels.Detected]:
+    """The classes, void and instance labels of these masks (unet.classes.detect, `mask_kind`
+    declaring what the values are; unreadable masks are left to the checks), the classes under
+    the names of parameter `classes` ("auto": numbered)."""
     readable = []
     for path in masks:
         try:
@@ -177,8 +184,9 @@ def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = 
             readable.append(path)
         except DECODE_ERRORS:
             pass
-    found = (labels.detect(readable, ignore) if readable
-             else labels.Detected(2, None if ignore == "auto" else ignore))
+    found = (labels.detect(readable, ignore, kind=mask_kind) if readable
+             else labels.Detected(2, None if ignore == "auto" else ignore,
+                                  mask_kind == "instances", mask_kind != "auto"))
     try:
         return labels.parse(declared, found.count), found
     except ValueError as e:
@@ -188,13 +196,15 @@ def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = 
 def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
                     mask_ext: str = ".gif", multiclass_ok: bool = False,
                     threads: int | None = None, classes: str = "auto",
-                    ignore_index: str | int | None = "auto") -> DataReport:
+                    ignore_index: str | int | None = "auto", mask_kind: str = "auto"
+                    ) -> DataReport:
     """Lists, pairs and decodes every file of image_dir and mask_dir (decoding in threads: PIL
     releases the GIL). Image `X.<jpg|jpeg|png|tif|tiff>` pairs with mask
     `X{mask_suffix}{mask_ext}`, whatever the image's extension (X.tif with X_mask.png).
     The classes are detected from the masks (or declared by `classes`, comma names); with
     K > 2 every mask value must be a class index. The void value is `ignore_index` ("auto":
-    VOC's 255 where palette masks use it; None: none), instance labels are detected.
+    VOC's 255 where palette masks use it; None: none), instance labels are detected, unless
+    `mask_kind` (binary, classes, instances) declares what the values are.
 
     Raises UserError only when there is nothing to check (a folder missing, no images).
     """
@@ -228,7 +238,7 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
 
     spread = candidates[::max(1, len(candidates) // 64)]
     found_classes, detected = detect_classes([pair.mask for pair in spread], classes,
-                                             ignore_index)
+                                             ignore_index, mask_kind)
     threads = threads or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok, found_classes,
@@ -248,7 +258,7 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
                 lambda pair: void_pixels(pair.mask, detected.ignore), pairs)), axis=0)
         share = float(void / total)
     return DataReport(pairs, problems, notes, found_classes, detected.ignore, share,
-                      detected.instances)
+                      detected.instances, detected.describe())
 
 
 def exclude(report: DataReport, stems: list[str], source: str) -> DataReport:
