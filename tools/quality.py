@@ -1,7 +1,8 @@
 """Quality that holds: each folder trained with several seeds, as a user runs the pipeline, on
 folders the defaults were not tuned on; worst and median test Dice per folder, never the best.
 
-    python -m tools.quality OUT [--folders quick,car8,car24,car64,cells96,parts8] [--seeds 1,2,3]
+    python -m tools.quality OUT [--folders quick,car8,car24,car64,cells96,parts8,dsb-tiles,
+                                dsb-png,labelled-tiles,labelled-png] [--seeds 1,2,3]
                                 [--set name=value ...] [--json FILE]
 
 For each folder (generated into OUT/data once, see tools/datasets.py) the split is made once
@@ -43,6 +44,18 @@ FOLDERS = {
     "parts8": (lambda out, seed: datasets.carvana_folder(out, 128, seed, size=(640, 960),
                                                         views=16, parts=True),
                datasets.PARTS_LAYOUT),
+    # The real field (downloaded once by pip: tools.datasets dsb-field) as users keep it, and
+    # its 8-bit PNG copy; the data seed does not change a real field.
+    "dsb-tiles": (lambda out, seed: datasets.field_folders(out, *datasets.dsb_field()),
+                  {**datasets.FLUORESCENCE_LAYOUT, "subfolder": "tiles"}),
+    "dsb-png": (lambda out, seed: datasets.field_folders(out, *datasets.dsb_field()),
+                {**datasets.CELLS_LAYOUT, "subfolder": "png"}),
+    # Its generated look-alike: tiles of labelled fields, global ids, 0..6 objects a tile.
+    "labelled-tiles": (lambda out, seed: datasets.labelled_tiles_folder(out, seed, fields=4),
+                       datasets.FLUORESCENCE_LAYOUT),
+    "labelled-png": (lambda out, seed: datasets.png_copy(
+        datasets.labelled_tiles_folder(out.with_name(out.name + "-tif"), seed, fields=4), out),
+        datasets.CELLS_LAYOUT),
 }
 
 
@@ -148,8 +161,12 @@ def main() -> None:
     for name in args.folders.split(","):
         make, layout = FOLDERS[name]
         if make is not None:
-            layout = {"data_dir": generated(args.out / "data" / name,
-                                            lambda f: make(f, args.data_seed)), **layout}
+            # Folders made together (a field's tiles and their PNG copy) share one directory.
+            layout = dict(layout)
+            sub = layout.pop("subfolder", None)
+            made = generated(args.out / "data" / (name.split("-")[0] if sub else name),
+                             lambda f: make(f, args.data_seed))
+            layout = {"data_dir": made / sub if sub else made, **layout}
         split_id = mlflow_run("split_data", layout, store,
                               args.out / f"{name}-split.log")
         for seed in (int(s) for s in args.seeds.split(",")):

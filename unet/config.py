@@ -91,7 +91,7 @@ class TrainConfig:
     appearance: str          # colour | grey | jitter: what else the colour augmentation varies
     patience: int            # stop after this many rounds without a better val Dice; 0 never
     average_steps: int       # memory of the weight average (EMA) in optimizer steps; 0 off
-    keep: str                # final | best: which round's (averaged) weights are the model
+    keep: str                # auto | final | best: which round's (averaged) weights are the model
     bn_recalibration: int    # training images BatchNorm statistics are recomputed on; 0 off
     rotate_limit: float      # augmentation: max rotation in degrees
     hflip: float             # augmentation: probability of a horizontal flip
@@ -140,7 +140,7 @@ class TrainConfig:
         one_of(self, "loss", LOSSES)
         one_of(self, "lr_schedule", ("cosine", "constant"))
         one_of(self, "appearance", APPEARANCES)
-        one_of(self, "keep", ("final", "best"))
+        one_of(self, "keep", ("auto", "final", "best"))
         one_of(self, "predict_scale", PREDICT_SCALES)
         at_least(self, ("average_steps",), 0)
         one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
