@@ -220,3 +220,20 @@ def test_a_time_lapse_is_refused_naming_group_then_splits_by_it_and_trains(track
     report = client.download_artifacts(split_run.info.run_id, "data_report.txt")
     text = open(report).read()
     assert "3 groups kept together by the split, by parameter group=the expression" in text
+
+
+@pytest.mark.slow
+def test_tiles_of_a_labelled_field_train_as_well_as_their_8bit_png_copy(tracking_uri, tmp_path):
+    """The DSB tiles' generated look-alike as kept (16-bit TIFF, label TIFF cut from the field:
+    global ids, 0-6 objects a tile, objects cut at the edges, empty tiles), only the layout
+    given: no refusal, read as instance labels, and test Dice within 0.02 of the PNG copy's."""
+    from test_imageio import dice_of
+    tiles = datasets.labelled_tiles_folder(tmp_path / "tiles", seed=11, fields=3)
+    png = datasets.png_copy(tiles, tmp_path / "png")
+    deep, train, _ = dice_of(tiles, datasets.FLUORESCENCE_LAYOUT, tracking_uri)
+    split_id = train.data.tags["split_run_id"]
+    record = mlflow.artifacts.load_dict(f"runs:/{split_id}/split.json")
+    assert record["mask_kind"] == "instances" and record["instances"]
+    flat, _, _ = dice_of(png, datasets.CELLS_LAYOUT, tracking_uri)
+    print(f"\ntest Dice: 16-bit TIFF labels {deep:.4f}, 8-bit PNG 0/255 {flat:.4f}")
+    assert flat > 0.7 and abs(deep - flat) <= 0.02
