@@ -30,17 +30,23 @@ def predict() -> None:
                             f"(class-index PNGs)")
         if len(classes) > 2:
             job.sink.classes = len(classes)      # a PngSink: class-index masks
+        models.check_predict_scale(model, cfg.predict_scale)
         claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}",
-                               "tta": cfg.tta, "format": cfg.format})
+                               "tta": cfg.tta, "format": cfg.format,
+                               "predict_scale": cfg.predict_scale},
+              before={"predict_scale": "auto"})     # a record of before the parameter
         mlflow.set_tag("model", model)
         if cfg.engine == "spark":   # the model's limit in the Spark workers: their environment
             os.environ[serving.MAX_PIXELS_ENV] = f"{cfg.max_megapixels:g}"
             from unet.tracking.spark_predict import predict_spark
             outcome = predict_spark(model, job.images, job.sink, cfg.threshold, cfg.tta,
-                                    cfg.batch_size, cfg.spark_master, runtime=cfg.runtime)
+                                    cfg.batch_size, cfg.spark_master, runtime=cfg.runtime,
+                                    predict_scale=cfg.predict_scale)
         else:
-            segmenter = models.load_segmenter(model, cfg.runtime).with_tta(cfg.tta)
-            mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
+            segmenter = models.load_segmenter(model, cfg.runtime,
+                                              cfg.predict_scale).with_tta(cfg.tta)
+            mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime,
+                             "predict_scale": segmenter.predict_scale})
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
                                      cfg.batch_size, max_pixels=int(cfg.max_megapixels * 1e6))
         report(run, outcome, job.sink, job.ignored)

@@ -90,3 +90,25 @@ def test_cli_overrides_parse_only_given_values():
     assert main == {"data_dir": "/x", "threshold": "0.4"}
     with pytest.raises(SystemExit):
         cli.overrides("main", ["--split_run_id", "abc"])   # main chains run ids itself
+
+
+def test_conda_yaml_installs_what_pyproject_depends_on():
+    """`mlflow run` without --env-manager local builds conda.yaml's environment: it must hold
+    every dependency, with the same pins (a missing onnx fails when the model is logged)."""
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    (pip,) = [entry["pip"] for entry in conda if isinstance(entry, dict)]
+    assert sorted(pip) == sorted(project)
+
+
+def test_every_step_parameter_is_in_the_parameters_manual():
+    text = (ROOT / "docs" / "parameters.md").read_text()
+    documented = set()
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| parameter"):
+            documented |= {name.strip() for name in line.split("|")[1].split(",")}
+    params = config.read_params()
+    for step in config.PIPELINE:
+        missing = set(config.scalars(params[step])) - documented
+        assert not missing, f"{step}: {sorted(missing)} not in docs/parameters.md"

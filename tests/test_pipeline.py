@@ -103,13 +103,19 @@ def test_main_trains_registers_and_reuses_finished_steps(tracking_uri, monkeypat
     experiment = MlflowClient().get_experiment(train.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert train.data.tags["mlflow.runName"] == \
-        f"train lr={float(train.data.params['effective.lr']):.3g} 6 cars 32x48"
-    assert split.data.tags["mlflow.runName"] == "split_data built-in: 6 cars, 24 images"
+        f"train lr={float(train.data.params['effective.lr']):.3g} 6 groups 32x48"
+    assert split.data.tags["mlflow.runName"] == "split_data built-in: 6 groups, 24 images"
     assert any(name.startswith("system/cpu_utilization") for name in train.data.metrics)
     card = version.description
     assert f"Dice {float(version.tags['test_dice']):.4f}" in card and "built-in" in card
     assert f"{len(record['train'])} train, {len(record['val'])} val, {test_count} test" in card
     assert "mean mask" in card and "samples" in card and "32x48" in card
+    # why training stopped where it did and which weights it kept (TINY gives the epochs; 2
+    # rounds have no earlier stretch to go back to)
+    assert train.data.tags["steps_why"] == "trained 2 rounds, the epochs given"
+    assert train.data.tags["kept_why"].startswith("the final weights (round 2, val Dice")
+    assert (f"**Training**: trained 2 rounds, the epochs given; kept "
+            f"{train.data.tags['kept_why']}.") in card
     assert "binary segmentation" in MlflowClient().get_registered_model("unet-carvana").description
     table = mlflow.load_table("plan_table.json", run_ids=[train.info.run_id])
     assert dict(zip(table["setting"], table["value"]))["features"] == "4,8,16,32"

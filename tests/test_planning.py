@@ -198,3 +198,30 @@ def test_a_machine_of_unknown_memory_plans_as_before():
     scans = Fingerprint(40, 10, 6000, 8000, foreground_fraction=0.01, small_object_px=6.0)
     p, _ = plan(scans)                     # CPU: memory_gb 0
     assert (p.values["image_height"], p.values["image_width"]) == (6000, 8000)
+
+
+def test_predict_scale_comes_from_the_masks_unless_given(tmp_path):
+    import dataclasses
+    from unet.data import Pair
+    from unet.planning import configure
+    from unet.precision import choose_precision
+    from unet.synthetic import generate
+    photos = dataclasses.replace(carvana(40, 12), object_masks=32, framed_masks=31)
+    p, _ = plan(photos, {"epochs": 2})
+    assert p.values["predict_scale"] == "fit"
+    assert ("  predict  fit (each image resized to the input): photos: 31 of 32 sampled masks "
+            "frame their object") in p.to_text()
+    p, _ = plan(photos, {"epochs": 2, "predict_scale": "native"})
+    assert p.values["predict_scale"] == "native" and p.scale_why == "given (-P predict_scale)"
+    assert ("  predict  native (every image at the training scale): given (-P predict_scale)"
+            in p.to_text())
+    # Through the train config: "auto" becomes the plan's decision, a given value stays.
+    stems = generate(tmp_path, 8, 48, 72, seed=0)
+    pairs = [Pair(s, tmp_path / "train" / f"{s}.jpg", tmp_path / "train_masks" / f"{s}_mask.gif")
+             for s in stems]
+    fixed = {"split_run_id": "x", "epochs": "1", "cache_dir": ""}
+    cpu = choose_precision("fp32", "cpu")
+    cfg, p = configure(fixed, pairs[:6], pairs[6:], cpu)
+    assert cfg.predict_scale == "fit" and p.fingerprint.object_masks == 6
+    cfg, _ = configure({**fixed, "predict_scale": "native"}, pairs[:6], pairs[6:], cpu)
+    assert cfg.predict_scale == "native"

@@ -209,7 +209,7 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     assert made.returncode == 0, made.stderr[-3000:]
     record = json.loads((out / ".predict.json").read_text())
     assert record == {"model": "models:/first/1", "threshold": "0.5", "tta": "auto",
-                      "format": "png"}
+                      "format": "png", "predict_scale": "auto"}
     masks = digests(out)
 
     other = predict(model_uri="models:/second@champion", threshold="0.9")
@@ -221,8 +221,22 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     moved = predict()
     assert moved.returncode == 2 and "model=models:/first/2" in error_lines(moved)[0]
     assert digests(out) == masks                     # nothing written by the refused runs
+    fitted = predict(model_uri="models:/first/1", predict_scale="fit")
+    assert fitted.returncode == 2
+    assert "predict_scale=auto; this run has predict_scale=fit" in error_lines(fitted)[0]
+    # The untrained model has no scale (as models logged before scales): it can only fit.
+    native = predict(model_uri="models:/first/1", predict_scale="native")
+    assert native.returncode == 2 and error_lines(native) == [
+        "error: parameter predict_scale=native: models:/first/1 records no training scale "
+        "(logged before scales existed); use auto or fit"]
+    assert digests(out) == masks                     # nothing written by the refused runs
     again = predict(model_uri="models:/first/1")     # the same model and settings: resumes
     assert again.returncode == 0 and "predicted 0, skipped 3" in again.stdout
+    # A record written before predict_scale existed was made at the model's own: auto.
+    (out / ".predict.json").write_text(json.dumps({k: v for k, v in record.items()
+                                                   if k != "predict_scale"}))
+    older = predict(model_uri="models:/first/1")
+    assert older.returncode == 0 and "predicted 0, skipped 3" in older.stdout
 
 
 def test_predict_refuses_an_image_over_the_pixel_limit_from_its_header(tracking_uri, tmp_path):

@@ -225,3 +225,39 @@ def test_a_huge_declared_image_gets_a_fast_400_and_the_server_stays_up(served_pi
     assert status == 400 and "65 images in one request; at most 64" in answer["message"]
     status, answer = post(url, request_for(encoded(photo(20, 30), "PNG")))
     assert status == 200 and answer["predictions"][0]["width"] == 30
+
+
+def test_predict_scale_is_a_param_and_matches_in_process(tracking_uri):
+    """A photo model (fit) with a training scale of 1/4: param predict_scale=native predicts at
+    that scale instead, in both formats; auto is the model's own."""
+    import torch
+    from mlflow.exceptions import MlflowException
+    from unet import rle
+    from unet.model import UNet
+    from unet.predict import Segmenter
+    torch.manual_seed(0)
+    with mlflow.start_run():
+        uri = models.log_model(Segmenter(UNet(features=(4, 8, 16, 32)), (32, 48),
+                                         scale=(0.25, 0.25), predict_scale="fit"),
+                               np.full((16, 24, 3), 128, np.uint8))
+    assert mlflow.models.get_model_info(uri).metadata["predict_scale"] == "fit"
+    model = mlflow.pyfunc.load_model(uri)
+    image = photo(256, 384)                      # fit: 32x48; native: 64x96
+    cells = pd.DataFrame({"image": [encoded(image, "PNG")]})
+    fit = models.load_segmenter(uri)
+    native = models.load_segmenter(uri, predict_scale="native")
+    assert (fit.input_size(256, 384), native.input_size(256, 384)) == ((32, 48), (64, 96))
+    threshold = float(np.median(next(native.probabilities([image]))))
+    masks = {}
+    for mode in ("auto", "fit", "native"):
+        out = model.predict(cells, params={"predict_scale": mode, "threshold": threshold})
+        masks[mode] = decode_mask(out["mask"][0])
+    assert np.array_equal(masks["native"], next(native.masks([image], threshold)))
+    assert np.array_equal(masks["auto"], masks["fit"])
+    assert np.array_equal(masks["fit"], next(fit.masks([image], threshold)))
+    assert not np.array_equal(masks["fit"], masks["native"])
+    out = model.predict(cells, params={"predict_scale": "native", "threshold": threshold,
+                                       "format": "rle"})
+    assert rle.decode(out["rle_mask"][0], 256, 384).tolist() == masks["native"].tolist()
+    with pytest.raises(MlflowException, match="param predict_scale=huge: use native or fit"):
+        model.predict(cells, params={"predict_scale": "huge"})

@@ -198,6 +198,49 @@ def test_the_scale_travels_in_the_state():
     segmenter = Segmenter(randomized(), (32, 48), FP32, scale=(0.1, 0.125))
     loaded = Segmenter.from_state(segmenter.to_state(), FP32)
     assert loaded.scale == (0.1, 0.125) and loaded.input_size(1280, 1920) == (128, 240)
+    assert loaded.predict_scale == "native"
+
+
+def test_fit_resizes_every_image_to_the_input_and_travels_in_the_state():
+    # A photo model: trained at 32x48 on 128x192 photos (scale 1/4), predict_scale fit.
+    photos = Segmenter(randomized(), (32, 48), FP32, scale=(0.25, 0.25), predict_scale="fit")
+    assert photos.input_size(1280, 1920) == photos.input_size(40, 40) == (32, 48)
+    assert not photos.tiled(photos.input_size(8000, 8000))
+    loaded = Segmenter.from_state(photos.to_state(), FP32)
+    assert (loaded.predict_scale, loaded.scale) == ("fit", (0.25, 0.25))
+    image = picture(512, 768, seed=7)
+    expected = cv2_resize(loaded.probabilities_resized(
+        cv2_resize(image, (32, 48))[None])[0], (512, 768))
+    assert np.array_equal(next(loaded.probabilities([image])), expected)
+    # States of before predict_scale: native where they have a scale, as they predicted.
+    old = photos.to_state()
+    del old["predict_scale"]
+    assert Segmenter.from_state(old, FP32).predict_scale == "native"
+    del old["scale"]
+    assert Segmenter.from_state(old, FP32).predict_scale == "fit"
+
+
+def test_the_mode_is_overridden_per_call_and_the_onnx_runtime_follows(tmp_path):
+    model = randomized()
+    segmenter = Segmenter(model, (32, 48), FP32, scale=(0.25, 0.25), predict_scale="fit")
+    assert segmenter.with_predict_scale("auto") is segmenter
+    assert segmenter.with_predict_scale("fit") is segmenter
+    native = segmenter.with_predict_scale("native")
+    assert native.input_size(512, 768) == (128, 192) and native.model is segmenter.model
+    assert segmenter.predict_scale == "fit"                  # the model's own is untouched
+    with pytest.raises(ValueError, match="predict_scale=huge: use native or fit"):
+        segmenter.with_predict_scale("huge")
+    unscaled = Segmenter(model, (32, 48), FP32)              # logged before scales: fit only
+    with pytest.raises(ValueError, match="records no training scale"):
+        unscaled.with_predict_scale("native")
+    path = onnx_runtime.export(model, tmp_path / onnx_runtime.ONNX_FILE, (32, 48))
+    exported = onnx_runtime.OnnxSegmenter(segmenter, path)
+    assert exported.predict_scale == "fit" and exported.input_size(512, 768) == (32, 48)
+    at_scale = exported.with_predict_scale("native")
+    assert at_scale.runtime == "onnx" and at_scale.input_size(512, 768) == (128, 192)
+    image = picture(160, 240, seed=8)           # 40x60 at scale: multiples of the step
+    assert np.abs(next(at_scale.probabilities([image]))
+                  - next(native.probabilities([image]))).max() <= 1e-4
 
 
 def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -106,3 +106,19 @@ def test_a_constant_output_model_is_registered_but_never_champion(tracking_uri, 
     p = registry.register_and_promote(logged_model(2), "cars", {"dice": floor.dice}, "split-a",
                                       "t3", None, floor)
     assert p.alias is None and aliases("cars") == {"champion": "2"}
+
+
+def test_the_model_card_says_how_the_model_meets_images_of_other_sizes():
+    from unet.tracking.reports import scale_line
+    why = "photos: 31 of 32 sampled masks frame their object"
+    assert scale_line({"scale": "0.8,0.8", "predict_scale": "fit",
+                       "predict_scale_why": why}) == (
+        f"each image resized to the input (`predict_scale` fit; {why}; predict and serving "
+        f"take `predict_scale` to override)")
+    assert scale_line({"scale": "1,1", "predict_scale": "native", "predict_scale_why": "given"}
+                      ).startswith("predicted at scale 1,1 (input pixels per image pixel) "
+                                   "(`predict_scale` native; given;")
+    # Train runs of before predict_scale: their models predict at their scale, if any.
+    assert scale_line({"scale": "0.5,0.5"}).startswith(
+        "predicted at scale 0.5,0.5 (input pixels per image pixel) (`predict_scale` native;")
+    assert scale_line({}).startswith("each image resized to the input (`predict_scale` fit;")

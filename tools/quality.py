@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tools import datasets
@@ -47,7 +48,7 @@ FOLDERS = {
     # The real field (downloaded once by pip: tools.datasets dsb-field) as users keep it, and
     # its 8-bit PNG copy; the data seed does not change a real field.
     "dsb-tiles": (lambda out, seed: datasets.field_folders(out, *datasets.dsb_field()),
-                  {**datasets.FLUORESCENCE_LAYOUT, "subfolder": "tiles"}),
+                  {**datasets.FLUORESCENCE_LAYOUT, "subfolder": "tiles", "field": "field"}),
     "dsb-png": (lambda out, seed: datasets.field_folders(out, *datasets.dsb_field()),
                 {**datasets.CELLS_LAYOUT, "subfolder": "png"}),
     # Its generated look-alike: tiles of labelled fields, global ids, 0..6 objects a tile.
@@ -100,7 +101,31 @@ def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
     return found[-1]
 
 
-def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: Path) -> dict:
+def field_dice(model_uri: str, field: Path, store: str, out: Path, log: Path) -> float:
+    """Per-image test Dice of a tile model on the whole fields of `field` (images/, masks/
+    with the tiles' layout): predicted by the predict entry point as a user would, scored by
+    the project's metrics (unet.metrics.confusion; a label mask's nonzero values are the
+    object)."""
+    import tifffile
+    from PIL import Image
+
+    from unet.metrics import confusion, scores
+    predicted = out / f"predicted-{log.stem}"
+    shutil.rmtree(predicted, ignore_errors=True)
+    mlflow_run("predict", {"model_uri": model_uri, "input_dir": str(field / "images"),
+                           "output_dir": str(predicted)}, store, log)
+    counts = []
+    for mask in sorted((field / "masks").iterdir()):
+        stem = mask.name.rsplit("_mask", 1)[0]
+        truth = torch.from_numpy((tifffile.imread(mask) > 0).astype("uint8"))[None]
+        guess = torch.from_numpy(
+            np.asarray(Image.open(predicted / f"{stem}_mask.png")) > 0)[None]
+        counts.append(confusion(guess, truth))
+    return float(scores(torch.cat(counts))["dice"].mean())
+
+
+def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: Path,
+             field: Path | None = None) -> dict:
     log = out / f"{name}-seed{seed}.log"
     log.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -118,6 +143,8 @@ def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: 
         return params.get(f"effective.{name}", params.get(name))
     m, t = evaluate.data.metrics, train.data.metrics
     rounds = sorted(client.get_metric_history(train_id, "val_dice"), key=lambda x: x.step)
+    whole = {} if field is None else {"field_dice": field_dice(
+        train.data.tags["model_uri"], field, store, out, log)}
     # test_dice: per-image Dice; with several classes, the mean over the foreground classes.
     return {"folder": name, "seed": seed, "test_dice": m["test_dice"],
             "alias": evaluate.data.tags.get("model_alias", ""), "wall_seconds": wall,
@@ -125,7 +152,9 @@ def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: 
             "val_dice_last3": [r.value for r in rounds[-3:]],
             "steps": int(value("epochs")) * int(value("steps_per_epoch")),
             "batch": value("batch_size"), "patch": f"{value('patch_height')}x{value('patch_width')}",
-            "size": f"{value('image_height')}x{value('image_width')}"}
+            "size": f"{value('image_height')}x{value('image_width')}",
+            "kept_epoch": int(t.get("kept_epoch", 0)), "epochs": len(rounds),
+            "final_val_dice": rounds[-1].value if rounds else None, **whole}
 
 
 def table(results: list[dict]) -> str:
@@ -137,6 +166,10 @@ def table(results: list[dict]) -> str:
         wall = statistics.median(r["wall_seconds"] for r in runs) / 60
         # The kept model's val Dice against the last rounds': a spike would stand out.
         spread = max(abs(r["kept_val_dice"] - v) for r in runs for v in r["val_dice_last3"])
+        if "field_dice" in runs[0]:      # a tile model on the whole field
+            whole = [r["field_dice"] for r in runs]
+            name = (f"{name} (whole field: {', '.join(f'{d:.4f}' for d in whole)}; worst "
+                    f"{min(whole):.4f}, median {statistics.median(whole):.4f})")
         lines.append(f"| {name} | {', '.join(f'{d:.4f}' for d in dice)} | {min(dice):.4f} | "
                      f"{statistics.median(dice):.4f} | {spread:.4f} | {wall:.1f} min | "
                      f"{runs[0]['steps']} "
@@ -160,18 +193,21 @@ def main() -> None:
     results = []
     for name in args.folders.split(","):
         make, layout = FOLDERS[name]
+        field = None
         if make is not None:
             # Folders made together (a field's tiles and their PNG copy) share one directory.
             layout = dict(layout)
-            sub = layout.pop("subfolder", None)
+            sub, field = layout.pop("subfolder", None), layout.pop("field", None)
             made = generated(args.out / "data" / (name.split("-")[0] if sub else name),
                              lambda f: make(f, args.data_seed))
             layout = {"data_dir": made / sub if sub else made, **layout}
+            field = made / field if field else None
         split_id = mlflow_run("split_data", layout, store,
                               args.out / f"{name}-split.log")
         for seed in (int(s) for s in args.seeds.split(",")):
             try:
-                result = one_seed(name, split_id, seed, extra, store, args.out)
+                result = one_seed(name, split_id, seed, extra, store, args.out,
+                                  field)
             except RuntimeError as e:
                 result = {"folder": name, "seed": seed, "error": str(e)}
             results.append(result)

@@ -20,6 +20,10 @@ from unet.losses import make_loss
 from unet.model import UNet
 from unet.precision import Precision, prepare
 
+# A mask frames its object (a photo) when its largest object spans at least this share of the
+# image's height or width and no object touches the image border (unet.planning.scale_rule).
+FRAME_EXTENT = 0.25
+
 
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
@@ -32,12 +36,15 @@ class Fingerprint:
     small_object_px: float | None  # 10th percentile of the objects' equivalent diameters
     classes: int = 2
     colour: bool = True            # the images have colour (not grey stored as RGB)
+    object_masks: int = 0          # sampled masks holding an object (of up to `sample`)
+    framed_masks: int = 0          # of those, the masks that frame it (`frames_object`)
 
 
 def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
                 read_mask=None) -> Fingerprint:
     """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
-    masks, spread evenly over the training split, for object sizes. `read_mask` reads a mask
+    masks, spread evenly over the training split, for object sizes and whether the masks frame
+    their object (`frames_object`: unet.planning.scale_rule). `read_mask` reads a mask
     as the split does (default unet.data.load_mask); its objects are its nonzero values but
     the void pixels (unet.masks.VOID)."""
     def spread(items, n):
@@ -47,20 +54,37 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
     sizes = []
     for pair in spread(train, 256):
         sizes.append(imageio.image_size(pair.image))
-    diameters, fractions = [], []
+    diameters, fractions, framed = [], [], []
     for pair in spread(train, sample):
         mask = load_mask(pair.mask) if read_mask is None else read_mask(pair.mask)
         mask = ((mask > 0) & (mask != VOID)).astype(np.uint8)
         fractions.append(float(mask.mean()))
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        areas = stats[1:, cv2.CC_STAT_AREA]
         # Specks of a few pixels are label noise, not objects to resolve.
-        diameters += [2 * math.sqrt(a / math.pi) for a in areas if a >= 4]
+        objects = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= 4]
+        diameters += [2 * math.sqrt(a / math.pi) for a in objects[:, cv2.CC_STAT_AREA]]
+        if len(objects):
+            framed.append(frames_object(objects, mask.shape))
     heights, widths = zip(*sizes)
     return Fingerprint(len(train), len(val), int(np.median(heights)), int(np.median(widths)),
                        float(np.mean(fractions)),
                        float(np.percentile(diameters, 10)) if diameters else None,
-                       colour=any(has_colour(pair.image) for pair in spread(train, 8)))
+                       colour=any(has_colour(pair.image) for pair in spread(train, 8)),
+                       object_masks=len(framed), framed_masks=sum(framed))
+
+
+def frames_object(objects: np.ndarray, size: tuple[int, int]) -> bool:
+    """Whether a mask of `size` (H, W) frames its object as a photo does: no object touches
+    the image border and the largest (by area) spans at least FRAME_EXTENT of H or of W.
+    `objects`: (N >= 1, 5) cv2.connectedComponentsWithStats rows (x, y, w, h, area). A field
+    or a tile has objects placed regardless of its edges: they are small beside the image or
+    cut by its border."""
+    height, width = size
+    x, y, w, h, area = objects.T
+    cut = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    largest = objects[np.argmax(area)]
+    extent = max(largest[cv2.CC_STAT_HEIGHT] / height, largest[cv2.CC_STAT_WIDTH] / width)
+    return bool(not cut.any() and extent >= FRAME_EXTENT)
 
 
 def has_colour(path, tolerance: float = 3.0) -> bool:

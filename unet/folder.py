@@ -113,15 +113,17 @@ def check_outputs(images: list[Path], files: list[Path], sink: CsvSink | PngSink
             writers[out] = image
 
 
-def claim(output_dir: str, settings: dict[str, str]) -> None:
-    """Writes `settings` (model resolved to a version or run, threshold, tta, format) into
-    output_dir's record, or checks them against the record an earlier predict left there, so
-    that a resumed job never mixes outputs of two models or settings. UserError naming what
-    differs."""
+def claim(output_dir: str, settings: dict[str, str], before: dict[str, str] | None = None
+          ) -> None:
+    """Writes `settings` (model resolved to a version or run, threshold, tta, format,
+    predict_scale) into output_dir's record, or checks them against the record an earlier
+    predict left there, so that a resumed job never mixes outputs of two models or settings.
+    `before`: the value a setting had before records held it (a record without it was made
+    so). UserError naming what differs."""
     folder = Path(output_dir).expanduser()
     path = folder / RECORD
     if path.exists():
-        made = json.loads(path.read_text())
+        made = {**(before or {}), **json.loads(path.read_text())}
         differ = [k for k in settings if str(made.get(k)) != settings[k]]
         if differ:
             raise UserError(

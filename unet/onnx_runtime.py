@@ -82,7 +82,8 @@ def session(path: str):
 
 class OnnxSegmenter(Segmenter):
     """A Segmenter whose network runs in ONNX Runtime (fp32 or int8 file); its image size,
-    test-time flips and classes are the torch Segmenter's it was made from."""
+    scale and predict_scale, test-time flips and classes are the torch Segmenter's it was made
+    from (its attributes, copied)."""
 
     def __init__(self, segmenter: Segmenter, path: str | Path, runtime: str = "onnx",
                  shared: bool = True):

@@ -20,6 +20,8 @@ from unet.transforms import resize_image, to_input
 
 # Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
+# How an image meets the network (Segmenter.predict_scale); "auto" in a call: the model's own.
+PREDICT_SCALES = ("native", "fit")
 # Tiles (Segmenter.tile_size): the training input times TILE_MULTIPLE (fewer tiles, less
 # overlap recomputed), unless such a tile holds over TILE_PIXELS; TILE_BATCH tiles at a time.
 TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
@@ -28,17 +30,27 @@ TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
 class Segmenter:
     """A trained UNet plus the preprocessing it was trained with.
 
-    Scale: an (H, W, 3) uint8 image of any size is resized by the model's `scale` (sy, sx),
-    the pixels of the network input per pixel of an original training image (training input
-    size / the training folder's median image size, recorded by train), to (round(H sy),
-    round(W sx)): objects keep the size in pixels they had in training. For a folder of one
-    image size, an image of that size lands exactly on the training input, as before scales
-    existed. In a folder of mixed sizes every image was resized to the training input, so
-    objects were seen at several scales; the median size's stands for them all. A model
-    without a scale (logged before scales existed, or made here without one) resizes every
-    image to `image_size`, as it always did.
+    Scale (`predict_scale`, chosen at training from the data, unet.planning.scale_rule):
+    * "fit": an (H, W, 3) uint8 image of any size is resized to the training input
+      `image_size`, as every model did before scales existed. For photos that frame their
+      object whatever their resolution (a 1918x1280 photo of a car holds the car 8 times
+      larger than a 240x160 one), the object then reaches the network at the size it had in
+      training, and the cost per image does not grow with its pixels.
+    * "native": the image is resized by the model's `scale` (sy, sx), the pixels of the
+      network input per pixel of an original training image (training input size / the
+      training folder's median image size, recorded by train), to (round(H sy), round(W sx)):
+      objects keep the size in pixels they had in training, as fields, tiles and scans with a
+      pixel size need. For a folder of one image size, an image of that size lands exactly
+      on the training input, as with "fit". In a folder of mixed sizes every image was
+      resized to the training input, so objects were seen at several scales; the median
+      size's stands for them all.
+    A state without `predict_scale` (logged before it existed) is "native" if it has a scale
+    (what such models did), else "fit"; a model without a scale (logged before scales) can
+    only fit. `with_predict_scale` overrides the mode per call (predict's and serving's
+    `predict_scale`).
 
-    Tiles: an image whose size at scale exceeds the tile (`tile_size`: the training input
+    Tiles (native only: at fit every image is the training input, never over the tile): an
+    image whose size at scale exceeds the tile (`tile_size`: the training input
     times TILE_MULTIPLE, or the input itself where that tile would hold over TILE_PIXELS) on
     either side is predicted by overlapping tiles (`overlap` of a tile; unet.tiling) blended
     with Gaussian weights; a smaller one whole, as before. Memory is then bounded for any
@@ -65,7 +77,8 @@ class Segmenter:
 
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
                  tta: str = "none", classes: tuple[str, ...] | None = None,
-                 scale: tuple[float, float] | None = None, window: Window | None = None):
+                 scale: tuple[float, float] | None = None, window: Window | None = None,
+                 predict_scale: str | None = None):
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
@@ -76,6 +89,9 @@ class Segmenter:
         self.classes = tuple(classes) if classes else None
         self.scale = tuple(float(s) for s in scale) if scale else None
         self.window = tuple(float(v) for v in window) if window is not None else None
+        # None: what models did before the mode existed (native with a scale, else fit).
+        self.predict_scale = predict_scale or ("native" if self.scale else "fit")
+        self.check_predict_scale(self.predict_scale)
 
     @property
     def binary(self) -> bool:
@@ -83,20 +99,22 @@ class Segmenter:
 
     @classmethod
     def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
-        """From {"features", "image_size", "model", "tta", "classes", "window"} as written by
-        `to_state` (a state of before windows has none: the model reads 8-bit images)."""
+        """From {"features", "image_size", "model", "tta", "classes", "scale", "window",
+        "predict_scale"} as written by `to_state` (a state of before windows has none: the model
+        reads 8-bit images; of before predict_scale, see the class docstring)."""
         classes = state.get("classes")
         model = UNet(out_channels=len(classes) if classes else 1, features=state["features"])
         model.load_state_dict(state["model"])
         return cls(model, state["image_size"], precision, state.get("tta", "none"), classes,
                    state.get("scale"),     # None in a state written before scales existed
-                   state.get("window"))
+                   state.get("window"), state.get("predict_scale"))
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
                 "tta": self.tta, "classes": list(self.classes or []),
                 "scale": list(self.scale) if self.scale else None,
                 "window": list(self.window) if self.window is not None else None,
+                "predict_scale": self.predict_scale,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
 
     @property
@@ -105,9 +123,9 @@ class Segmenter:
         return 2 ** len(self.model.features)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size (h, w) an (H, W) image is predicted at: scaled by `scale` (at least the
-        network's smallest input), or without a scale the training input size."""
-        if self.scale is None:
+        """The size (h, w) an (H, W) image is predicted at: native, scaled by `scale` (at least
+        the network's smallest input); fit, the training input size."""
+        if self.predict_scale == "fit":
             return self.image_size
         return (max(self.step, round(height * self.scale[0])),
                 max(self.step, round(width * self.scale[1])))
@@ -139,6 +157,24 @@ class Segmenter:
         other = copy.copy(self)        # the same weights and runtime (unet.onnx_runtime)
         other.tta = tta
         return other
+
+    def with_predict_scale(self, predict_scale: str) -> "Segmenter":
+        """The same weights predicting at another scale mode ("auto": this one's). ValueError
+        for an unknown mode, or "native" on a model without a scale."""
+        if predict_scale == "auto" or predict_scale == self.predict_scale:
+            return self
+        self.check_predict_scale(predict_scale)
+        other = copy.copy(self)        # the same weights and runtime (unet.onnx_runtime)
+        other.predict_scale = predict_scale
+        return other
+
+    def check_predict_scale(self, predict_scale: str) -> None:
+        if predict_scale not in PREDICT_SCALES:
+            raise ValueError(f"predict_scale={predict_scale}: use native or fit (auto: the "
+                             f"model's own)")
+        if predict_scale == "native" and self.scale is None:
+            raise ValueError("predict_scale=native: this model records no training scale "
+                             "(logged before scales existed); it can only fit")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) normalized input on the model's device -> (B, C, h, w) float32

@@ -14,6 +14,9 @@ Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") 
 Param `runtime` ("auto": the model's default, its metadata `runtime`; "torch"; "onnx": the
 same network in ONNX Runtime, fp32; "onnx-int8" where evaluate kept an int8 file) picks what
 runs the network; inputs and outputs are the same on each (unet.onnx_runtime).
+Param `predict_scale` ("auto": the model's own, its metadata `predict_scale`; "native": at its
+training scale; "fit": each image resized to its input; unet.predict.Segmenter) overrides how
+images of other sizes are met.
 
 With params {"format": "rle"} (what predict's Spark engine asks for: a Spark UDF returns
 strings, not images) the output is `rle_mask` (unet.rle: Kaggle Carvana run-length encoding
@@ -26,9 +29,10 @@ only JPEG, PNG and TIFF; at most UNET_MAX_MEGAPIXELS megapixels per image (read 
 image's header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
 variables of the serving process (the operator's choice, not the client's). A refusal is a
 400 with one line (format "png") or that row's `error` (format "rle"); the server stays up.
-Images are predicted at the model's scale, large ones by tiles (unet.predict.Segmenter), so a
-raised limit costs time and a stated amount of memory per image (an 8000 x 8000 JPEG: under
-1 GB beside the runtime; docs/predict.md).
+Images are resized to the model's input (predict_scale "fit") or predicted at its training
+scale, large ones by tiles ("native"; unet.predict.Segmenter), so at "native" a raised limit
+costs time and a stated amount of memory per image (an 8000 x 8000 JPEG: under 1 GB beside the
+runtime; docs/predict.md).
 """
 from __future__ import annotations
 
@@ -118,7 +122,8 @@ def as_image(index: int, cell: Any, window=None) -> np.ndarray:
 class SegmentationModel(mlflow.pyfunc.PythonModel):
     """A Segmenter (UNet + its training preprocessing) behind the image interface above.
     Params: `threshold` (default 0.5) cuts the probabilities; `return_probabilities`;
-    `runtime` (unet.onnx_runtime: torch, onnx or onnx-int8; auto: the model's default)."""
+    `runtime` (unet.onnx_runtime: torch, onnx or onnx-int8; auto: the model's default);
+    `predict_scale` (native or fit; auto: the model's own)."""
 
     def load_context(self, context) -> None:
         state = torch.load(context.artifacts["segmenter"], map_location="cpu", weights_only=True)
@@ -161,6 +166,10 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         if fmt not in FORMATS:
             raise invalid(f"param format={fmt}: use png or rle")
         segmenter = self.on_runtime(str(params.get("runtime", "auto"))).with_tta(tta)
+        try:
+            segmenter = segmenter.with_predict_scale(str(params.get("predict_scale", "auto")))
+        except ValueError as e:
+            raise invalid(f"param {e}") from None
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
         if len(model_input) > max_rows():

@@ -52,7 +52,9 @@ SIGNATURE = ModelSignature(
                         ParamSpec("tta", DataType.string, "auto"),
                         ParamSpec("format", DataType.string, "png"),
                         # auto: the model's default (its metadata `runtime`)
-                        ParamSpec("runtime", DataType.string, "auto")]),
+                        ParamSpec("runtime", DataType.string, "auto"),
+                        # auto: the model's own (its metadata `predict_scale`)
+                        ParamSpec("predict_scale", DataType.string, "auto")]),
 )
 
 
@@ -65,7 +67,9 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     (unet.onnx_runtime); the runtime measured faster here becomes the default (metadata
     `runtime`, and model_config, which the pyfunc reads). A model trained on 16-bit or float
     images carries its intensity window (metadata `intensity_window`: [low, high]; it is in
-    the weights' state too, which is what the pyfunc applies).
+    the weights' state too, which is what the pyfunc applies). Metadata `scale` and
+    `predict_scale` say how it meets images of other sizes (unet.predict.Segmenter; also in
+    the state).
     """
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "segmenter.pt"
@@ -86,6 +90,8 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             metadata={"classes": list(segmenter.classes or ("background", "foreground")),
                       # input pixels per original pixel (None: resized to image_size)
                       "scale": list(segmenter.scale) if segmenter.scale else None,
+                      # native: predicted at that scale; fit: resized to image_size
+                      "predict_scale": segmenter.predict_scale,
                       "image_size": list(segmenter.image_size),
                       "runtime": runtime, "runtime_ms_per_image": ms,
                       "runtime_measured_on": machine(segmenter),
@@ -135,17 +141,32 @@ def classes_of(model_uri: str) -> list[str]:
     return list(metadata.get("classes") or ("background", "foreground"))
 
 
-def load_segmenter(model_uri: str, runtime: str = "auto") -> Segmenter:
+def check_predict_scale(model_uri: str, predict_scale: str) -> None:
+    """UserError if `predict_scale` is "native" and the model records no training scale (one
+    logged before scales existed can only fit): checked before predict writes anything."""
+    if predict_scale == "native" and not (
+            mlflow.models.get_model_info(model_uri).metadata or {}).get("scale"):
+        raise UserError(f"parameter predict_scale=native: {model_uri} records no training scale "
+                        f"(logged before scales existed); use auto or fit")
+
+
+def load_segmenter(model_uri: str, runtime: str = "auto", predict_scale: str = "auto"
+                   ) -> Segmenter:
     """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc), on
-    `runtime` (auto: the model's default; torch for a model logged before ONNX existed)."""
+    `runtime` (auto: the model's default; torch for a model logged before ONNX existed), at
+    `predict_scale` (auto: the model's own; native, fit: unet.predict.Segmenter)."""
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as e:
         raise unloadable(model_uri, e) from None
     try:
-        return model.unwrap_python_model().on_runtime(runtime)
+        segmenter = model.unwrap_python_model().on_runtime(runtime)
     except MlflowException as e:
         raise UserError(f"{e.message.replace('param ', 'parameter ', 1)} ({model_uri})") from None
+    try:
+        return segmenter.with_predict_scale(predict_scale)
+    except ValueError as e:
+        raise UserError(f"parameter {e} ({model_uri})") from None
 
 
 def default_runtime(model_uri: str) -> str:

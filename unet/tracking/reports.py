@@ -93,15 +93,28 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"{value('features')}, batch {value('batch_size')}, lr {value('lr')} "
         f"{value('lr_schedule')}, {value('epochs')} epochs x {value('steps_per_epoch')} steps, "
         f"loss {value('loss')}, test-time flips {train_run.data.tags.get('tta', 'none')}"
-        f"{window}, "
-        f"predicted at scale {train_run.data.tags.get('scale', 'none')} (input pixels per "
-        f"image pixel; none: resized to the input) "
+        f"{window}, {scale_line(train_run.data.tags)} "
         f"(train run `{train_run.info.run_id}`, its `plan.txt`).",
+        *([f"**Training**: {train_run.data.tags['steps_why']}; kept "
+           f"{train_run.data.tags['kept_why']}."] if "kept_why" in train_run.data.tags else []),
         *([f"**Runtime**: {runtime}"] if runtime else []),
         "**Pictures**: per-epoch validation samples in the train run (image key `samples`); "
         "test panels (image | truth | prediction | overlay) in the evaluate run's "
         "`predictions/panels/`.",
     ] + ([labels] if labels else []))
+
+
+def scale_line(tags: dict[str, str]) -> str:
+    """The model card's words on how the model meets images of other sizes, from the train
+    run's tags `scale`, `predict_scale` and `predict_scale_why` (a run of before
+    predict_scale: at its scale if it has one, as such models predict)."""
+    scale = tags.get("scale", "none")
+    mode = tags.get("predict_scale", "native" if scale != "none" else "fit")
+    why = f"; {tags['predict_scale_why']}" if tags.get("predict_scale_why") else ""
+    words = (f"predicted at scale {scale} (input pixels per image pixel)" if mode == "native"
+             else "each image resized to the input")
+    return (f"{words} (`predict_scale` {mode}{why}; predict and serving take "
+            f"`predict_scale` to override)")
 
 
 def log_label_quality(rows, worst: dict, threshold: float, class_names, seconds: float,

@@ -39,12 +39,13 @@ def session(master: str):
 
 
 def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: float,
-                  tta: str, batch_size: int, master: str, log=print, runtime: str = "auto"
-                  ) -> Outcome:
+                  tta: str, batch_size: int, master: str, log=print, runtime: str = "auto",
+                  predict_scale: str = "auto") -> Outcome:
     """Predicts the images the CSV does not hold yet with the model as a Spark UDF, a chunk at
     a time; rows are appended in the order of `images` (sorted), as the local engine writes.
     `runtime` is the model's param (auto, torch, onnx, onnx-int8): each Python worker makes
-    its ONNX Runtime session once, when it loads the model."""
+    its ONNX Runtime session once, when it loads the model; `predict_scale` too (auto,
+    native, fit: unet.predict.Segmenter)."""
     from pyspark.sql import functions as F
 
     todo = sink.todo(images)
@@ -57,7 +58,7 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
                    str(min(batch_size, serving.max_rows())))
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local",
                                   params={"format": "rle", "threshold": threshold, "tta": tta,
-                                          "runtime": runtime})
+                                          "runtime": runtime, "predict_scale": predict_scale})
     parallel = spark.sparkContext.defaultParallelism
     size = max(CHUNK, 64 * parallel)      # a big cluster is not idle waiting on each chunk
     started = time.perf_counter()

@@ -44,8 +44,10 @@ class Split:
     @property
     def plan_reader(self):
         """How the training plan reads the masks for object sizes: as before (None: binary
-        thresholding) unless the masks hold void or instance labels (read_mask)."""
-        return None if self.ignore_index is None and not self.instances else self.read_mask
+        thresholding) unless the masks hold void, instance labels or classes (read_mask: a
+        coloured part mask thresholded at half its luminance would lose its darker parts)."""
+        plain = self.ignore_index is None and not self.instances and self.classes.binary
+        return None if plain else self.read_mask
 
 
 def _pairs_digest(pairs: list[Pair]) -> str:

@@ -126,7 +126,8 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
                cfg.tracking_wait_min * 60)
     if run is not None:
         log_best_model(cfg, trainer, data.val_set, precision, run,
-                       training_scale(cfg, inputs.plan.fingerprint))
+                       training_scale(cfg, inputs.plan.fingerprint), inputs.plan.scale_why,
+                       inputs.plan.steps_why)
     return trainer
 
 
@@ -179,11 +180,15 @@ def training_scale(cfg: config.TrainConfig, fp) -> tuple[float, float]:
 
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run,
-                   scale: tuple[float, float] | None = None):
+                   scale: tuple[float, float] | None = None, scale_why: str = "",
+                   steps_why: str = ""):
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
     model, with the test-time augmentation that validation measured to help, the scale it
-    was trained at (predicted images are resized by it), the intensity window of 16-bit/float
-    training images (tag `intensity_window`) and an input example."""
+    was trained at, how it meets images of other sizes (cfg.predict_scale, decided by the
+    plan for `scale_why`: tags `predict_scale`, `predict_scale_why`; unet.predict.Segmenter),
+    the intensity window of 16-bit/float training images (tag `intensity_window`), why
+    training stopped where it did (`steps_why`: the plan's) and which weights were kept (tags
+    `steps_why`, `kept_why`), and an input example."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
@@ -191,7 +196,7 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
     # TTA is chosen on the validation images already at the input size: without a scale,
     # which would resize them again.
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
-    segmenter.scale = scale
+    segmenter.scale, segmenter.predict_scale = scale, cfg.predict_scale
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)
     example = transforms.resize_image(image, (cfg.image_height // 2, cfg.image_width // 2))
@@ -200,10 +205,15 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
                         "kept_val_dice": trainer.kept_dice, "kept_epoch": trainer.kept_epoch})
     mlflow.set_tags({"tta": segmenter.tta, "stopped_early": str(trainer.stopped_early).lower(),
                      "scale": ",".join(f"{s:.6g}" for s in scale) if scale else "none",
+                     "predict_scale": segmenter.predict_scale, "predict_scale_why": scale_why,
                      "intensity_window": intensity.describe(segmenter.window)})
     stop = (f"stopped early after epoch {trainer.epoch} (no better val Dice for "
-            f"{cfg.patience} epochs); " if trainer.stopped_early else "")
-    print(f"train run {run.info.run_id}: {stop}kept the {cfg.keep} weights (epoch "
-          f"{trainer.kept_epoch}, val Dice {trainer.kept_dice:.4f}; best round "
-          f"{trainer.best_epoch}: {trainer.best_dice:.4f}), test-time augmentation "
-          f"{segmenter.tta}; model {model_uri}")
+            f"{cfg.patience} epochs)" if trainer.stopped_early else
+            f"trained {trainer.epoch} rounds, {steps_why or 'the epochs given'}")
+    kept = trainer.kept_reason or (f"the {cfg.keep} weights (round {trainer.kept_epoch}, val "
+                                   f"Dice {trainer.kept_dice:.4f})")
+    mlflow.set_tags({"steps_why": stop, "kept_why": kept})
+    print(f"train run {run.info.run_id}: {stop}; kept {kept}; best round "
+          f"{trainer.best_epoch}: {trainer.best_dice:.4f}; test-time augmentation "
+          f"{segmenter.tta}, predict scale {segmenter.predict_scale} ({scale_why}); model "
+          f"{model_uri}")
