@@ -85,7 +85,7 @@ def test_a_mask_frames_its_object_when_it_is_whole_and_a_quarter_of_a_side():
 
 
 def test_the_rule_counts_framed_masks_and_decides_at_half():
-    from unet.planning import scale_rule
+    from unet.sizing import scale_rule
     fp = Fingerprint(32, 8, 160, 240, 0.2, 80.0)
     assert scale_rule(fp)[0] == "fit"                      # no object: the data cannot tell
     assert "no object in the sampled masks" in scale_rule(fp)[1]
@@ -105,7 +105,7 @@ def test_generated_photos_fit_and_generated_fields_keep_their_scale(tmp_path):
     from tools import datasets
     from unet import synthetic
     from unet.classes import Classes, reader
-    from unet.planning import scale_rule
+    from unet.sizing import scale_rule
 
     binary, instances = reader(Classes.numbered(2)), reader(Classes.numbered(2), None, True)
     carvana = ("train", "train_masks", "_mask", ".gif")

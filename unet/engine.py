@@ -17,6 +17,7 @@ from unet.checkpoint import save_checkpoint
 from unet.averaging import WeightAverage
 from unet.seeding import rng_state, set_rng_state
 from unet.errors import UserError
+from unet.keeping import SteadyRounds
 from unet.losses import make_loss
 from unet.precision import Precision, prepare
 from unet.schedule import Schedule, lr_factor
@@ -143,7 +144,7 @@ class Trainer:
     about `average_steps` steps (unet.averaging; 0: the trained weights themselves). `keep`
     says which round's are the run's model: "final" (the end of the schedule, where the lr has
     annealed: a noisy validation of one or two cars cannot pick a lucky early round), "best"
-    (the round of the best validation Dice) or "auto" (`settle_kept`: the final weights unless
+    (the round of the best validation Dice) or "auto" (unet.keeping: the final weights unless
     they are clearly worse on validation than an earlier stretch of rounds, which happens
     where a small folder is overfit).
 
@@ -194,11 +195,7 @@ class Trainer:
         self.kept_dice, self.kept_epoch = -1.0, 0
         self.kept_state = copy.deepcopy(self.evaluated.state_dict())
         self.kept_reason = ""
-        # keep=auto: every round's val Dice, the previous round's weights, and the weights of
-        # the round with the best 3-round mean Dice (settle_kept).
-        self.history: list[float] = []
-        self.previous_state: dict | None = None
-        self.steady: tuple[int, float, dict | None] = (0, -1.0, None)   # epoch, mean, weights
+        self.rounds = SteadyRounds()       # keep=auto (unet.keeping)
 
     @property
     def evaluated(self) -> nn.Module:
@@ -213,8 +210,7 @@ class Trainer:
                 "kept_dice": self.kept_dice, "kept_epoch": self.kept_epoch,
                 "kept_model": self.kept_state, "rng": rng_state(),
                 "average": self.average.state_dict() if self.average else None,
-                "history": self.history, "previous_model": self.previous_state,
-                "steady": self.steady}
+                **self.rounds.state()}
 
     def load_state(self, state: dict) -> None:
         """Resumes from a checkpoint written by `fit` (training continues at epoch + 1)."""
@@ -235,10 +231,7 @@ class Trainer:
         self.kept_epoch = state.get("kept_epoch", state["best_epoch"])
         if self.average and state.get("average"):
             self.average.load_state_dict(state["average"])
-        # Checkpoints from before keep=auto have no history: it starts at the resumed round.
-        self.history = list(state.get("history", []))
-        self.previous_state = state.get("previous_model")
-        self.steady = tuple(state.get("steady", (0, -1.0, None)))
+        self.rounds = SteadyRounds.from_state(state)
         # The sampler and the augmentation are reseeded from (seed, epoch) every epoch; the
         # global generators are restored too, for whatever else draws from them.
         if "rng" in state:
@@ -279,7 +272,7 @@ class Trainer:
                 self.kept_dice, self.kept_epoch = val["dice"], epoch
                 self.kept_state = copy.deepcopy(self.evaluated.state_dict())
             if self.keep == "auto":
-                self._track_steady(val["dice"])
+                self.rounds.track(val["dice"], self.evaluated.state_dict())
             self.epoch = epoch
             # Early stopping, only once the lr has annealed (Schedule.may_stop): before
             # that, rounds without progress are noise, not a plateau.
@@ -295,59 +288,10 @@ class Trainer:
                                     f"there (epoch {epoch - 1}) is intact: free space and "
                                     f"resume from it") from None
             yield EpochResult(epoch, train, val, improved)
-        if self.keep == "auto":
-            self.settle_kept()
-
-    # keep=auto. The validation Dice of one round is noisy (a few images, one lucky batch of
-    # augmentation before it); a single best round overstates its weights. A round's "steady"
-    # Dice is the mean over it and its neighbours; the final weights stay unless their Dice
-    # is below the best steady Dice by more than the rounds' own noise (the median change from
-    # one round to the next over the second half of the run, at most MAX_KEEP_TOLERANCE).
-    MAX_KEEP_TOLERANCE = 0.01
-
-    def _track_steady(self, dice: float) -> None:
-        """After round len(history) + 1: the steady Dice of the round before it is known now
-        (its neighbours are); remember that round's weights if it is the steadiest yet."""
-        self.history.append(dice)
-        if len(self.history) >= 2:
-            epoch = len(self.history) - 1
-            mean = sum(self.history[max(0, epoch - 2):epoch + 1]) / len(
-                self.history[max(0, epoch - 2):epoch + 1])
-            if mean > self.steady[1]:
-                self.steady = (epoch, mean, self.previous_state)
-        self.previous_state = copy.deepcopy(self.evaluated.state_dict())
-
-    def keep_tolerance(self) -> float:
-        """The rounds' own noise: the median |change| of val Dice between consecutive rounds
-        over the second half of the run (the lr is low there, so changes are mostly noise),
-        capped at MAX_KEEP_TOLERANCE."""
-        late = self.history[len(self.history) // 2:]
-        changes = sorted(abs(b - a) for a, b in zip(late, late[1:]))
-        noise = changes[len(changes) // 2] if changes else 0.0
-        return min(noise, self.MAX_KEEP_TOLERANCE)
-
-    def settle_kept(self) -> None:
-        """keep=auto at the end of the run: the final round's weights (kept_state), unless
-        its val Dice is below the best steady Dice (the last round's own steady Dice: the mean
-        with the round before) by more than keep_tolerance; then the steadiest round's. Says
-        why in kept_reason."""
-        if not self.history:
-            return
-        final = self.history[-1]
-        last_mean = sum(self.history[-2:]) / len(self.history[-2:])
-        epoch, mean, weights = self.steady
-        tolerance = self.keep_tolerance()
-        if weights is None or mean <= last_mean or final >= mean - tolerance:
-            self.kept_reason = (f"the final weights (round {len(self.history)}, val Dice "
-                                f"{final:.4f}): no earlier stretch of rounds was better by more "
-                                f"than the rounds' noise ({tolerance:.4f})")
-            return
-        self.kept_state, self.kept_epoch = weights, epoch
-        self.kept_dice = self.history[epoch - 1]
-        self.kept_reason = (f"round {epoch}'s weights (val Dice {self.kept_dice:.4f}, "
-                            f"{mean:.4f} with its neighbours): the final round's {final:.4f} "
-                            f"fell below by more than the rounds' noise ({tolerance:.4f}), as "
-                            f"when a small folder is overfit")
+        if self.keep == "auto" and self.rounds.history:
+            epoch, dice, weights, self.kept_reason = self.rounds.settle()
+            if weights is not None:    # an earlier steady round's; else the final, kept_state
+                self.kept_epoch, self.kept_dice, self.kept_state = epoch, dice, weights
 
     def _average(self) -> None:
         if self.average is not None:

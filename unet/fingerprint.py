@@ -21,7 +21,7 @@ from unet.model import UNet
 from unet.precision import Precision, prepare
 
 # A mask frames its object (a photo) when its largest object spans at least this share of the
-# image's height or width and no object touches the image border (unet.planning.scale_rule).
+# image's height or width and no object touches the image border (unet.sizing.scale_rule).
 FRAME_EXTENT = 0.25
 
 
@@ -44,7 +44,7 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
                 read_mask=None) -> Fingerprint:
     """Reads the sizes of up to 256 training images (headers only) and decodes up to `sample`
     masks, spread evenly over the training split, for object sizes and whether the masks frame
-    their object (`frames_object`: unet.planning.scale_rule). `read_mask` reads a mask
+    their object (`frames_object`: unet.sizing.scale_rule). `read_mask` reads a mask
     as the split does (default unet.data.load_mask); its objects are its nonzero values but
     the void pixels (unet.masks.VOID)."""
     def spread(items, n):

@@ -19,10 +19,9 @@ from typing import Any
 
 from unet import config
 from unet.data import Pair
-from unet.fingerprint import (FRAME_EXTENT, Fingerprint, Machine, Speed, fingerprint,
-                              measure_speed)
+from unet.fingerprint import Fingerprint, Machine, Speed, fingerprint, measure_speed
 from unet.precision import Precision
-from unet.sizing import cap_size, memory_pixels, plan_patch, plan_size, round_to
+from unet.sizing import cap_size, memory_pixels, plan_patch, plan_size, round_to, scale_rule
 
 
 # Settings the plan fills in when the user leaves them "auto".
@@ -30,8 +29,6 @@ PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_p
            "image_height", "image_width", "patch_height", "patch_width", "features", "loss",
            "color_jitter", "appearance", "patience", "average_steps", "bn_recalibration",
            "memory_format", "predict_scale")
-# scale_rule: fit when at least this share of the sampled masks holding an object frame it.
-FRAMED_SHARE = 0.5
 SCALE_MEANING = {"fit": "each image resized to the input",        # unet.predict.Segmenter
                  "native": "every image at the training scale"}
 
@@ -226,35 +223,6 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
         v["predict_scale"], scale_why = scale_rule(fp)
     return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
                 estimate, notes, scale_why)
-
-
-def scale_rule(fp: Fingerprint) -> tuple[str, str]:
-    """(predict_scale, why): how the model meets images of other sizes (unet.predict.Segmenter).
-
-    The rule: "fit" (each image resized to the training input) when at least FRAMED_SHARE of
-    the sampled masks that hold an object frame it (unet.fingerprint.frames_object: no object
-    cut by the image border, the largest spanning at least a quarter of the image's height or
-    width), else "native" (every image at the training scale). Photos frame their object
-    whatever their resolution, so a larger photo holds a larger object; fields, tiles and
-    scans keep a pixel size, and their objects are small beside the image or cut by its edges.
-    Measured on the generated folders (tests/test_fingerprint.py), masks framed: built-in cars
-    31 of 32 (binary and part masks), Carvana-like cars 16 of 16 (binary and part masks),
-    VOC-like scenes 29 of 32; fluorescence fields 2 of 32, 64x64 tiles of blob fields 1 of
-    30, cell fields 0 of 16, large scans 0 of 4. Its assumption: a photo's object
-    lies inside the frame. Photos whose objects are usually cut by the border (close-ups,
-    crowds) or small beside the frame come out "native", and a field holding one large whole
-    object "fit": pass -P predict_scale for those. Without any object in the sampled masks the
-    data cannot tell: "fit", as every model did before scales (one input-sized pass an image).
-    """
-    if fp.object_masks == 0:
-        return "fit", "no object in the sampled masks to tell photos from fields (-P " \
-                      "predict_scale=native for fields)"
-    photos = fp.framed_masks / fp.object_masks >= FRAMED_SHARE
-    return ("fit" if photos else "native",
-            ("photos" if photos else "fields, tiles or scans")
-            + f": {fp.framed_masks} of {fp.object_masks} sampled masks frame their object (none "
-            f"cut by the border, the largest at least {FRAME_EXTENT:.0%} of a side; fit from "
-            f"{FRAMED_SHARE:.0%})")
 
 
 def scale_features(features: Sequence[int], factor: float, multiple: int = 1

@@ -30,7 +30,7 @@ TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
 class Segmenter:
     """A trained UNet plus the preprocessing it was trained with.
 
-    Scale (`predict_scale`, chosen at training from the data, unet.planning.scale_rule):
+    Scale (`predict_scale`, chosen at training from the data, unet.sizing.scale_rule):
     * "fit": an (H, W, 3) uint8 image of any size is resized to the training input
       `image_size`, as every model did before scales existed. For photos that frame their
       object whatever their resolution (a 1918x1280 photo of a car holds the car 8 times
