@@ -79,7 +79,10 @@ def test_a_model_trained_on_tiles_predicts_a_whole_field_as_well_as_its_tiles(tr
     print(f"tile test Dice {tile_dice:.4f}, whole held-out field Dice {field_dice:.4f}, "
           f"resized to the input {shrunk_dice:.4f}")
     assert tile_dice > 0.8
-    assert abs(field_dice - tile_dice) <= 0.03
+    # At least as good as on its tiles, less 0.03; often better: a tile cuts the objects at
+    # its four edges, the field only at its own border (seen: 0.995 on the field, 0.96-0.98 on
+    # the tiles).
+    assert field_dice >= tile_dice - 0.03
     assert shrunk_dice < tile_dice - 0.1
 
 

@@ -288,7 +288,8 @@ def test_voc_folder_end_to_end_leaves_void_out(tmp_path, tracking_uri):
         [e.experiment_id for e in client.search_experiments()])}
     split = runs["split_data"].info.run_id
     text = mlflow.artifacts.load_text(f"runs:/{split}/data_report.txt")
-    assert "READING (how the masks are read)\n  void value 255 found: " in text
+    assert "READING (how the masks are read)\n  mask values read as binary" in text
+    assert "\n  void value 255 found: " in text
     record = mlflow.artifacts.load_dict(f"runs:/{split}/split.json")
     assert record["ignore_index"] == 255 and record["classes"] == ["background", "foreground"]
     evaluate = runs["evaluate"]
