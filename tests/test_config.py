@@ -95,7 +95,7 @@ def test_cli_overrides_parse_only_given_values():
 def test_conda_yaml_installs_what_pyproject_depends_on():
     """`mlflow run` without --env-manager local builds conda.yaml's environment: it must hold
     every dependency, with the same pins (a missing onnx fails when the model is logged)."""
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")          # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
     (pip,) = [entry["pip"] for entry in conda if isinstance(entry, dict)]
