@@ -95,8 +95,8 @@ class Detected:
         return "instances" if self.instances else "classes" if self.count > 2 else "binary"
 
     def describe(self) -> str:
-        """How the kind was decided, e.g. "instances (mask_kind=auto: 30 of 64 masks say
-        instance labels, 34 cannot tell: empty or one value)"."""
+        """How the kind was decided, e.g. "instances (mask_kind=auto, from 64 masks: 58
+        instances; 6 cannot tell (...))"."""
         if self.declared:
             return f"{self.kind} (declared: mask_kind={self.kind})"
         says = dict(self.says)
@@ -140,9 +140,10 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
         with imageio.open_pil(path) as mask:
             values, indices = class_values(mask, ignore)
             coloured = indices and mask.mode == "P"
-        said = "classes" if coloured else mask_says(values, ignore)
-        says["cannot tell" if said is None else "classes" if said == "levels" and indices
-             else "binary" if said == "levels" else said] += 1
+        said = "classes" if coloured else mask_says(values, ignore) or "cannot tell"
+        if said == "levels":         # several values, no compact objects: indices or greys
+            said = "classes" if indices else "binary"
+        says[said] += 1
         if indices or kind == "classes":
             index_masks += 1
             for value in labels_present(values, ignore).tolist():

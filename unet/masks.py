@@ -57,10 +57,12 @@ def labels_present(values: np.ndarray, ignore: int | None = None) -> np.ndarray:
     return present[(present > 0) & (present != (-1 if ignore is None else ignore))]
 
 
-def compact_labels(values: np.ndarray, ignore: int | None = None) -> int:
-    """(H, W) integer values -> how many of its nonzero values (but `ignore`) are each one
-    compact object (module docstring; the border exempts an object from the thickness)."""
-    present = labels_present(values, ignore)
+def compact_labels(values: np.ndarray, ignore: int | None = None,
+                   present: np.ndarray | None = None) -> int:
+    """(H, W) integer values -> how many of its nonzero values (but `ignore`; `present`: them,
+    if already found) are each one compact object (module docstring; the border exempts an
+    object from the thickness)."""
+    present = labels_present(values, ignore) if present is None else present
     if not len(present):
         return 0
     # Renumbered 1..n first: find_objects' cost follows the objects' area and their count, not
@@ -96,7 +98,7 @@ def mask_says(values: np.ndarray, ignore: int | None = None) -> str | None:
     present = labels_present(values, ignore)
     if len(present) < 2:
         return None
-    if compact_labels(values, ignore) < LABEL_SHARE * len(present):
+    if compact_labels(values, ignore, present) < LABEL_SHARE * len(present):
         return "levels"
     if len(present) >= MIN_LABELS:
         return "instances"

@@ -28,7 +28,7 @@ from unet.classes import BadLabel, Classes
 from unet.data import IMAGE_EXTS, Pair, grey_array
 from unet.errors import UserError
 from unet.data_report import NOTES, PROBLEMS, DataReport, Finding  # noqa: F401 (the API)
-from unet.masks import VOID
+from unet.masks import VOID, labels_present
 
 # A level between background and foreground that fills regions of at least this share of a
 # mask is a class of its own; levels found only along edges are antialiasing.
@@ -95,7 +95,7 @@ def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool,
         return [Finding(path, "size_mismatch", f"mask {size[0]}x{size[1]}, image "
                                                f"{image_size[0]}x{image_size[1]}")]
     if instances:
-        objects = len(np.unique(grey[grey > 0]))
+        objects = len(labels_present(grey))
         return [Finding(path, "instance_labels", f"{objects} objects")] if objects else \
             [Finding(path, "empty_mask")]
     levels, counts = np.unique(grey, return_counts=True)
