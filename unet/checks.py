@@ -9,7 +9,8 @@ LOSSES = ("bce_dice", "bce")              # unet.losses
 TTA_MODES = ("none", "hflip", "flips")    # unet.predict.TTA_FLIPS
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # unet.onnx_runtime.RUNTIMES
 MASK_KINDS = ("auto", "binary", "classes", "instances")   # unet.classes.detect
-PREDICT_SCALES = ("auto", "native", "fit")   # unet.predict.Segmenter.predict_scale
+SCALE_MODES = ("native", "fit")           # unet.predict.Segmenter.predict_scale
+PREDICT_SCALES = (AUTO, *SCALE_MODES)     # a parameter: auto is the model's (or the plan's)
 
 
 def at_least(config, names: tuple[str, ...], low: int) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from unet import tiling
+from unet.checks import SCALE_MODES
 from unet.imageio import MAX_PIXELS, NotAnImage, UnreadableImage  # noqa: F401  (re-exported)
 from unet.reading import (FORMATS, encode_png, open_image, read_for_model,  # noqa: F401
                           read_image)   # re-exported: where predict's callers found them
@@ -20,8 +21,6 @@ from unet.transforms import resize_image, to_input
 
 # Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
-# How an image meets the network (Segmenter.predict_scale); "auto" in a call: the model's own.
-PREDICT_SCALES = ("native", "fit")
 # Tiles (Segmenter.tile_size): the training input times TILE_MULTIPLE (fewer tiles, less
 # overlap recomputed), unless such a tile holds over TILE_PIXELS; TILE_BATCH tiles at a time.
 TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
@@ -169,7 +168,7 @@ class Segmenter:
         return other
 
     def check_predict_scale(self, predict_scale: str) -> None:
-        if predict_scale not in PREDICT_SCALES:
+        if predict_scale not in SCALE_MODES:
             raise ValueError(f"predict_scale={predict_scale}: use native or fit (auto: the "
                              f"model's own)")
         if predict_scale == "native" and self.scale is None:
