@@ -30,7 +30,7 @@ class Pair:
     @property
     def group(self) -> str:
         """The group under the `auto` rule (GroupRule): "<car>_<view>" -> "<car>"."""
-        return self.stem.rsplit("_", 1)[0]
+        return GroupRule().of(self.stem)
 
 
 @dataclasses.dataclass(frozen=True)
