@@ -153,11 +153,8 @@ def test_a_model_trained_on_small_photos_fits_a_full_size_photo_to_its_input(tra
 
     full, truths = car_photos(tmp_path / "full", 6, (1280, 1918), seed=2026)
     small, small_truths = shrunk_copies(full, truths, tmp_path / "small", (160, 240))
-    masks, _ = streamed(model, full, tmp_path / "warm-up")
-    rates = {"auto": [], "fit": []}
-    for round_ in range(5):          # side by side, in turns: the best of 5 each
-        for name, segmenter in (("auto", model), ("fit", resized)):
-            rates[name].append(streamed(segmenter, full, tmp_path / f"{name}{round_}")[1])
+    masks, auto_rate = streamed(model, full, tmp_path / "auto")
+    fit_masks, fit_rate = streamed(resized, full, tmp_path / "fit")
     full_dice = np.mean([dice(m, t) for m, t in zip(masks, truths)])
     small_dice = np.mean([dice(m, t) for m, t in zip(streamed(model, small, tmp_path / "s")[0],
                                                        small_truths)])
@@ -167,14 +164,13 @@ def test_a_model_trained_on_small_photos_fits_a_full_size_photo_to_its_input(tra
     started = time.perf_counter()
     native_dice = dice(next(native.masks([load_image(full[0])])), truths[0])
     native_seconds = time.perf_counter() - started
-    auto_rate, fit_rate = max(rates["auto"]), max(rates["fit"])
     print(f"\n1918x1280 Dice {full_dice:.4f} ({auto_rate:.2f} photos/s; resized to the input "
           f"explicitly: {fit_rate:.2f} photos/s); shrunk to 240x160 Dice {small_dice:.4f}; "
           f"native: Dice {native_dice:.4f} on one photo in {native_seconds:.1f} s")
     assert small_dice > 0.8                                   # a model that finds cars
     assert abs(full_dice - small_dice) <= 0.02
-    # The same path as resizing to the input; 10% for the timing noise of a shared machine.
-    assert auto_rate >= 0.9 * fit_rate
+    # The same path as resizing to the input: the same masks (speed is a benchmark's job).
+    assert all(np.array_equal(a, b) for a, b in zip(masks, fit_masks))
     assert native_dice < full_dice - 0.3
 
 
