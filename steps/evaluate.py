@@ -6,9 +6,11 @@ from pathlib import Path
 
 import mlflow
 
-from unet import cli, config, label_quality
+from unet.tracking import cli
+from unet.config import pipeline as config
+from unet.evaluation import label_quality
 from unet.errors import UserError
-from unet.evaluation import evaluate_pairs
+from unet.evaluation.scoring import evaluate_pairs
 from unet.tracking import models, quantize, registry, reports, runs, splits
 
 
@@ -79,8 +81,8 @@ def test_model(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path
 
 
 def check_labels(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path) -> str:
-    """Scores every mask of the split against the model (unet.label_quality) and logs the
-    ranking; returns the model card's line ("" with -P label_quality=false)."""
+    """Scores every mask of the split against the model (unet.evaluation.label_quality) and logs
+    the ranking; returns the model card's line ("" with -P label_quality=false)."""
     if not cfg.label_quality:
         return ""
     segmenter = models.load_segmenter(model_uri).with_tta(cfg.tta)

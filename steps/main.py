@@ -2,7 +2,8 @@
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from unet import cli, config
+from unet.tracking import cli
+from unet.config import pipeline as config
 from unet.errors import UserError
 from unet.secrets import mask
 from unet.tracking import registry, runs

@@ -6,11 +6,13 @@ import sys
 
 import mlflow
 
-from unet import cli, config, serving
+from unet.tracking import cli
+from unet.config import pipeline as config
+from unet.tracking import serving
 from unet.errors import UserError
-from unet.folder import claim, plan_job
-from unet.imageio import EXTS_TEXT
-from unet.streaming import CsvSink, Outcome, predict_stream
+from unet.inference.jobs import claim, plan_job
+from unet.images.formats import EXTS_TEXT
+from unet.inference.streaming import CsvSink, Outcome, predict_stream
 from unet.tracking import models, runs
 
 ARTIFACT_LIMIT = 20 * 2**20   # a submission CSV up to this size is logged with the run

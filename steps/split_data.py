@@ -3,7 +3,13 @@ import tempfile
 from pathlib import Path
 
 
-from unet import cli, config, data, label_quality, synthetic, validation
+from unet.tracking import cli
+from unet.config import pipeline as config
+from unet.data import pairs as data
+from unet.evaluation import label_quality
+from unet.data import synthetic
+from unet.data import check as validation
+from unet.data.report import DataReport
 from unet.errors import UserError
 from unet.tracking import reports, runs, splits
 
@@ -37,7 +43,7 @@ def split_data() -> None:
             print(line)
 
 
-def checked_pairs(cfg, data_dir: Path, rule: data.GroupRule) -> validation.DataReport:
+def checked_pairs(cfg, data_dir: Path, rule: data.GroupRule) -> DataReport:
     """The data check of data_dir, less the images of parameter exclude, with the groups of
     `rule`, logged as the data report; UserError on bad files (on_bad_data=fail), when no
     pair is left or an image does not match the group rule."""

@@ -8,8 +8,9 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from unet import cli, distributed
-from unet.precision import choose_precision
+from unet.tracking import cli
+from unet.training import distributed
+from unet.network.precision import choose_precision
 from unet.tracking import runs, training
 
 

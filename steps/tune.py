@@ -12,7 +12,11 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from unet import cli, config, search
+from unet.tracking import cli
+from unet.config import pipeline as config
+from unet.config.checks import AUTO
+from unet.config.entries import TuneConfig
+from unet.planning import search
 from unet.errors import UserError
 from unet.tracking import runs
 from unet.tracking import tune as tracking
@@ -20,7 +24,7 @@ from unet.tracking import tune as tracking
 
 def tune() -> None:
     params, given = config.read_params(), cli.overrides("tune")
-    own = {f.name for f in dataclasses.fields(config.TuneConfig)}
+    own = {f.name for f in dataclasses.fields(TuneConfig)}
     cfg = config.load("tune", {k: v for k, v in given.items() if k in own})
     search.parse_space(params["tune"]["space"])                   # a bad space: before any work
     storage_url = search.storage_url(cfg.storage)                 # -P storage, or the env
@@ -39,7 +43,7 @@ def tune() -> None:
         settings = tracking.study_settings(
             {"split_run_id": cfg.split_run_id} if cfg.split_run_id else split_params, fixed,
             params["tune"]["space"])
-        name = search.study_name(settings) if cfg.study_name == config.AUTO else cfg.study_name
+        name = search.study_name(settings) if cfg.study_name == AUTO else cfg.study_name
         study = search.open_study(name, storage, settings, params["tune"]["pruner"])
         search.enqueue_plan(study, job.space, job.plan)
         mlflow.set_tags({"study_name": name, "storage": search.shown(storage_url),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unet.ui import stop_server
+from unet.tracking.ui import stop_server
 from unet.tracking import models, registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,8 +82,8 @@ def register_untrained_champion(name: str = "unet-carvana") -> str:
     import torch
     from mlflow import MlflowClient
 
-    from unet.model import UNet
-    from unet.predict import Segmenter
+    from unet.network.model import UNet
+    from unet.inference.segmenter import Segmenter
 
     torch.manual_seed(0)
     with mlflow.start_run():
@@ -101,7 +101,7 @@ def model_server(store_dir: Path, register: Callable[[], str]):
     reads the registry from that store; stopped by its PID on exit."""
     import mlflow
 
-    from unet import ui
+    from unet.tracking import ui
 
     store = f"sqlite:///{store_dir / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
@@ -133,12 +133,13 @@ def answers(url: str) -> Callable[[], bool]:
 
 
 @contextlib.contextmanager
-def background(cmd: list[str], log: Path, ready: Callable[[], bool], timeout: float = 120):
-    """Runs a server `cmd` (output to `log`) while the block runs, once `ready()` is true;
-    then stops it and its children by its process group."""
+def background(cmd: list[str], log: Path, ready: Callable[[], bool], timeout: float = 120,
+               **popen):
+    """Runs a server `cmd` (output to `log`; `popen`: Popen's cwd, env) while the block runs,
+    once `ready()` is true; then stops it and its children by its process group."""
     with open(log, "wb") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, **popen)
     try:
         deadline = time.monotonic() + timeout
         while not ready():

@@ -7,7 +7,7 @@ import sys
 
 
 from conftest import ROOT, TINY, mlflow_run, only
-from unet.synthetic import generate
+from unet.data.synthetic import generate
 
 
 def run_step(step: str, args: dict[str, str], tracking_uri: str) -> subprocess.CompletedProcess:

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet import baselines
-from unet.data import Pair
+from unet.evaluation import baselines
+from unet.data.pairs import Pair
 
 
 def pair(tmp_path, name: str, mask: np.ndarray) -> Pair:

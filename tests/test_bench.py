@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from tools import bench
-from unet.model import UNet
+from unet.network.model import UNet
 
 
 def test_step_flops_counts_forward_and_backward_convolutions():

@@ -3,9 +3,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from unet.cache import ArrayCache
-from unet.data import Pair, SegmentationDataset
-from unet.transforms import eval_transform
+from unet.data.cache import ArrayCache
+from unet.data.pairs import Pair, SegmentationDataset
+from unet.images.transforms import eval_transform
 
 
 def write_pair(folder, stem="car_01", shade=200, size=(40, 60)):

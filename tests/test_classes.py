@@ -16,13 +16,14 @@ from PIL import Image
 
 from conftest import TINY, free_port, mlflow_run
 from test_bad_input import error_lines, run_step
-from unet import ui
-from unet.classes import BadLabel, Classes, detect_count, load_class_map
-from unet.model import UNet
-from unet.predict import Segmenter, read_for_model, read_image
-from unet.synthetic import PART_NAMES, generate, render
+from unet.tracking import ui
+from unet.labels.classes import BadLabel, Classes, detect_count, load_class_map
+from unet.network.model import UNet
+from unet.images.reading import read_for_model, read_image
+from unet.inference.segmenter import Segmenter
+from unet.data.synthetic import PART_NAMES, generate, render
 from unet.tracking import models
-from unet.validation import validate_folder
+from unet.data.check import validate_folder
 
 VOC = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0]   # a palette of colours, as PASCAL VOC's
 
@@ -139,7 +140,7 @@ def test_the_served_class_map_equals_local_prediction(tmp_path, tracking_uri):
     image, _ = render(7, 1, 120, 180, classes=4)
     model = UNet(out_channels=4, features=(4, 8)).eval()
     with torch.no_grad():        # untrained, yet a map of several classes: centred logits
-        from unet.transforms import resize_image, to_input
+        from unet.images.transforms import resize_image, to_input
         x = torch.from_numpy(to_input(resize_image(np.asarray(image), (32, 48))[None]))
         model.head.weight.normal_(0, 3.0)
         model.head.bias -= model(x).mean((0, 2, 3))

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import yaml
 
-from unet import cli, config
+from unet.tracking import cli
+from unet.config import pipeline as config
 from unet.errors import UserError
 
 from conftest import ROOT

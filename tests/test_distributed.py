@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import mlflow
 import numpy as np
@@ -9,13 +10,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, free_port, mlflow_run, only
-from unet import distributed, engine, transforms
-from unet.data import SegmentationDataset
-from unet.serving import decode_mask
-from unet.validation import validate_folder
-from unet.model import UNet
-from unet.precision import choose_precision, prepare
-from unet.synthetic import generate
+from unet.training import distributed, engine
+from unet.images import transforms
+from unet.data.pairs import SegmentationDataset
+from unet.tracking.serving import decode_mask
+from unet.data.check import validate_folder
+from unet.network.model import UNet
+from unet.network.precision import choose_precision, prepare
+from unet.data.synthetic import generate
 
 
 def all_runs():
@@ -23,7 +25,7 @@ def all_runs():
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
-def test_two_processes_log_one_run_and_reach_the_dice_of_one(tracking_uri):
+def test_two_processes_log_one_run_and_reach_the_dice_of_one(tracking_uri, monkeypatch):
     result = mlflow_run("split_data", only(TINY, "split_data"), tracking_uri)
     assert result.returncode == 0, result.stderr[-3000:]
     (split,) = all_runs()
@@ -46,6 +48,9 @@ def test_two_processes_log_one_run_and_reach_the_dice_of_one(tracking_uri):
 
     # the model rank 0 logged registers and segments
     version = mlflow.register_model(two.data.tags["model_uri"], "unet-ddp")
+    # load_model puts the model's copy of unet first on sys.path; processes spawned by later
+    # tests inherit sys.path, so it is restored after this test
+    monkeypatch.setattr(sys, "path", list(sys.path))
     model = mlflow.pyfunc.load_model(f"models:/unet-ddp/{version.version}")
     out = model.predict({"image": [np.zeros((40, 56, 3), np.uint8)] * 2})
     assert [decode_mask(png).shape for png in out["mask"]] == [(40, 56)] * 2

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from unet import batchnorm, checkpoint, engine
+from unet.training import batchnorm, checkpoint, engine
 from unet.errors import UserError
-from unet.losses import make_loss, soft_dice_loss
-from unet.model import UNet
-from unet.precision import choose_precision
-from unet.schedule import EpochSampler, Schedule, lr_factor
+from unet.training.losses import make_loss, soft_dice_loss
+from unet.network.model import UNet
+from unet.network.precision import choose_precision
+from unet.training.schedule import EpochSampler, Schedule, lr_factor
 
 
 def toy_loader(n=32, seed=0):
@@ -157,7 +157,7 @@ def test_early_stopping_waits_until_the_lr_has_annealed_to_half_its_peak(tmp_pat
 
 
 def test_the_weight_average_follows_the_rule_on_a_toy_sequence():
-    from unet.averaging import WeightAverage, decay_of
+    from unet.training.averaging import WeightAverage, decay_of
     model = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(0.0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from unet.data import Pair
-from unet.fingerprint import Fingerprint, fingerprint
+from unet.data.pairs import Pair
+from unet.planning.fingerprint import Fingerprint, fingerprint
 
 
 def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
@@ -35,10 +35,10 @@ def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
 def test_colour_images_get_colour_augmentation_and_grey_images_do_not(tmp_path):
     """The plan's appearance follows the data: hue, channel shuffle and greyscale for colour
     photos; brightness and contrast only for grey images, even when saved as RGB JPEGs."""
-    from unet.fingerprint import has_colour
-    from unet.planning import make_plan
-    from unet.config import read_params
-    from unet.fingerprint import Machine
+    from unet.planning.fingerprint import has_colour
+    from unet.planning.plan import make_plan
+    from unet.config.pipeline import read_params
+    from unet.planning.fingerprint import Machine
     rng = np.random.default_rng(0)
     grey = (rng.random((64, 96)) * 255).astype(np.uint8)
     Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "grey_rgb.jpg", quality=90)
@@ -59,7 +59,8 @@ def test_colour_images_get_colour_augmentation_and_grey_images_do_not(tmp_path):
 
 
 def stats(mask: np.ndarray) -> np.ndarray:
-    """The objects of a 0/1 mask as unet.fingerprint reads them: (N, 5) x, y, w, h, area."""
+    """The objects of a 0/1 mask as unet.planning.fingerprint reads them: (N, 5) x, y, w, h,
+    area."""
     import cv2
     _, _, rows, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     return rows[1:]
@@ -71,7 +72,7 @@ def disc(size, centre, radius) -> np.ndarray:
 
 
 def test_a_mask_frames_its_object_when_it_is_whole_and_a_quarter_of_a_side():
-    from unet.fingerprint import frames_object
+    from unet.planning.fingerprint import frames_object
     # 100 x 200: a disc of radius 20 spans 41 px, 41% of the height (>= 25%): framed.
     assert frames_object(stats(disc((100, 200), (50, 100), 20)), (100, 200))
     # Radius 12: 25 px of 100 is 25% of the height: framed; radius 11 (23 px): too small.
@@ -85,7 +86,7 @@ def test_a_mask_frames_its_object_when_it_is_whole_and_a_quarter_of_a_side():
 
 
 def test_the_rule_counts_framed_masks_and_decides_at_half():
-    from unet.sizing import scale_rule
+    from unet.planning.sizing import scale_rule
     fp = Fingerprint(32, 8, 160, 240, 0.2, 80.0)
     assert scale_rule(fp)[0] == "fit"                      # no object: the data cannot tell
     assert "no object in the sampled masks" in scale_rule(fp)[1]
@@ -103,9 +104,9 @@ def test_generated_photos_fit_and_generated_fields_keep_their_scale(tmp_path):
     """The rule on every kind of generated folder (small sizes where the kind allows), each
     mask read as its split reads it: the measured share of framed masks and the decision."""
     from tools import datasets
-    from unet import synthetic
-    from unet.classes import Classes, reader
-    from unet.sizing import scale_rule
+    from unet.data import synthetic
+    from unet.labels.classes import Classes, reader
+    from unet.planning.sizing import scale_rule
 
     binary, instances = reader(Classes.numbered(2)), reader(Classes.numbered(2), None, True)
     carvana = ("train", "train_masks", "_mask", ".gif")

@@ -16,15 +16,19 @@ from PIL import Image
 
 import mlflow
 from conftest import TINY, mlflow_run, only
-from unet import imageio, intensity, rle
-from unet.data import Pair, load_image, load_mask
-from unet.evaluation import evaluate_pairs
-from unet.fingerprint import fingerprint
-from unet.model import UNet
-from unet.predict import Segmenter, UnreadableImage, read_for_model, read_image
-from unet.serving import as_image, read_cell
-from unet.streaming import PngSink, predict_stream
-from unet.validation import validate_folder
+from unet.images import formats as imageio
+from unet.images import intensity
+from unet.inference import rle
+from unet.data.pairs import Pair, load_image, load_mask
+from unet.evaluation.scoring import evaluate_pairs
+from unet.planning.fingerprint import fingerprint
+from unet.network.model import UNet
+from unet.images.formats import UnreadableImage
+from unet.images.reading import read_for_model, read_image
+from unet.inference.segmenter import Segmenter
+from unet.tracking.serving import as_image, read_cell
+from unet.inference.streaming import PngSink, predict_stream
+from unet.data.check import validate_folder
 
 # A 16-bit image whose values map through WINDOW to values computed by hand:
 # (v - 1000) * 255 / 2000, rounded half to even, clipped to 0..255.

@@ -15,14 +15,15 @@ from torch import nn
 
 from conftest import ROOT, mlflow_run
 from test_bad_input import error_lines, run_step
-from unet import engine
-from unet.data import SegmentationDataset
-from unet.model import UNet
-from unet.precision import choose_precision
-from unet.schedule import EpochSampler, Schedule
-from unet.synthetic import generate
-from unet.validation import validate_folder
-from unet.transforms import eval_transform
+from unet.errors import UserError
+from unet.training import engine
+from unet.data.pairs import SegmentationDataset
+from unet.network.model import UNet
+from unet.network.precision import choose_precision
+from unet.training.schedule import EpochSampler, Schedule
+from unet.data.synthetic import generate
+from unet.data.check import validate_folder
+from unet.images.transforms import eval_transform
 
 # Big enough for val Dice to mean something after 3 epochs, small enough for ~2 s epochs.
 SPLIT = {"num_images": "48", "synthetic_height": "64", "synthetic_width": "96",
@@ -220,7 +221,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(state, f)
     monkeypatch.setattr(engine.torch, "save", save_until_the_disk_fills)
-    with pytest.raises(engine.UserError) as e:
+    with pytest.raises(UserError) as e:
         list(trainer.fit(loader, loader))
     assert saves == [0, 1, 2]
     assert str(e.value) == (f"could not write the checkpoint of epoch 2 to {tmp_path}/ckpt/last.pt"

@@ -1,8 +1,9 @@
 """keep=auto: the final weights unless clearly worse on validation than an earlier stretch of
-rounds (unet.keeping), on hand-made validation curves; round e's weights are {"round": e}."""
+rounds (unet.training.keeping), on hand-made validation curves; round e's weights are {"round":
+e}."""
 import pytest
 
-from unet.keeping import MAX_TOLERANCE, SteadyRounds
+from unet.training.keeping import MAX_TOLERANCE, SteadyRounds
 
 
 def rounds_of(dice: list[float]) -> SteadyRounds:

@@ -1,4 +1,4 @@
-"""unet/label_quality.py: the score on hand-made masks and probabilities; split_data's
+"""unet/evaluation/label_quality.py: the score on hand-made masks and probabilities; split_data's
 parameter exclude (in-process and through the real `mlflow run`)."""
 import json
 from pathlib import Path
@@ -10,9 +10,9 @@ import torch
 
 from conftest import mlflow_run
 from test_bad_input import error_lines, run_step
-from unet import label_quality as lq
-from unet.synthetic import generate
-from unet.validation import exclude, validate_folder
+from unet.evaluation import label_quality as lq
+from unet.data.synthetic import generate
+from unet.data.check import exclude, validate_folder
 
 
 def square(h=20, w=20, top=5, left=5, size=10) -> np.ndarray:
@@ -158,10 +158,10 @@ def test_a_corrupted_mask_ranks_first_and_the_run_shows_it(tracking_uri, tmp_pat
 
     from steps.main import label_line
     from tools.datasets import corrupt
-    from unet.data import Pair, load_mask
-    from unet.synthetic import save_mask_gif
+    from unet.data.pairs import Pair, load_mask
+    from unet.data.synthetic import save_mask_gif
     from unet.tracking import reports
-    from unet.transforms import resize_mask
+    from unet.images.transforms import resize_mask
 
     data = tmp_path / "data"
     stems = generate(data, 8, 32, 48, seed=4)
@@ -206,7 +206,7 @@ def test_a_group_the_model_fails_on_as_a_whole_ranks_below_one_wrong_mask(tmp_pa
     were dropped by the streaming (keep=1)."""
     from PIL import Image
 
-    from unet.data import Pair, load_mask
+    from unet.data.pairs import Pair, load_mask
 
     class Bright:
         """Sure of the object where the image is bright, whatever order the images come in."""
@@ -250,7 +250,7 @@ def test_groups_of_fewer_than_three_images_keep_their_own_scores():
 
 def test_the_corruptions_of_tools_datasets(tmp_path):
     from tools.datasets import CORRUPTIONS, corrupt, corrupt_masks
-    from unet.data import load_mask
+    from unet.data.pairs import load_mask
 
     mask = square(h=20, w=40, top=5, left=10, size=10)          # columns 10..19
     shifted = corrupt(mask, "shifted")

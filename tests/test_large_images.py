@@ -24,7 +24,7 @@ from PIL import Image
 
 from conftest import mlflow_run, model_server
 from tools.datasets import FIELDS_DIR, TILED_FIELD_LAYOUT, blob_scene, tiled_field_folder
-from unet.data import load_image, load_mask
+from unet.data.pairs import load_image, load_mask
 from unet.tracking import models, registry
 
 PEAK_RSS_LIMIT = 3 * 2**30           # the issue's bound for an 8000 x 8000 image
@@ -90,7 +90,7 @@ def car_photos(folder: Path, count: int, size: tuple[int, int], seed: int
                ) -> tuple[list[Path], list[np.ndarray]]:
     """`count` views of new built-in cars (not the training seed's) rendered at `size` (H, W)
     as JPEGs (quality 90, as the built-in set) in `folder`: (paths, (H, W) 0/1 truths)."""
-    from unet import synthetic
+    from unet.data import synthetic
     folder.mkdir(parents=True)
     paths, truths = [], []
     for i, car in enumerate(np.random.default_rng(seed).integers(0, 2**63 - 1, size=count)):
@@ -117,8 +117,9 @@ def shrunk_copies(paths: list[Path], truths: list[np.ndarray], folder: Path,
 
 
 def streamed(segmenter, paths: list[Path], out: Path) -> tuple[list[np.ndarray], float]:
-    """(masks, photos per second) of predict's local engine (unet.streaming) on `paths`."""
-    from unet.streaming import PngSink, predict_stream
+    """(masks, photos per second) of predict's local engine (unet.inference.streaming) on
+    `paths`."""
+    from unet.inference.streaming import PngSink, predict_stream
     started = time.perf_counter()
     outcome = predict_stream(segmenter, paths, PngSink(out), batch_size=8)
     rate = len(paths) / (time.perf_counter() - started)
@@ -182,8 +183,8 @@ def register_scan_model(name: str = "scans") -> str:
     the network at scale 1 on 64 megapixels would take minutes on a CI machine's 2 cores).
     Registered as `name`@champion in the current store; returns models:/name@champion."""
     import torch
-    from unet.model import UNet
-    from unet.predict import Segmenter
+    from unet.network.model import UNet
+    from unet.inference.segmenter import Segmenter
     torch.manual_seed(0)
     with mlflow.start_run():
         segmenter = Segmenter(UNet(features=(4, 8)), (128, 128), scale=(0.125, 0.125))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unet.losses import CeDiceLoss, make_loss, soft_dice_loss_classes
+from unet.training.losses import CeDiceLoss, make_loss, soft_dice_loss_classes
 
 
 def test_soft_dice_of_classes_by_hand():

@@ -16,15 +16,15 @@ from PIL import Image, ImageDraw
 from conftest import TINY, mlflow_run
 from test_bad_input import error_lines, run_step
 from tools.datasets import VOC_LAYOUT, voc_folder
-from unet import baselines, label_quality
-from unet.classes import Classes, detect, load_binary, load_class_map, reader
-from unet.data import Pair, load_mask
+from unet.evaluation import baselines, label_quality
+from unet.labels.classes import Classes, detect, load_binary, load_class_map, reader
+from unet.data.pairs import Pair, load_mask
 from unet.errors import UserError
-from unet.losses import make_loss
-from unet.masks import VOID, instance_objects, parse_ignore
-from unet.metrics import SegmentationMetrics, confusion
-from unet.synthetic import render
-from unet.validation import validate_folder
+from unet.training.losses import make_loss
+from unet.labels.masks import VOID, instance_objects, parse_ignore
+from unet.evaluation.metrics import SegmentationMetrics, confusion
+from unet.data.synthetic import render
+from unet.data.check import validate_folder
 
 
 def label_mask(count: int, side: int = 16) -> tuple[np.ndarray, int]:
@@ -75,8 +75,8 @@ def antialiased(seed: int, size: int = 128) -> np.ndarray:
 # ---- instance labels -------------------------------------------------------------------------
 
 def test_the_rule_tells_labels_from_antialiasing_and_classes():
-    """The measurement the rule's constants come from (unet.masks): generated label masks pass,
-    antialiased 0/255 masks, Carvana-style cars and part masks do not."""
+    """The measurement the rule's constants come from (unet.labels.masks): generated label masks
+    pass, antialiased 0/255 masks, Carvana-style cars and part masks do not."""
     assert all(instance_objects(random_labels(s, 60)) for s in range(12))
     assert not any(instance_objects(antialiased(s)) for s in range(12))
     for seed in range(8):
@@ -308,7 +308,7 @@ def test_voc_folder_end_to_end_leaves_void_out(tmp_path, tracking_uri):
 
 
 def test_panels_show_void_in_vocs_void_colour():
-    from unet.visualize import colour_mask
+    from unet.evaluation.visualize import colour_mask
     binary = colour_mask(np.array([[0, 1, VOID]], np.uint8))
     assert binary.tolist() == [[[0, 0, 0], [255, 255, 255], [224, 224, 192]]]
     classes = colour_mask(np.array([[0, 2, VOID]], np.uint8), classes=3)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from unet.metrics import SegmentationMetrics, confusion, scores
+from unet.evaluation.metrics import SegmentationMetrics, confusion, scores
 
 
 def masks(*rows):
@@ -52,7 +52,7 @@ def test_compute_without_images_fails():
 
 
 def test_per_class_scores_by_hand_with_a_class_absent_from_both():
-    from unet.metrics import SegmentationMetrics
+    from unet.evaluation.metrics import SegmentationMetrics
     # 3 classes (0 background, 1 "road", 2 "car") on two 2x3 images.
     truth = torch.tensor([[[0, 1, 1], [0, 0, 2]],
                           [[0, 1, 1], [1, 0, 0]]])          # image 2 has no car
@@ -76,7 +76,7 @@ def test_per_class_scores_by_hand_with_a_class_absent_from_both():
 
 
 def test_a_class_absent_from_every_image_has_no_score_and_leaves_the_mean():
-    from unet.metrics import SegmentationMetrics
+    from unet.evaluation.metrics import SegmentationMetrics
     truth = pred = torch.tensor([[[0, 1], [1, 0]]])
     m = SegmentationMetrics(classes=3)
     m.update(pred, truth)

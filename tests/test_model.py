@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unet.model import DoubleConv, UNet
+from unet.network.model import DoubleConv, UNet
 
 
 def test_any_input_size_gives_logits_of_the_same_size():

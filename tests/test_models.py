@@ -1,4 +1,5 @@
 """The logged model carries only what it needs to load and predict."""
+import os
 import subprocess
 import sys
 
@@ -6,8 +7,9 @@ import mlflow
 import numpy as np
 import torch
 
-from unet.model import UNet
-from unet.predict import Segmenter
+from unet.network.model import UNet
+from unet.inference.segmenter import Segmenter
+from conftest import ROOT
 from unet.tracking import models
 
 
@@ -18,13 +20,54 @@ def test_a_logged_model_holds_the_inference_modules_and_they_import_alone(tracki
                                np.zeros((8, 12, 3), np.uint8))
     location = mlflow.get_logged_model(uri.split("/")[-1]).artifact_location
     local = mlflow.artifacts.download_artifacts(f"{location}/code", dst_path=str(tmp_path))
-    code = sorted(p.name for p in (tmp_path / "code" / "unet").iterdir())
+    root = tmp_path / "code" / "unet"
+    code = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
     assert local and code == sorted(models.MODEL_MODULES)
-    assert not {"engine.py", "planning.py", "bench.py", "tutorial.py", "tracking"} & set(code)
+    assert not {"training/engine.py", "planning/plan.py", "tracking/runs.py"} & set(code)
     # Only that folder on the path (the project's own unet is shadowed): serving imports.
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import unet.serving, unet; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import unet.tracking.serving, unet; "
               "print(unet.__file__)")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "code")], check=True,
                          capture_output=True, text=True).stdout
     assert out.strip() == str(tmp_path / "code" / "unet" / "__init__.py")
     assert models.load_segmenter(uri).tta == "hflip"       # the model keeps its TTA choice
+
+
+# The last commit whose unet/ was flat (unet/serving.py, unet/predict.py, ...): models
+# registered by it pickle their class as unet.serving.SegmentationModel.
+FLAT_LAYOUT = "9419078de86bfd0c7c740e9d4dfec58a6861bba8"
+REGISTER_AND_PREDICT = """
+import sys, numpy as np, unet
+from conftest import register_untrained_champion
+from conftest import ROOT
+from unet.tracking import models
+assert unet.__file__.startswith(sys.argv[1]), unet.__file__      # the flat tree, not this one
+uri = register_untrained_champion("flat")
+image = np.load(sys.argv[2])
+np.save(sys.argv[3], next(models.load_segmenter(uri).probabilities([image])))
+"""
+
+
+def test_a_model_registered_before_the_packages_existed_loads_and_predicts_the_same(
+        tracking_uri, tmp_path):
+    """Registered by the flat package of FLAT_LAYOUT (taken from this repository's history),
+    loaded by this one: the same probabilities in-process, and the pyfunc answers."""
+    import pandas as pd
+
+    from unet.images.reading import encode_png
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", FLAT_LAYOUT, "unet",
+                              "tests/conftest.py"], capture_output=True)
+    assert archive.returncode == 0, f"needs the project's git history: {archive.stderr!r}"
+    subprocess.run(["tar", "-x", "-C", str(flat)], input=archive.stdout, check=True)
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    env = {**os.environ, "PYTHONPATH": f"{flat}{os.pathsep}{flat / 'tests'}"}
+    subprocess.run([sys.executable, "-c", REGISTER_AND_PREDICT, str(flat), str(tmp_path /
+                    "image.npy"), str(tmp_path / "before.npy")], env=env, check=True, cwd=tmp_path)
+    uri = "models:/flat@champion"
+    after = next(models.load_segmenter(uri).probabilities([image]))
+    np.testing.assert_allclose(after, np.load(tmp_path / "before.npy"), atol=1e-6)
+    answer = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [encode_png(image)]}))
+    assert (answer["height"][0], answer["width"][0]) == (20, 30)

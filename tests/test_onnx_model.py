@@ -21,11 +21,12 @@ from mlflow import MlflowClient
 from conftest import ROOT, TINY, mlflow_run, model_server
 from test_serving import encoded, photo, post, request_for
 from tools.datasets import carvana_folder
-from unet import rle
+from unet.inference import rle
 from unet.errors import UserError
-from unet.model import UNet
-from unet.predict import Segmenter, read_for_model, read_image
-from unet.serving import decode_mask
+from unet.network.model import UNet
+from unet.images.reading import read_for_model, read_image
+from unet.inference.segmenter import Segmenter
+from unet.tracking.serving import decode_mask
 from unet.tracking import models, quantize, splits
 
 # The last commit before ONNX export: a model logged by its code has segmenter.pt only.
@@ -177,7 +178,7 @@ def old_model(tmp_path: Path, tracking_uri: str) -> str:
         tar.extractall(tmp_path / "old")
     (tmp_path / "old" / "unet" / "params.yaml").unlink(missing_ok=True)   # a link in git
     script = ("import sys; sys.path.insert(0, sys.argv[1]); import mlflow, numpy as np; "
-              "from unet.model import UNet; from unet.predict import Segmenter; "
+              "from unet.model import UNet; from unet.predict import Segmenter; "   # its layout
               "from unet.tracking import models; import unet; "
               "assert unet.__file__.startswith(sys.argv[1]); mlflow.start_run(); "
               "print(models.log_model(Segmenter(UNet(features=(4, 8)), (16, 24)), "

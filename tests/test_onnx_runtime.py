@@ -1,4 +1,4 @@
-"""unet/onnx_runtime.py: the exported network equals the torch one, at any image size."""
+"""unet/inference/onnx_runtime.py: the exported network equals the torch one, at any image size."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from unet import onnx_runtime
-from unet.model import UNet
-from unet.precision import choose_precision
-from unet.predict import Segmenter
+from unet.inference import onnx_runtime
+from unet.network.model import UNet
+from unet.network.precision import choose_precision
+from unet.inference.segmenter import Segmenter
 
 SIZE = (64, 96)              # the network's input (multiples of 2**4)
 

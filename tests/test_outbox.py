@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, answers, free_port
 from test_interrupt import read_until, split_run, train_cmd
 from unet.tracking.outbox import Outbox, spool_dir
-from unet.ui import stop_server
+from unet.tracking.ui import stop_server
 
 # MLflow's HTTP retry budget cut from ~2 minutes to ~2 seconds: an outage of 20 s outlasts it.
 SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import TINY, first_version_aliases, mlflow_run, only
-from unet.config import read_params
-from unet.synthetic import generate
+from unet.config.pipeline import read_params
+from unet.data.synthetic import generate
 
 RULES = read_params()["plan"]
 

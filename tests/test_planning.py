@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from unet import config
-from unet.fingerprint import Fingerprint, Machine, Speed
-from unet.planning import make_plan
+from unet.config import pipeline as config
+from unet.planning.fingerprint import Fingerprint, Machine, Speed
+from unet.planning.plan import make_plan
 
 RULES = config.read_params()["plan"]
 CPU = Machine("cpu", bf16=True, cores=2)
@@ -202,10 +202,10 @@ def test_a_machine_of_unknown_memory_plans_as_before():
 
 def test_predict_scale_comes_from_the_masks_unless_given(tmp_path):
     import dataclasses
-    from unet.data import Pair
-    from unet.planning import configure
-    from unet.precision import choose_precision
-    from unet.synthetic import generate
+    from unet.data.pairs import Pair
+    from unet.planning.plan import configure
+    from unet.network.precision import choose_precision
+    from unet.data.synthetic import generate
     photos = dataclasses.replace(carvana(40, 12), object_masks=32, framed_masks=31)
     p, _ = plan(photos, {"epochs": 2})
     assert p.values["predict_scale"] == "fit"

@@ -24,7 +24,7 @@ def aliases() -> dict[str, str]:
 def evaluate(monkeypatch, train_run_id: str) -> None:
     from steps.evaluate import evaluate as step
     # These tests are about failures of the registry, not the floor: every model clears it.
-    monkeypatch.setattr("unet.baselines.baseline_dice", lambda *args: {"all_background": 0.0})
+    monkeypatch.setattr("unet.evaluation.baselines.baseline_dice", lambda *args: {"all_background": 0.0})
     monkeypatch.setattr(sys, "argv", ["evaluate", "--train_run_id", train_run_id,
                                       "--model_name", NAME])
     step()

@@ -1,8 +1,8 @@
-"""unet/rle.py against runs computed by hand (Kaggle Carvana: 1-indexed, row-major)."""
+"""unet/inference/rle.py against runs computed by hand (Kaggle Carvana: 1-indexed, row-major)."""
 import numpy as np
 import pytest
 
-from unet import rle
+from unet.inference import rle
 
 
 @pytest.mark.parametrize("mask,runs", [

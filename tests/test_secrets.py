@@ -90,7 +90,7 @@ def test_a_run_that_cannot_be_ended_keeps_the_steps_own_line(monkeypatch, capsys
     kept records later); MLflow then fails to end the run on the same absent server. The
     user gets the step's line, not the second failure."""
     from mlflow.exceptions import MlflowException
-    from unet import cli
+    from unet.tracking import cli
     from unet.errors import UserError
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://u:secret@127.0.0.1:9")
     monkeypatch.setattr("unet.tracking.failures.server_answers", lambda uri: True)

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import model_server, register_untrained_champion
-from unet.predict import read_image
-from unet.serving import decode_mask
+from unet.images.reading import read_image
+from unet.tracking.serving import decode_mask
 from unet.tracking import models
 
 
@@ -157,8 +157,8 @@ def test_latency_of_one_160x240_image(served):
 def test_format_rle_gives_predicts_runs_and_names_a_bad_image_without_failing_the_batch(
         tracking_uri, tmp_path):
     """What predict's Spark engine asks the model for: the rows the local engine writes."""
-    from unet import rle
-    from unet.streaming import CsvSink, predict_stream
+    from unet.inference import rle
+    from unet.inference.streaming import CsvSink, predict_stream
     model_uri = register_untrained_champion()
     files = {"a.jpg": encoded(photo(400, 600), "JPEG"), "b.png": encoded(photo(33, 51), "PNG")}
     for name, data in files.items():
@@ -232,9 +232,9 @@ def test_predict_scale_is_a_param_and_matches_in_process(tracking_uri):
     that scale instead, in both formats; auto is the model's own."""
     import torch
     from mlflow.exceptions import MlflowException
-    from unet import rle
-    from unet.model import UNet
-    from unet.predict import Segmenter
+    from unet.inference import rle
+    from unet.network.model import UNet
+    from unet.inference.segmenter import Segmenter
     torch.manual_seed(0)
     with mlflow.start_run():
         uri = models.log_model(Segmenter(UNet(features=(4, 8, 16, 32)), (32, 48),

@@ -1,14 +1,15 @@
-"""unet/streaming.py: the submission file's repair on start, batches in order, bad images."""
+"""unet/inference/streaming.py: the submission file's repair on start, batches in order, bad
+images."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from unet import rle
+from unet.inference import rle
 from unet.errors import UserError
-from unet.model import UNet
-from unet.predict import Segmenter
-from unet.streaming import HEADER, CsvSink, PngSink, predict_stream
+from unet.network.model import UNet
+from unet.inference.segmenter import Segmenter
+from unet.inference.streaming import HEADER, CsvSink, PngSink, predict_stream
 
 
 def test_a_torn_last_line_is_cut_and_the_names_before_it_are_done(tmp_path):

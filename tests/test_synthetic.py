@@ -1,9 +1,9 @@
 import numpy as np
 from PIL import Image
 
-from unet.data import load_image, load_mask
-from unet.validation import validate_folder
-from unet.synthetic import VIEWS_PER_CAR, generate
+from unet.data.pairs import load_image, load_mask
+from unet.data.check import validate_folder
+from unet.data.synthetic import VIEWS_PER_CAR, generate
 
 
 def test_same_seed_same_bytes_and_carvana_layout(tmp_path):

@@ -1,5 +1,5 @@
-"""unet/tiling.py and the Segmenter's scale: the grid and weights by hand, tiled equal to whole
-where both fit, every image predicted at the model's scale."""
+"""unet/inference/tiling.py and the Segmenter's scale: the grid and weights by hand, tiled equal to
+whole where both fit, every image predicted at the model's scale."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from unet import onnx_runtime, tiling
-from unet.model import UNet
-from unet.precision import choose_precision
-from unet.predict import Segmenter
+from unet.inference import onnx_runtime, tiling
+from unet.network.model import UNet
+from unet.network.precision import choose_precision
+from unet.inference.segmenter import Segmenter
 
 FP32 = choose_precision("fp32", "cpu")
 
@@ -89,7 +89,7 @@ def randomized(seed: int = 0, classes: int = 1) -> UNet:
                 module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
                 module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
         model.eval()
-        from unet.transforms import to_input
+        from unet.images.transforms import to_input
         logits = model(torch.from_numpy(to_input(picture(64, 64, seed)[None])))
         low, high = torch.quantile(logits.flatten(), torch.tensor([0.05, 0.95]))
         factor = 8 / float(high - low)
@@ -244,7 +244,7 @@ def test_the_mode_is_overridden_per_call_and_the_onnx_runtime_follows(tmp_path):
 
 
 def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from unet.transforms import resize_image
+    from unet.images.transforms import resize_image
     import cv2
     if array.dtype == np.uint8:
         return resize_image(array, size)
@@ -253,7 +253,7 @@ def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatch):
     from PIL import Image
-    from unet import streaming
+    from unet.inference import streaming
     sizes = [(100, 100), (300, 300), (100, 100), (100, 100), (100, 100)]
     paths = []
     for i, (h, w) in enumerate(sizes):
@@ -280,7 +280,7 @@ def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatc
                                                ((6000, 8000), (784, 1056)), ((333, 517), (96, 160))])
 def test_a_folder_of_one_size_lands_exactly_on_the_training_input(median, input_size):
     from types import SimpleNamespace
-    from unet.fingerprint import Fingerprint
+    from unet.planning.fingerprint import Fingerprint
     from unet.tracking.training import training_scale
     cfg = SimpleNamespace(image_height=input_size[0], image_width=input_size[1])
     scale = training_scale(cfg, Fingerprint(10, 2, *median, 0.2, None))

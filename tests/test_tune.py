@@ -19,9 +19,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, mlflow_run
-from unet import config, planning, search
+from unet.config import pipeline as config
+from unet.planning import plan as planning
+from unet.planning import search
 from unet.errors import UserError
-from unet.precision import choose_precision
+from unet.network.precision import choose_precision
 from unet.tracking import splits
 from unet.tracking import tune as tracking
 

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT, free_port, mlflow_run
-from unet import ui
+from unet.tracking import ui
 
 
 def test_ui_serves_the_store_and_stops(tracking_uri):

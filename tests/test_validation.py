@@ -10,11 +10,12 @@ from PIL import Image, ImageFilter
 import mlflow
 from conftest import TINY, mlflow_run, only
 from test_bad_input import error_lines, run_step
-from unet.data import load_image, load_mask
-from unet.synthetic import generate, save_mask_gif
-from unet import config
+from unet.data.pairs import load_image, load_mask
+from unet.data.synthetic import generate, save_mask_gif
+from unet.config import pipeline as config
 from unet.errors import UserError
-from unet.validation import PROBLEMS, validate_folder
+from unet.data.check import validate_folder
+from unet.data.report import PROBLEMS
 
 H, W = 48, 72
 

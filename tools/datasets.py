@@ -63,8 +63,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from unet import config, synthetic
-from unet.data import Pair, split_pairs
+from unet.config import pipeline as config
+from unet.data import synthetic
+from unet.data.pairs import Pair, split_pairs
 
 CARVANA_LAYOUT = {}     # the pipeline's defaults: train/, train_masks/, _mask.gif
 PARTS_LAYOUT = {"mask_ext": ".png"}
@@ -235,7 +236,7 @@ def png_copy(folder: Path, out: Path) -> Path:
     would convert it by hand: one window for all images, the 0.5th..99.5th percentiles of
     their values, mapped linearly onto 0..255."""
     import tifffile
-    from unet.intensity import PERCENTILES, to_rgb8
+    from unet.images.intensity import PERCENTILES, to_rgb8
     folder, out = Path(folder), Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -539,7 +540,7 @@ def corrupt_masks(folder: Path, fraction: float, seed: int) -> dict[str, str]:
     """Corrupts ceil(fraction * images) masks of a Carvana-layout folder in place (random
     images; the kinds of CORRUPTIONS in turn; a swap takes the mask of an image of another
     car) and writes {stem: kind} to folder/corrupted.json. Returns that record."""
-    from unet.data import load_mask
+    from unet.data.pairs import load_mask
     masks = sorted((Path(folder) / "train_masks").glob("*_mask.gif"))
     rng = np.random.default_rng(seed)
     count = math.ceil(fraction * len(masks))

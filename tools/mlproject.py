@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import get_type_hints
 
-from unet import config
+from unet.config import pipeline as config
+from unet.config.entries import TuneConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = {int: "int", float: "float"}
@@ -56,7 +57,7 @@ def render(params: dict | None = None) -> str:
     blocks.append(entry_point("main", main, hints))
     tune = config.scalars(params["tune"])
     blocks.append(entry_point("tune", {**tune, **{k: v for k, v in main.items() if k not in tune}},
-                              {**hints, **get_type_hints(config.TuneConfig)}))
+                              {**hints, **get_type_hints(TuneConfig)}))
     return HEADER + "\n".join(blocks)
 
 

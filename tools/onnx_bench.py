@@ -12,12 +12,12 @@ model briefly in-process (`--train_steps` Adam steps, batch 8, one count per mod
 for the int8-vs-fp32 Dice difference to mean something, not a quality run; 0 leaves the
 weights untrained, for speed figures alone), or takes it from a model the pipeline trained and
 logged (`--model NAME=URI`: its weights, input size, scale and window; the Dice figures
-that mean something); exports it (unet.onnx_runtime.export)
+that mean something); exports it (unet.inference.onnx_runtime.export)
 and quantizes it (quantize_int8, calibrated on the training images). Then each runtime is
 measured in a fresh process (its own peak RSS): single-image latency of a 1918x1280 image end
 to end (resize, network, resize back; median of `--repeats`), throughput of the network on
 batches of 8 at the model's size (images/s, best of `--repeats`), and the test Dice at full
-resolution (unet.evaluation.evaluate_pairs, as evaluate scores). The throughput is measured
+resolution (unet.evaluation.scoring.evaluate_pairs, as evaluate scores). The throughput is measured
 again with all runtimes taking turns in one process (`interleaved`): the ratios to quote on a
 shared machine. Writes OUT/onnx_bench.json
 and OUT/onnx_bench.md (the table of docs/onnx.md) and prints the table.
@@ -54,7 +54,7 @@ def cpu_flags() -> str:
 
 
 def split_folder(data: Path):
-    from unet.data import Pair
+    from unet.data.pairs import Pair
     images = sorted((data / "train").glob("*.jpg"))
     pairs = [Pair(p.stem, p, data / "train_masks" / f"{p.stem}_mask.gif") for p in images]
     cut = (len(pairs) * 2 // 3) // 4 * 4        # whole cars (4 views each) on each side
@@ -63,10 +63,10 @@ def split_folder(data: Path):
 
 def train(features, size, train_pairs, steps: int, seed: int = 0):
     """A briefly trained UNet (bce + Adam at 2e-3, batch 8, flips), fp32 weights."""
-    from unet.data import load_image, load_mask
-    from unet.model import UNet
-    from unet.precision import choose_precision
-    from unet.transforms import resize_image, resize_mask, to_input
+    from unet.data.pairs import load_image, load_mask
+    from unet.network.model import UNet
+    from unet.network.precision import choose_precision
+    from unet.images.transforms import resize_image, resize_mask, to_input
     torch.manual_seed(seed)
     x = torch.from_numpy(to_input(np.stack([resize_image(load_image(p.image, size), size)
                                             for p in train_pairs])))
@@ -90,7 +90,8 @@ def train(features, size, train_pairs, steps: int, seed: int = 0):
 
 
 def logged(uri: str) -> dict:
-    """The Segmenter state (unet.predict.Segmenter.to_state) of a logged model, fp32 weights."""
+    """The Segmenter state (unet.inference.segmenter.Segmenter.to_state) of a logged model, fp32
+    weights."""
     from unet.tracking import models
     return models.load_segmenter(uri, "torch").to_state()
 
@@ -98,9 +99,9 @@ def logged(uri: str) -> dict:
 def prepare(out: Path, images: int, steps: list[int], names: list[str],
             uris: dict[str, str]) -> dict:
     from tools.datasets import carvana_folder
-    from unet import onnx_runtime
-    from unet.data import load_image
-    from unet.predict import Segmenter
+    from unet.inference import onnx_runtime
+    from unet.data.pairs import load_image
+    from unet.inference.segmenter import Segmenter
     data = out / "data"
     if not (data / "train").is_dir() or len(list((data / "train").glob("*.jpg"))) < images:
         carvana_folder(data, images, seed=2026)
@@ -133,14 +134,14 @@ def prepare(out: Path, images: int, steps: list[int], names: list[str],
 
 
 def choose_fp32():
-    from unet.precision import choose_precision
+    from unet.network.precision import choose_precision
     return choose_precision("fp32", "cpu")
 
 
 def segmenter_for(folder: Path, runtime: str):
-    from unet import onnx_runtime
-    from unet.precision import choose_precision
-    from unet.predict import Segmenter
+    from unet.inference import onnx_runtime
+    from unet.network.precision import choose_precision
+    from unet.inference.segmenter import Segmenter
     state = torch.load(folder / "model.pt", weights_only=True)
     precision = choose_precision("bf16" if runtime == "torch-bf16" else "fp32", "cpu")
     segmenter = Segmenter.from_state(state, precision)
@@ -157,8 +158,8 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
     """One runtime of one model, in this process: latency, throughput, Dice (unless not
     `dice`: NaN), peak RSS."""
     from PIL import Image
-    from unet.evaluation import evaluate_pairs
-    from unet.onnx_runtime import seconds_per_batch
+    from unet.evaluation.scoring import evaluate_pairs
+    from unet.inference.onnx_runtime import seconds_per_batch
     segmenter = segmenter_for(out / name, runtime)
     _, test_pairs = split_folder(out / "data")
     with Image.open(test_pairs[0].image) as image:

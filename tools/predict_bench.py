@@ -4,7 +4,7 @@
 
 Generates `--images` Carvana-like 1918x1280 JPEGs under OUT/images (tools.datasets' dusk cars:
 `--scenes` rendered scenes, each written many times shifted and mirrored, so 2,000 files take a
-minute rather than twenty), then runs the streaming predict (unet.streaming, the code the
+minute rather than twenty), then runs the streaming predict (unet.inference.streaming, the code the
 predict step runs) in a fresh process per measurement, both formats, on the first `--small`
 images and on all of them, and reports images/s and peak RSS side by side. The model is an
 untrained U-Net of the CPU plan's size (features 16..128 at 128x192, bf16 where the CPU has
@@ -63,10 +63,11 @@ def peak_rss_mb() -> float:
 def worker(args) -> None:
     """One measurement in this process: prints a JSON line."""
     import torch
-    from unet import rle
-    from unet.model import UNet
-    from unet.predict import Segmenter, read_for_model
-    from unet.streaming import CsvSink, PngSink, predict_stream
+    from unet.inference import rle
+    from unet.network.model import UNet
+    from unet.images.reading import read_for_model
+    from unet.inference.segmenter import Segmenter
+    from unet.inference.streaming import CsvSink, PngSink, predict_stream
     torch.manual_seed(0)
     segmenter = Segmenter(UNet(features=tuple(args.features)), tuple(args.size))
     images = [Path(line) for line in Path(args.list).read_text().split()]
@@ -96,7 +97,7 @@ def spark_run(segmenter, images: list[Path], out: Path, batch_size: int) -> dict
     """engine=spark on local[*]: the model logged to a private store, then the Spark job
     (session start, model load in the workers and all included)."""
     import mlflow
-    from unet.streaming import CsvSink
+    from unet.inference.streaming import CsvSink
     from unet.tracking import models
     from unet.tracking.spark_predict import predict_spark
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def measure(args, kind: str, paths: list[Path], out: Path) -> dict:
 
 def check_rle_equals_png(csv: Path, masks: Path) -> int:
     """Every row of the CSV decodes to the PNG mask of its image; returns the row count."""
-    from unet import rle
+    from unet.inference import rle
     lines = csv.read_text().splitlines()
     assert lines[0] == "img,rle_mask"
     for line in lines[1:]:

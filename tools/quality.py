@@ -104,12 +104,12 @@ def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
 def field_dice(model_uri: str, field: Path, store: str, out: Path, log: Path) -> float:
     """Per-image test Dice of a tile model on the whole fields of `field` (images/, masks/
     with the tiles' layout): predicted by the predict entry point as a user would, scored by
-    the project's metrics (unet.metrics.confusion; a label mask's nonzero values are the
+    the project's metrics (unet.evaluation.metrics.confusion; a label mask's nonzero values are the
     object)."""
     import tifffile
     from PIL import Image
 
-    from unet.metrics import confusion, scores
+    from unet.evaluation.metrics import confusion, scores
     predicted = out / f"predicted-{log.stem}"
     shutil.rmtree(predicted, ignore_errors=True)
     mlflow_run("predict", {"model_uri": model_uri, "input_dir": str(field / "images"),

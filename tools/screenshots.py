@@ -1,6 +1,7 @@
 """The UI pictures of README.md and docs/ui.md, taken from a real store with headless Chromium.
 
-    python -m tools.screenshots STORE_URI OUT_DIR [--experiment unet-carvana] [--model unet-carvana]
+    python -m tools.screenshots STORE_URI OUT_DIR [--experiment unet-carvana] [--model
+    unet-carvana]
 
 Starts `mlflow server` on the store (127.0.0.1, a free port), opens the experiment's run list,
 the train run's model metrics and system metrics, and the champion's version page (its model
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from unet import ui
+from unet.tracking import ui
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",

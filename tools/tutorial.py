@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 from torch import nn, optim  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from unet.model import UNet  # noqa: E402
+from unet.network.model import UNet  # noqa: E402
 
 # The guide's hyperparameters.
 LEARNING_RATE = 1e-4

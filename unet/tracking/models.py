@@ -1,8 +1,9 @@
-"""The logged model: the Segmenter as an MLflow pyfunc model (unet.serving) with its
+"""The logged model: the Segmenter as an MLflow pyfunc model (unet.tracking.serving) with its
 signature, and loading it back for evaluate and predict."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,23 +17,29 @@ from mlflow.tracking import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from unet import onnx_runtime
+from unet.inference import onnx_runtime
 from unet.errors import UserError
-from unet.predict import Segmenter, encode_png
+from unet.images.reading import encode_png
+from unet.inference.segmenter import Segmenter
 from unet.secrets import mask
 
 with warnings.catch_warnings(record=True):
     # MLflow warns, once per process, that predict has no type hints it understands: the
     # model's interface is declared by SIGNATURE below instead (a column of images).
-    from unet.serving import DEFAULT_THRESHOLD, INPUT_COLUMN, SegmentationModel
+    from unet.tracking.serving import DEFAULT_THRESHOLD, INPUT_COLUMN, SegmentationModel
 
 MODEL_NAME_IN_RUN = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
-MODEL_MODULES = ("__init__.py", "cache.py", "data.py", "errors.py", "imageio.py",
-                 "intensity.py", "model.py", "onnx_runtime.py", "precision.py", "predict.py",
-                 "reading.py", "rle.py", "serving.py", "tiling.py", "transforms.py")
+MODEL_MODULES = ("__init__.py", "errors.py",
+                 "data/__init__.py", "data/cache.py", "data/pairs.py",
+                 "images/__init__.py", "images/formats.py", "images/intensity.py",
+                 "images/reading.py", "images/transforms.py",
+                 "inference/__init__.py", "inference/onnx_runtime.py", "inference/rle.py",
+                 "inference/segmenter.py", "inference/tiling.py",
+                 "network/__init__.py", "network/model.py", "network/precision.py",
+                 "tracking/__init__.py", "tracking/serving.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
                       "opencv-python-headless", "albumentations", "tifffile"]
@@ -41,7 +48,7 @@ MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "n
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
     # format "png" (default): mask, height, width [, probabilities]; format "rle": rle_mask,
-    # height, width, error (unet.serving)
+    # height, width, error (unet.tracking.serving)
     outputs=Schema([ColSpec(DataType.binary, "mask", required=False),
                     ColSpec(DataType.long, "height"), ColSpec(DataType.long, "width"),
                     ColSpec(DataType.binary, "probabilities", required=False),
@@ -64,12 +71,12 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
     `example` (H, W, 3) uint8 is stored, as PNG bytes, as the input example. The modules of
     the unet package that inference needs (MODEL_MODULES) travel with the model (code_paths),
     so it loads where this project is not installed. The same network goes along as ONNX
-    (unet.onnx_runtime); the runtime measured faster here becomes the default (metadata
+    (unet.inference.onnx_runtime); the runtime measured faster here becomes the default (metadata
     `runtime`, and model_config, which the pyfunc reads). A model trained on 16-bit or float
     images carries its intensity window (metadata `intensity_window`: [low, high]; it is in
     the weights' state too, which is what the pyfunc applies). Metadata `scale` and
-    `predict_scale` say how it meets images of other sizes (unet.predict.Segmenter; also in
-    the state).
+    `predict_scale` say how it meets images of other sizes (unet.inference.segmenter.Segmenter;
+    also in the state).
     """
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "segmenter.pt"
@@ -80,8 +87,8 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             {"torch": segmenter,
              "onnx": onnx_runtime.OnnxSegmenter(segmenter, onnx_file, shared=False)})
         code = Path(tmp) / "code" / "unet"
-        code.mkdir(parents=True)
         for name in MODEL_MODULES:
+            (code / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PACKAGE_DIR / name, code / name)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
@@ -154,11 +161,17 @@ def load_segmenter(model_uri: str, runtime: str = "auto", predict_scale: str = "
                    ) -> Segmenter:
     """The Segmenter inside a logged model (runs it in-process, batched, without pyfunc), on
     `runtime` (auto: the model's default; torch for a model logged before ONNX existed), at
-    `predict_scale` (auto: the model's own; native, fit: unet.predict.Segmenter)."""
+    `predict_scale` (auto: the model's own; native, fit: unet.inference.segmenter.Segmenter)."""
+    path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as e:
         raise unloadable(model_uri, e) from None
+    finally:
+        # MLflow puts the model's copy of unet (its code_paths) first on sys.path. This process
+        # runs the installed unet already; left there, the copy would be what processes
+        # spawned later (DataLoader workers, torch.multiprocessing) import as unet.
+        sys.path[:] = path
     try:
         segmenter = model.unwrap_python_model().on_runtime(runtime)
     except MlflowException as e:

@@ -263,5 +263,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from unet import cli
+    from unet.tracking import cli
     cli.main(main)

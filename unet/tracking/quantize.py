@@ -8,10 +8,10 @@ from pathlib import Path
 
 import mlflow
 
-from unet import onnx_runtime
-from unet.data import load_image
+from unet.inference import onnx_runtime
+from unet.data.pairs import load_image
 from unet.errors import UserError
-from unet.evaluation import evaluate_pairs
+from unet.evaluation.scoring import evaluate_pairs
 from unet.tracking import models
 
 INT8_TOLERANCE = 0.005       # the most test Dice the int8 file may lose against fp32
@@ -38,7 +38,8 @@ def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None,
     if it is within INT8_TOLERANCE of fp32, adds it to the logged model (runtime=onnx-int8).
     `fp32_dice`: the ONNX fp32 test Dice if evaluate measured it already (runtime onnx);
     None: measured here. `read_mask`: how the split reads its masks (void left out; see
-    unet.evaluation.evaluate_pairs). Logs `int8_test_dice`, `int8_dice_change`, tag `int8`."""
+    unet.evaluation.scoring.evaluate_pairs). Logs `int8_test_dice`, `int8_dice_change`, tag
+    `int8`."""
     try:
         fp32 = models.load_segmenter(model_uri, "onnx").with_tta(cfg.tta)
     except UserError:

@@ -8,7 +8,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from unet import baselines
+from unet.evaluation import baselines
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -25,7 +25,7 @@ class Promotion:
 @dataclasses.dataclass(frozen=True)
 class Floor:
     """The test Dice a model must beat to be promoted: the best trivial baseline + margin."""
-    baselines: dict[str, float]  # baseline name -> its test Dice (unet.baselines)
+    baselines: dict[str, float]  # baseline name -> its test Dice (unet.evaluation.baselines)
     margin: float
 
     @property
@@ -39,9 +39,10 @@ class Floor:
 
 def log_floor(subsets: dict, threshold: float, margin: float, classes=None,
               read_mask=None) -> Floor:
-    """The floor for a model tested on subsets["test"]: the trivial baselines (unet.baselines,
-    the mean mask from subsets["train"]; per class with K > 2 `classes`; masks read by
-    `read_mask`, void left out) logged as `baseline_dice_<name>`, and `floor_dice`."""
+    """The floor for a model tested on subsets["test"]: the trivial baselines
+    (unet.evaluation.baselines, the mean mask from subsets["train"]; per class with K > 2
+    `classes`; masks read by `read_mask`, void left out) logged as `baseline_dice_<name>`, and
+    `floor_dice`."""
     scores = baselines.baseline_dice(
         subsets["test"], baselines.mean_mask(subsets["train"], classes=classes,
                                              read_mask=read_mask), threshold,

@@ -8,10 +8,10 @@ import mlflow
 import numpy as np
 from PIL import Image
 
-from unet import label_quality
-from unet.intensity import describe
+from unet.evaluation import label_quality
+from unet.images.intensity import describe
 from unet.tracking.runs import CHECKPOINT_ARTIFACT
-from unet.visualize import label_panel
+from unet.evaluation.visualize import label_panel
 
 REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
 LABELS = "label_quality"             # the evaluate run's folder of the label-quality check
@@ -41,7 +41,7 @@ def log_plan(plan) -> None:
 
 
 def log_data_report(report) -> str:
-    """Logs a validation.DataReport (JSON and readable text) and its counts as metrics
+    """Logs a unet.data.report.DataReport (JSON and readable text) and its counts as metrics
     `data_<kind>`; returns where the readable report is."""
     mlflow.log_dict(report.to_dict(), REPORT_JSON)
     mlflow.log_text(report.to_text(), REPORT_TEXT)
@@ -79,7 +79,7 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"{name} {metrics[f'dice_{name}']:.4f}" for name in classes) + ")")
     other = promotion.compared_with
     compared = "no other version" if other is None else f"v{other[0]}, Dice {other[1]:.4f}"
-    # 16-bit/float images: the values that became 0 and 255 (unet.intensity)
+    # 16-bit/float images: the values that became 0 and 255 (unet.images.intensity)
     window = train_run.data.tags.get("intensity_window", "")
     window = f", intensity window {window}" if window and window != describe(None) else ""
     return "\n".join([
@@ -119,11 +119,11 @@ def scale_line(tags: dict[str, str]) -> str:
 
 def log_label_quality(rows, worst: dict, threshold: float, class_names, seconds: float,
                       out_dir: Path) -> str:
-    """The label-quality check (unet.label_quality) in the evaluate run: `label_quality/`
-    ranking.csv (worst first) and ranking.json (a table in the UI), panels/<rank>_<stem>.jpg
-    of the worst (image | mask | prediction | disagreement); metrics label_suspects,
-    label_score_max, label_quality_seconds; tags label_suspects, label_ranking. Returns the
-    model card's line."""
+    """The label-quality check (unet.evaluation.label_quality) in the evaluate run:
+    `label_quality/` ranking.csv (worst first) and ranking.json (a table in the UI),
+    panels/<rank>_<stem>.jpg of the worst (image | mask | prediction | disagreement); metrics
+    label_suspects, label_score_max, label_quality_seconds; tags label_suspects, label_ranking.
+    Returns the model card's line."""
     out_dir.mkdir(parents=True, exist_ok=True)
     label_quality.write_ranking(out_dir / "ranking.csv", rows, class_names)
     (out_dir / "panels").mkdir(exist_ok=True)

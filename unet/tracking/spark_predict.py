@@ -17,9 +17,9 @@ from pathlib import Path
 
 import mlflow
 
-from unet import serving
+from unet.tracking import serving
 from unet.errors import UserError
-from unet.streaming import CsvSink, Outcome
+from unet.inference.streaming import CsvSink, Outcome
 
 RESULT_TYPE = "struct<rle_mask: string, error: string>"
 CHUNK = 1024          # images per Spark job (at least 64 per task slot): what a restart keeps
@@ -45,7 +45,7 @@ def predict_spark(model_uri: str, images: list[Path], sink: CsvSink, threshold: 
     a time; rows are appended in the order of `images` (sorted), as the local engine writes.
     `runtime` is the model's param (auto, torch, onnx, onnx-int8): each Python worker makes
     its ONNX Runtime session once, when it loads the model; `predict_scale` too (auto,
-    native, fit: unet.predict.Segmenter)."""
+    native, fit: unet.inference.segmenter.Segmenter)."""
     from pyspark.sql import functions as F
 
     todo = sink.todo(images)

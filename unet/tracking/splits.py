@@ -14,8 +14,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-from unet.classes import Classes, reader
-from unet.data import GroupRule, Pair
+from unet.labels.classes import Classes, reader
+from unet.data.pairs import GroupRule, Pair
 from unet.errors import UserError
 from unet.tracking.runs import get_run
 
@@ -32,13 +32,13 @@ class Split:
     subsets: dict[str, list[Pair]]     # "train", "val", "test"
     data_dir: Path
     classes: Classes = Classes.numbered(2)
-    ignore_index: int | None = None    # the masks' void value (None: none), unet.masks
+    ignore_index: int | None = None    # the masks' void value (None: none), unet.labels.masks
     instances: bool = False            # masks of instance labels: nonzero is foreground
     group_rule: GroupRule = GroupRule()  # what the split kept together (parameter group)
 
     def read_mask(self, path: Path):
         """A mask of this split as training and evaluation read it: (H, W) uint8, 0/1 or
-        class indices, void pixels unet.masks.VOID."""
+        class indices, void pixels unet.labels.masks.VOID."""
         return reader(self.classes, self.ignore_index, self.instances)(path)
 
     @property

@@ -2,8 +2,9 @@
 loop with its logging, and the best model logged at the end.
 
 With nproc > 1 the step's process only launches: it fetches the split once, then runs the step
-again in nproc processes under torchrun (unet/distributed.py). Of those, rank 0 logs to the run
-(the one `mlflow run` made, found through MLFLOW_RUN_ID, or a new one); the others only train.
+again in nproc processes under torchrun (unet/training/distributed.py). Of those, rank 0 logs to
+the run (the one `mlflow run` made, found through MLFLOW_RUN_ID, or a new one); the others only
+train.
 """
 from __future__ import annotations
 
@@ -14,16 +15,21 @@ from pathlib import Path
 
 import mlflow
 
-from unet import config, distributed, engine, fitting, intensity, planning, transforms
+from unet.config import pipeline as config
+from unet.config.checks import AUTO
+from unet.training import distributed, engine, fitting
+from unet.images import intensity
+from unet.planning import plan as planning
+from unet.images import transforms
 from unet.errors import UserError
-from unet.evaluation import choose_tta
-from unet.model import UNet
-from unet.planning import Plan
-from unet.precision import Precision, choose_precision
-from unet.predict import Segmenter
+from unet.evaluation.scoring import choose_tta
+from unet.network.model import UNet
+from unet.planning.plan import Plan
+from unet.network.precision import Precision, choose_precision
+from unet.inference.segmenter import Segmenter
 from unet.tracking import models, reports, runs, splits
 from unet.tracking.outbox import Outbox, spool_dir
-from unet.visualize import sample_grid
+from unet.evaluation.visualize import sample_grid
 
 CHECKPOINTS = Path("checkpoints")   # <run id>/last.pt: the latest completed epoch of each run
 HANDOFF = "UNET_TRAIN_INPUTS"       # set by `launch`: where the pickled TrainInputs are
@@ -46,7 +52,7 @@ def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
     if not split.subsets["val"]:
         raise UserError(f"split run {split.run_id} has no validation images: run split_data "
                         f"with val_fraction > 0")
-    precision = choose_precision(config.given("train", overrides).get("precision", config.AUTO))
+    precision = choose_precision(config.given("train", overrides).get("precision", AUTO))
     cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
                                    precision, read_mask=split.plan_reader)
     resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
@@ -79,7 +85,7 @@ def log_inputs(inputs: TrainInputs, precision: Precision) -> None:
     groups = len({split.group_rule.of(pair.stem) for pairs in split.subsets.values()
                   for pair in pairs})
     runs.name_run(f"train lr={cfg.lr:.3g} {groups} groups {cfg.image_height}x{cfg.image_width}"
-                  + (f" preset={cfg.preset}" if cfg.preset != config.AUTO else ""))
+                  + (f" preset={cfg.preset}" if cfg.preset != AUTO else ""))
     reports.log_plan(inputs.plan)
     runs.log_effective_params(config.as_params(inputs.cfg))
     mlflow.set_tag("split_run_id", inputs.split.run_id)
@@ -175,7 +181,7 @@ def training_scale(cfg: config.TrainConfig, fp) -> tuple[float, float]:
     """(sy, sx): pixels of the network input per pixel of an original training image, the
     input size over the training folder's median image size (fp: its Fingerprint). Every
     image was resized to the input: in a folder of one size that is its scale exactly; in a
-    folder of mixed sizes the median image's (unet.predict.Segmenter)."""
+    folder of mixed sizes the median image's (unet.inference.segmenter.Segmenter)."""
     return cfg.image_height / fp.median_height, cfg.image_width / fp.median_width
 
 
@@ -185,10 +191,10 @@ def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, pr
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
     model, with the test-time augmentation that validation measured to help, the scale it
     was trained at, how it meets images of other sizes (cfg.predict_scale, decided by the
-    plan for `scale_why`: tags `predict_scale`, `predict_scale_why`; unet.predict.Segmenter),
-    the intensity window of 16-bit/float training images (tag `intensity_window`), why
-    training stopped where it did (`steps_why`: the plan's) and which weights were kept (tags
-    `steps_why`, `kept_why`), and an input example."""
+    plan for `scale_why`: tags `predict_scale`, `predict_scale_why`;
+    unet.inference.segmenter.Segmenter), the intensity window of 16-bit/float training images (tag
+    `intensity_window`), why training stopped where it did (`steps_why`: the plan's) and which
+    weights were kept (tags `steps_why`, `kept_why`), and an input example."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,

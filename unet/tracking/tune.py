@@ -3,7 +3,7 @@ that looks like a train run (so `evaluate -P train_run_id=<child>` works on it),
 what the parent run shows at the end (the best trial, the study's plots).
 
 Trials run in this process, one after another (Optuna's n_jobs=1: MLflow's active run is one
-per thread); parallelism is several workers sharing the study's storage (unet/search.py).
+per thread); parallelism is several workers sharing the study's storage (unet/planning/search.py).
 """
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from unet import config, planning, search
+from unet.config import pipeline as config
+from unet.config.checks import AUTO
+from unet.planning import plan as planning
+from unet.planning import search
 from unet.errors import UserError
-from unet.precision import Precision, choose_precision
+from unet.network.precision import Precision, choose_precision
 from unet.tracking import reports, runs, splits, training
 
 TRIAL_STATE_TAG = "trial_state"      # RUNNING, COMPLETE, PRUNED or FAIL, as Optuna says
@@ -61,7 +64,7 @@ def prepare(split: splits.Split, fixed: dict[str, str], space_table: dict) -> Se
     if not split.subsets["val"]:
         raise UserError(f"split run {split.run_id} has no validation images: trials are "
                         f"compared on them; run split_data with val_fraction > 0")
-    precision = choose_precision(given.get("precision", config.AUTO))
+    precision = choose_precision(given.get("precision", AUTO))
     _, plan = planning.configure(fixed, split.subsets["train"], split.subsets["val"], precision,
                                  read_mask=split.plan_reader)
     reports.log_plan(plan)

@@ -1,0 +1,105 @@
+"""Testing a Segmenter on image/mask pairs at their original resolution."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from unet.labels.classes import Classes, reader
+from unet.data.pairs import Pair, load_image
+from unet.evaluation.metrics import SegmentationMetrics, scores
+from unet.inference.segmenter import TTA_FLIPS, Segmenter
+from unet.evaluation.visualize import confusion_image, overlay, panel
+
+
+def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float = 0.5,
+                   batch_size: int = 16, out_dir: Path | None = None,
+                   read_mask=None) -> dict[str, float]:
+    """Accuracy/Dice/IoU per image and micro (see unet.evaluation.metrics), masks scored at full
+    size, read by `read_mask` (default: unet.labels.classes.reader of the model's classes, no void;
+    void pixels count in no metric).
+
+    With out_dir, writes masks/<stem>_mask.png (0/255), overlays/<stem>_overlay.jpg,
+    panels/<stem>.jpg (image | truth | prediction | overlay) for the first 8, and
+    per_image.csv (stem, accuracy, dice, iou, tp, fp, fn, tn).
+    """
+    classes = class_count(segmenter)
+    read_truth = read_mask or reader(Classes(segmenter.classes) if not segmenter.binary
+                                     else Classes.numbered(2))
+    metrics = SegmentationMetrics(classes)
+    if out_dir is not None:
+        for sub in ("masks", "overlays", "panels"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(pairs), desc="test", leave=False, dynamic_ncols=True,
+                disable=None)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        images = [load_image(p.image, window=segmenter.window) for p in chunk]
+        for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
+                                            segmenter.masks(images, threshold, batch_size)):
+            truth = read_truth(pair.mask)
+            metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
+            if out_dir is not None:
+                # Binary masks as 0/255; class maps as their indices (0..K-1).
+                Image.fromarray(pred * 255 if classes == 2 else pred).save(
+                    out_dir / "masks" / f"{pair.stem}_mask.png")
+                Image.fromarray(overlay(image, pred, classes=classes)).save(
+                    out_dir / "overlays" / f"{pair.stem}_overlay.jpg")
+                if index < 8:
+                    Image.fromarray(panel(image, truth, pred, classes)).save(
+                        out_dir / "panels" / f"{pair.stem}.jpg")
+        bar.update(len(chunk))
+    bar.close()
+    if out_dir is not None:
+        if classes == 2:
+            write_per_image_csv(out_dir / "per_image.csv", pairs, metrics.all_counts())
+        else:
+            write_confusion(out_dir, metrics.confusion_matrix(), segmenter.classes)
+    return metrics.compute_named(segmenter.classes) if classes > 2 else metrics.compute()
+
+
+def class_count(segmenter: Segmenter) -> int:
+    return 2 if segmenter.binary else len(segmenter.classes)
+
+
+def write_confusion(out_dir: Path, matrix: np.ndarray, names: tuple[str, ...]) -> None:
+    """The (K, K) pixel confusion matrix (rows: truth, columns: prediction) as
+    confusion_matrix.csv and confusion_matrix.png (rows normalized, a cell per class pair)."""
+    with open(out_dir / "confusion_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["truth \\ prediction"] + list(names))
+        for name, row in zip(names, matrix.tolist()):
+            writer.writerow([name] + row)
+    Image.fromarray(confusion_image(matrix, names)).save(out_dir / "confusion_matrix.png")
+
+
+def write_per_image_csv(path: Path, pairs: Sequence[Pair], counts: torch.Tensor) -> None:
+    per_image = scores(counts)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["stem", "accuracy", "dice", "iou", "tp", "fp", "fn", "tn"])
+        for i, pair in enumerate(pairs):
+            writer.writerow([pair.stem] + [f"{per_image[k][i].item():.6f}" for k in
+                                           ("accuracy", "dice", "iou")] + counts[i].tolist())
+
+
+def choose_tta(segmenter: Segmenter, dataset, min_gain: float = 0.002,
+               threshold: float = 0.5) -> tuple[str, dict[str, float]]:
+    """The test-time augmentation to keep: the mode of TTA_FLIPS with the best per-image Dice
+    on `dataset`'s pairs at the training size, if it beats no augmentation by min_gain (each
+    flip costs a forward pass: keep them only where they help). Returns (mode, Dice per mode)."""
+    pairs = [dataset.resized(i) for i in range(len(dataset))]
+    truth = torch.from_numpy(np.stack([mask for _, mask in pairs]))
+    dice = {}
+    for mode in TTA_FLIPS:
+        masks = segmenter.with_tta(mode).masks((image for image, _ in pairs), threshold)
+        metrics = SegmentationMetrics(class_count(segmenter))
+        metrics.update(torch.from_numpy(np.stack(list(masks))), truth)
+        dice[mode] = metrics.compute_named(segmenter.classes)["dice"]
+    best = max(dice, key=dice.get)
+    return (best if dice[best] >= dice["none"] + min_gain else "none"), dice

@@ -1,0 +1,116 @@
+"""Reading an image for a model: a file or the bytes of a request -> (H, W, 3) uint8 RGB,
+upright as EXIF says, 16-bit and float values through the model's intensity window
+(unet.images.intensity), the pixel limit checked from the header before anything is decoded; and
+the PNG a mask is written as. Shared by predict, serving, evaluate and the Spark engine."""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from unet.images import formats as imageio
+from unet.data.pairs import rgb_array
+from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
+from unet.images.intensity import Window, to_rgb8
+
+
+FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF: unet.images.formats)
+
+
+@contextlib.contextmanager
+def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
+               ) -> Iterator[Image.Image]:
+    """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
+    before any pixel is decoded: another format, or more than max_pixels pixels (None: no
+    limit of ours), raises UnreadableImage. A small file may declare a huge image (a few KB of
+    PNG can say 12000 x 12000): decoding it would take seconds and gigabytes, reading the
+    header takes microseconds."""
+    try:
+        with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                               else source, formats=FORMATS)
+        with image:
+            width, height = image.size
+            refusal = imageio.over_limit(height, width, max_pixels)
+            if refusal:
+                raise refusal
+            yield image
+    except UnidentifiedImageError:
+        raise NotAnImage("not an image (no JPEG, PNG or TIFF header)") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImage(f"over the limit of {(max_pixels or 0) / 1e6:g} megapixels per "
+                              f"image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, UnreadableImage):
+            raise
+        raise UnreadableImage(f"unreadable image ({e})") from None
+
+
+def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window | None
+                  ) -> np.ndarray:
+    """TIFF bytes or file -> (H, W, 3) uint8 through `window` (unet.images.intensity.to_rgb8);
+    UnreadableImage saying why not."""
+    try:
+        return to_rgb8(imageio.read_tiff(source, max_pixels), window)
+    except ValueError as e:                   # NoWindow: a float image, a model of 8 bits
+        if isinstance(e, UnreadableImage):
+            raise
+        raise UnreadableImage(str(e)) from None
+
+
+def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
+               window: Window | None = None) -> np.ndarray:
+    """JPEG/PNG/TIFF bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF
+    orientation says (phone photos), so that its mask lines up with the image as people see
+    it; 16-bit and float values through the model's intensity `window` (unet.images.intensity).
+
+    Raises UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
+    """
+    if imageio.is_tiff(source):
+        return read_tiff_rgb(source, max_pixels, window)
+    with open_image(source, max_pixels) as image:
+        return rgb_array(ImageOps.exif_transpose(image), window)
+
+
+def read_for_model(source: bytes | Path,
+                   size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
+                   max_pixels: int | None = MAX_PIXELS, window: Window | None = None
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """JPEG/PNG/TIFF bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
+
+    `size`: the model input (h, w), or a function of the upright (H, W) that gives it
+    (Segmenter.input_size: the image at the model's scale). A JPEG larger than that is
+    decoded at 1/2, 1/4 or 1/8 of its size (PIL draft mode: the DCT scales, several times
+    faster), never smaller than it; other images at full size. Upright as EXIF says and
+    through `window`, as read_image. The mask belongs at (H, W). Raises UnreadableImage
+    saying why (as read_image).
+    """
+    if imageio.is_tiff(source):
+        image = read_tiff_rgb(source, max_pixels, window)
+        return image, image.shape[:2]
+    with open_image(source, max_pixels) as image:
+        width, height = image.size
+        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
+        if transposed:
+            width, height = height, width
+        target = size(height, width) if callable(size) else size
+        if image.format == "JPEG":
+            stored = target[::-1] if transposed else target     # draft sees the file's sides
+            image.draft(None, (stored[1], stored[0]))
+        return rgb_array(ImageOps.exif_transpose(image), window), (height, width)
+
+
+EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap width and height
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 -> PNG bytes (lossless, small for masks)."""
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
