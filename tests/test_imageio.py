@@ -19,7 +19,8 @@ from conftest import TINY, mlflow_run, only
 from unet.images import formats as imageio
 from unet.images import intensity
 from unet.inference import rle
-from unet.data.pairs import Pair, load_image, load_mask
+from unet.data.pairs import Pair, load_mask
+from unet.images.reading import load_image
 from unet.evaluation.scoring import evaluate_pairs
 from unet.planning.fingerprint import fingerprint
 from unet.network.model import UNet

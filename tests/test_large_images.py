@@ -24,7 +24,8 @@ from PIL import Image
 
 from conftest import mlflow_run, model_server
 from tools.datasets import FIELDS_DIR, TILED_FIELD_LAYOUT, blob_scene, tiled_field_folder
-from unet.data.pairs import load_image, load_mask
+from unet.data.pairs import load_mask
+from unet.images.reading import load_image
 from unet.tracking import models, registry
 
 PEAK_RSS_LIMIT = 3 * 2**30           # the bound for an 8000 x 8000 image

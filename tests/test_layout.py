@@ -60,6 +60,17 @@ def test_steps_stay_thin():
                 assert length <= 40, f"{path.name}:{node.name} is {length} lines"
 
 
+def test_a_long_library_function_says_why_it_is_one():
+    """Over 50 lines of body (its docstring aside), a function's docstring gives the reason."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node) or ""
+                body = node.body[1:] if doc else node.body
+                length = body[-1].end_lineno - body[0].lineno + 1
+                assert length <= 50 or "One function because" in doc, \
+                    f"{path.relative_to(ROOT)}:{node.name} is {length} lines"
+
 def test_no_package_but_tracking_imports_mlflow():
     """By package: every module outside unet/tracking, read (no mlflow or tracking import
     anywhere in it) and imported (nothing it imports pulls MLflow in)."""

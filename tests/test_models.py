@@ -1,7 +1,9 @@
 """The logged model carries only what it needs to load and predict."""
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -24,12 +26,16 @@ def test_a_logged_model_holds_the_inference_modules_and_they_import_alone(tracki
     code = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
     assert local and code == sorted(models.MODEL_MODULES)
     assert not {"training/engine.py", "planning/plan.py", "tracking/runs.py"} & set(code)
-    # Only that folder on the path (the project's own unet is shadowed): serving imports.
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import unet.tracking.serving, unet; "
-              "print(unet.__file__)")
+    # Only that folder on the path, and no way to the project's own unet (an editable install's
+    # finder would supply a module the copy lacks): serving imports, every module from the copy.
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+              "import unet.tracking.serving; "
+              "print(sorted({m.__file__ for n, m in sys.modules.items() if n.startswith('unet')}))")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "code")], check=True,
                          capture_output=True, text=True).stdout
-    assert out.strip() == str(tmp_path / "code" / "unet" / "__init__.py")
+    files = [Path(f) for f in ast.literal_eval(out)]
+    assert sorted(str(f.relative_to(root)) for f in files) == sorted(models.MODEL_MODULES)
     assert models.load_segmenter(uri).tta == "hflip"       # the model keeps its TTA choice
 
 

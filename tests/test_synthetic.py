@@ -1,7 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from unet.data.pairs import load_image, load_mask
+from unet.data.pairs import load_mask
+from unet.images.reading import load_image
 from unet.data.check import validate_folder
 from unet.data.synthetic import VIEWS_PER_CAR, generate
 

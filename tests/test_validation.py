@@ -10,7 +10,8 @@ from PIL import Image, ImageFilter
 import mlflow
 from conftest import TINY, mlflow_run, only
 from test_bad_input import error_lines, run_step
-from unet.data.pairs import load_image, load_mask
+from unet.data.pairs import load_mask
+from unet.images.reading import load_image
 from unet.data.synthetic import generate, save_mask_gif
 from unet.config import pipeline as config
 from unet.errors import UserError

@@ -38,7 +38,8 @@ from unet.data import synthetic
 from unet.images import transforms
 from tools import tutorial  # noqa: E402
 from unet.data.cache import ArrayCache  # noqa: E402
-from unet.data.pairs import SegmentationDataset, load_image, load_mask  # noqa: E402
+from unet.data.pairs import SegmentationDataset, load_mask  # noqa: E402
+from unet.images.reading import load_image
 from unet.data.check import validate_folder  # noqa: E402
 from unet.evaluation.scoring import evaluate_pairs  # noqa: E402
 from unet.network.model import UNet  # noqa: E402

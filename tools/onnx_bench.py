@@ -63,7 +63,8 @@ def split_folder(data: Path):
 
 def train(features, size, train_pairs, steps: int, seed: int = 0):
     """A briefly trained UNet (bce + Adam at 2e-3, batch 8, flips), fp32 weights."""
-    from unet.data.pairs import load_image, load_mask
+    from unet.data.pairs import load_mask
+    from unet.images.reading import load_image
     from unet.network.model import UNet
     from unet.network.precision import choose_precision
     from unet.images.transforms import resize_image, resize_mask, to_input
@@ -100,7 +101,7 @@ def prepare(out: Path, images: int, steps: list[int], names: list[str],
             uris: dict[str, str]) -> dict:
     from tools.datasets import carvana_folder
     from unet.inference import onnx_runtime
-    from unet.data.pairs import load_image
+    from unet.images.reading import load_image
     from unet.inference.segmenter import Segmenter
     data = out / "data"
     if not (data / "train").is_dir() or len(list((data / "train").glob("*.jpg"))) < images:

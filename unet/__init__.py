@@ -10,6 +10,8 @@ inference   the Segmenter at any size, tiles, ONNX, predict's jobs
 evaluation  scoring, metrics, baselines, label quality, panels
 config      one typed config per entry point from params.yaml
 tracking    the MLflow layer: runs, the logged model, registry, serving, the steps' harness
+atomic      files written whole or not at all (a temporary file, then a rename)
+sampling    a few of many files, spread over all of them
 errors      UserError, the one exception for a user's mistake
 secrets     passwords in URLs masked in whatever is printed or logged
 serving     kept only so that models registered before this layout unpickle

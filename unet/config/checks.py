@@ -5,11 +5,14 @@ from __future__ import annotations
 from unet.errors import UserError
 
 AUTO = "auto"
-LOSSES = ("bce_dice", "bce")              # unet.training.losses
-TTA_MODES = ("none", "hflip", "flips")    # unet.inference.segmenter.TTA_FLIPS
-RUNTIMES = ("torch", "onnx", "onnx-int8")  # unet.inference.onnx_runtime.RUNTIMES
-MASK_KINDS = ("auto", "binary", "classes", "instances")   # unet.labels.classes.detect
-SCALE_MODES = ("native", "fit")           # unet.inference.segmenter.Segmenter.predict_scale
+# The choices of parameters, defined here (the configs import no torch) for the modules that
+# implement them: unet.training.losses, unet.inference.segmenter (TTA_FLIPS, predict_scale),
+# unet.inference.onnx_runtime, unet.labels.classes.detect.
+LOSSES = ("bce_dice", "bce")
+TTA_MODES = ("none", "hflip", "flips")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+MASK_KINDS = ("auto", "binary", "classes", "instances")
+SCALE_MODES = ("native", "fit")
 PREDICT_SCALES = (AUTO, *SCALE_MODES)     # a parameter: auto is the model's (or the plan's)
 
 

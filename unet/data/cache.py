@@ -13,14 +13,14 @@ a concurrent run never leaves a half-written entry behind.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from unet.atomic import write_atomically
 
 FORMAT = 1   # bump when what an entry holds changes (e.g. another resize interpolation)
 
@@ -75,12 +75,4 @@ class ArrayCache:
         return arrays
 
     def _write(self, path: Path, image: np.ndarray, mask: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, image=image, mask=mask)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda f: np.savez(f, image=image, mask=mask))

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from unet.sampling import spread
 from unet.labels import classes as labels
 from unet.images import formats as imageio
 from unet.labels.classes import BadLabel, Classes
-from unet.data.pairs import Pair, grey_array
+from unet.data.pairs import MaskNaming, Pair, grey_array
 from unet.images.formats import IMAGE_EXTS
 from unet.errors import UserError
 from unet.data.report import NOTES, PROBLEMS, DataReport, Finding
@@ -66,7 +67,7 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
                     image.draft(image.mode, (size[0] // 8, size[1] // 8))
                 image.load()
                 alpha = "A" in image.getbands() or "transparency" in image.info
-            grey, deep = mode in ("1", "L", "LA"), mode in imageio.DEEP_MODES
+            grey, deep = mode in imageio.GREY_MODES, mode in imageio.DEEP_MODES
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
     if deep:
@@ -214,32 +215,10 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
         if not folder.is_dir():
             raise UserError(f"folder not found: {folder} (check data_dir, image_dir and mask_dir)")
     notes: list[Finding] = []
-    problems: list[Finding] = []
-    images = _list(image_dir, lambda p: p.suffix.lower() in IMAGE_EXTS, notes)
-    if not images:
-        raise UserError(f"no images ({imageio.EXTS_TEXT}) in {image_dir}")
-    mask_end = f"{mask_suffix}{mask_ext}"
-    masks = {p.name[: -len(mask_end)]: p
-             for p in _list(mask_dir, lambda p: p.name.endswith(mask_end), notes)}
-
-    by_stem: dict[str, list[Path]] = {}
-    for path in images:
-        by_stem.setdefault(path.stem, []).append(path)
-    candidates = []
-    for stem, paths in by_stem.items():
-        if len(paths) > 1:
-            problems += [Finding(p, "duplicate_stem", "also " + ", ".join(
-                q.name for q in paths if q != p)) for p in paths]
-        elif stem not in masks:
-            problems.append(Finding(paths[0], "no_mask", f"expected {mask_dir / (stem + mask_end)}"))
-        else:
-            candidates.append(Pair(stem, paths[0], masks[stem]))
-    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{imageio.EXTS_TEXT}")
-                 for stem, path in masks.items() if stem not in by_stem]
-
-    spread = candidates[::max(1, len(candidates) // 64)]
-    found_classes, detected = detect_classes([pair.mask for pair in spread], classes,
-                                             ignore_index, mask_kind)
+    candidates, problems = pair_files(image_dir, mask_dir, MaskNaming(mask_suffix, mask_ext),
+                                      notes)
+    found_classes, detected = detect_classes([pair.mask for pair in spread(candidates, 64)],
+                                             classes, ignore_index, mask_kind)
     threads = threads or min(16, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         found = list(pool.map(lambda pair: check_pair(pair, multiclass_ok, found_classes,
@@ -261,6 +240,33 @@ def validate_folder(image_dir: Path, mask_dir: Path, mask_suffix: str = "_mask",
     return DataReport(pairs, problems, notes, found_classes, detected.ignore, share,
                       detected.instances, detected.describe())
 
+
+def pair_files(image_dir: Path, mask_dir: Path, naming: MaskNaming, notes: list[Finding]
+               ) -> tuple[list[Pair], list[Finding]]:
+    """(pairs, problems) of two folders by `naming`: an image without a mask, a mask without an
+    image and images of one stem in two formats are problems; files that are neither go to
+    `notes`. UserError where the image folder holds no image."""
+    images = _list(image_dir, lambda p: p.suffix.lower() in IMAGE_EXTS, notes)
+    if not images:
+        raise UserError(f"no images ({imageio.EXTS_TEXT}) in {image_dir}")
+    masks = {naming.stem_of(p.name): p
+             for p in _list(mask_dir, lambda p: naming.stem_of(p.name) is not None, notes)}
+    by_stem: dict[str, list[Path]] = {}
+    for path in images:
+        by_stem.setdefault(path.stem, []).append(path)
+    pairs, problems = [], []
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            problems += [Finding(p, "duplicate_stem", "also " + ", ".join(
+                q.name for q in paths if q != p)) for p in paths]
+        elif stem not in masks:
+            problems.append(Finding(paths[0], "no_mask",
+                                    f"expected {mask_dir / naming.mask_name(stem)}"))
+        else:
+            pairs.append(Pair(stem, paths[0], masks[stem]))
+    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{imageio.EXTS_TEXT}")
+                 for stem, path in masks.items() if stem not in by_stem]
+    return pairs, problems
 
 def exclude(report: DataReport, stems: list[str], source: str) -> DataReport:
     """The report without the pairs of `stems` (parameter exclude, read from file `source`);

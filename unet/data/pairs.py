@@ -16,7 +16,8 @@ from PIL import Image
 from unet.images import formats as imageio
 from unet.data.cache import ArrayCache
 from unet.errors import UserError
-from unet.images.intensity import Window, to_rgb8
+from unet.images.intensity import Window
+from unet.images.reading import load_image
 from unet.images.transforms import resize_pair
 
 
@@ -31,6 +32,21 @@ class Pair:
         """The group under the `auto` rule (GroupRule): "<car>_<view>" -> "<car>"."""
         return GroupRule().of(self.stem)
 
+
+@dataclasses.dataclass(frozen=True)
+class MaskNaming:
+    """The pairing rule: image `X.<jpg|jpeg|png|tif|tiff>` pairs with mask `X{suffix}{ext}` in
+    the mask folder, whatever the image's extension (X.tif with X_mask.png)."""
+    suffix: str = "_mask"
+    ext: str = ".gif"
+
+    def mask_name(self, stem: str) -> str:
+        return f"{stem}{self.suffix}{self.ext}"
+
+    def stem_of(self, mask_name: str) -> str | None:
+        """The image stem a mask file name pairs with; None for a name that is no mask's."""
+        end = f"{self.suffix}{self.ext}"
+        return mask_name[: -len(end)] if mask_name.endswith(end) else None
 
 @dataclasses.dataclass(frozen=True)
 class GroupRule:
@@ -124,38 +140,12 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
     return split
 
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")   # how PIL opens 16-bit greys
-
-
-def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
-    """A decoded image of any mode -> (H, W, 3) uint8: grey and palette images are expanded,
-    an alpha channel is dropped, 16-bit and float values go through the intensity `window`
-    (unet.images.intensity.to_rgb8; PIL's convert("RGB") would clip them at 255, turning most of a
-    16-bit photo white)."""
-    if image.mode in imageio.DEEP_MODES:
-        return to_rgb8(np.asarray(image), window)
-    return np.asarray(image.convert("RGB"))
-
-
 def grey_array(image: Image.Image) -> np.ndarray:
     """A decoded mask of any mode -> (H, W) integer levels: the luminance (palette looked up),
     or the raw values of a 16-bit mask."""
-    if image.mode in SIXTEEN_BIT_MODES:
+    if image.mode in imageio.SIXTEEN_BIT_MODES:
         return np.asarray(image)
     return np.asarray(image.convert("L"))
-
-
-def load_image(path: Path, size: tuple[int, int] | None = None,
-               window: Window | None = None) -> np.ndarray:
-    """Image -> (H, W, 3) uint8 (see rgb_array; a TIFF through unet.images.formats, its values
-    through `window` unless 8-bit). With size=(H, W), JPEGs decode at a reduced scale no
-    smaller than that (PIL draft mode), several times faster on large photos."""
-    if imageio.is_tiff(path):
-        return to_rgb8(imageio.read_tiff(path, None), window)
-    with Image.open(path) as image:
-        if size is not None and image.format == "JPEG":
-            image.draft("RGB", (size[1], size[0]))
-        return rgb_array(image, window)
 
 
 def load_mask(path: Path) -> np.ndarray:

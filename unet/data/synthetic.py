@@ -66,7 +66,8 @@ def render(car_seed: int, view: int, height: int, width: int, classes: int = 2,
     """One view of one car -> (RGB image, 'L' mask), both (height, width). The mask holds 0/1
     (classes=2) or the part indices of PART_NAMES (classes=4); the image is the same.
     `paint` (an index of PALETTE) overrides the car's own colour, e.g. to keep some colours
-    out of a training split."""
+    out of a training split. One function because its random draws must stay in this order:
+    the built-in data set is a function of the seed, and cached or logged copies of it agree."""
     if classes not in (2, len(PART_NAMES)):
         raise ValueError(f"synthetic classes: 2 or {len(PART_NAMES)}, not {classes}")
     shape = _car_shape(np.random.default_rng(car_seed))

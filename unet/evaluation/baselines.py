@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unet.sampling import spread
 from unet.labels.classes import Classes, reader
 from unet.data.pairs import Pair
 from unet.evaluation.metrics import SegmentationMetrics, confusion, scores
@@ -32,8 +33,7 @@ def mean_mask(pairs: Sequence[Pair], limit: int = 500, classes: Classes | None =
     """(GRID) float32 share of training masks covering each relative position (up to `limit`
     masks, spread evenly over the pairs); with K > 2 classes, (K, *GRID) shares per class.
     `read_mask` reads a mask (default unet.labels.classes.reader of `classes`: no void)."""
-    step = max(1, len(pairs) // limit)
-    chosen = list(pairs)[::step][:limit]
+    chosen = spread(pairs, limit)
     classes = classes or Classes.numbered(2)
     read_mask = read_mask or reader(classes)
     total = np.zeros(GRID if classes.binary else (classes.count, *GRID), np.float64)

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.data.pairs import GroupRule, Pair, load_image
+from unet.data.pairs import GroupRule, Pair
+from unet.images.reading import load_image
 from unet.labels.masks import VOID
 from unet.images.transforms import resize_image, resize_mask
 

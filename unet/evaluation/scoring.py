@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from unet.inference.segmenter import as_written
 from unet.labels.classes import Classes, reader
-from unet.data.pairs import Pair, load_image
+from unet.data.pairs import Pair
+from unet.images.reading import load_image
 from unet.evaluation.metrics import SegmentationMetrics, scores
 from unet.inference.segmenter import TTA_FLIPS, Segmenter
 from unet.evaluation.visualize import confusion_image, overlay, panel
@@ -45,8 +47,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
             truth = read_truth(pair.mask)
             metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
             if out_dir is not None:
-                # Binary masks as 0/255; class maps as their indices (0..K-1).
-                Image.fromarray(pred * 255 if classes == 2 else pred).save(
+                Image.fromarray(as_written(pred, classes == 2)).save(
                     out_dir / "masks" / f"{pair.stem}_mask.png")
                 Image.fromarray(overlay(image, pred, classes=classes)).save(
                     out_dir / "overlays" / f"{pair.stem}_overlay.jpg")

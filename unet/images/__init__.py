@@ -2,6 +2,6 @@
 
 formats     decoding JPEG/PNG/TIFF (TIFF by its first bytes), sizes from headers, the pixel limit
 intensity   the intensity window that maps 16-bit and float images to uint8
-reading     an image read for a model: EXIF orientation, window, pixel limit; bytes or a path
+reading     the one reader (decode) and its named uses: training's load_image (pixels as stored), predict's read_image and read_for_model (upright by EXIF, pixel limit)
 transforms  resize, augmentation and normalization presets (albumentations)
 """

@@ -130,7 +130,10 @@ def _codec_fallback(source: bytes | Path, error: ValueError) -> np.ndarray:
         raise UnreadableImage(f"unreadable TIFF ({error}): pip install imagecodecs") from None
 
 
-DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")   # PIL's modes of > 8-bit values
+# PIL's modes, once: 16-bit greys (and 32-bit labels), values of more than 8 bits, greys of 8.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+DEEP_MODES = (*SIXTEEN_BIT_MODES, "F")
+GREY_MODES = ("1", "L", "LA")
 
 
 def read_deep(path: Path) -> np.ndarray | None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet.sampling import spread
+
 Window = tuple[float, float]      # (low, high): the values that become 0 and 255
 PERCENTILES = (0.5, 99.5)
 
@@ -61,9 +63,8 @@ def measure(images: Sequence[Path], read, sample: int = 32, values_per_image: in
     needs no window). `read(path)` decodes an image to its values, or None for an 8-bit one
     (unet.images.formats.read_deep); at most `values_per_image` values of each are taken, on a
     regular grid. All channels share one window, so colours keep their ratios."""
-    step = max(1, len(images) // sample)
     pooled = []
-    for path in list(images)[::step][:sample]:
+    for path in spread(images, sample):
         values = read(path)
         if values is None or np.asarray(values).dtype == np.uint8:
             continue

@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unet.images import formats as imageio
-from unet.data.pairs import rgb_array
 from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
 from unet.images.intensity import Window, to_rgb8
 
@@ -23,8 +22,8 @@ FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF
 
 
 @contextlib.contextmanager
-def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
-               ) -> Iterator[Image.Image]:
+def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
+               formats: tuple[str, ...] | None = FORMATS) -> Iterator[Image.Image]:
     """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
     before any pixel is decoded: another format, or more than max_pixels pixels (None: no
     limit of ours), raises UnreadableImage. A small file may declare a huge image (a few KB of
@@ -34,7 +33,7 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS
         with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                               else source, formats=FORMATS)
+                               else source, formats=formats)
         with image:
             width, height = image.size
             refusal = imageio.over_limit(height, width, max_pixels)
@@ -64,46 +63,73 @@ def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window |
         raise UnreadableImage(str(e)) from None
 
 
-def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
-               window: Window | None = None) -> np.ndarray:
-    """JPEG/PNG/TIFF bytes or file -> (H, W, 3) uint8 RGB, turned upright as its EXIF
-    orientation says (phone photos), so that its mask lines up with the image as people see
-    it; 16-bit and float values through the model's intensity `window` (unet.images.intensity).
+def decode(source: bytes | Path,
+           size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
+           max_pixels: int | None = MAX_PIXELS, window: Window | None = None,
+           upright: bool = True, formats: tuple[str, ...] | None = FORMATS
+           ) -> tuple[np.ndarray, tuple[int, int]]:
+    """The one reader of images: JPEG/PNG/TIFF bytes or file -> ((h, w, 3) uint8 RGB, (H, W)
+    its full size). Every other reader of images is this one with its settings named.
 
-    Raises UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
+    `size`: the size wanted (h, w), or a function of the full (H, W) that gives it
+    (Segmenter.input_size: the image at the model's scale); a JPEG larger than that is decoded
+    at 1/2, 1/4 or 1/8 of its size (PIL draft mode: the DCT scales, several times faster),
+    never smaller than it; other images at full size; None: full size. `upright`: turned as
+    its EXIF orientation says (phone photos as people see them: predict, serving); training
+    and the data check read the pixels as stored (upright=False), the grid their masks were
+    drawn on. 16-bit and float values go through the intensity `window`
+    (unet.images.intensity). `max_pixels` (None: no limit of ours) and `formats` (PIL's
+    format names besides TIFF; None: any PIL reads) are checked from the header. Raises
+    UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
     """
     if imageio.is_tiff(source):
-        return read_tiff_rgb(source, max_pixels, window)
-    with open_image(source, max_pixels) as image:
-        return rgb_array(ImageOps.exif_transpose(image), window)
+        image = read_tiff_rgb(source, max_pixels, window)
+        return image, image.shape[:2]
+    with open_image(source, max_pixels, formats) as image:
+        width, height = image.size
+        transposed = upright and image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
+        if transposed:
+            width, height = height, width
+        target = size(height, width) if callable(size) else size
+        if target is not None and image.format == "JPEG":
+            stored = target[::-1] if transposed else target     # draft sees the file's sides
+            image.draft("RGB", (stored[1], stored[0]))
+        return (rgb_array(ImageOps.exif_transpose(image) if upright else image, window),
+                (height, width))
+
+
+def read_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
+               window: Window | None = None) -> np.ndarray:
+    """What predict and serving read: the (H, W, 3) uint8 image at full size, upright
+    (decode)."""
+    return decode(source, None, max_pixels, window)[0]
 
 
 def read_for_model(source: bytes | Path,
                    size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
                    max_pixels: int | None = MAX_PIXELS, window: Window | None = None
                    ) -> tuple[np.ndarray, tuple[int, int]]:
-    """JPEG/PNG/TIFF bytes or file -> ((h, w, 3) uint8 RGB, (H, W) its full upright size).
+    """What predict and serving read for a model: ((h, w, 3) uint8 at about `size`, (H, W) its
+    full upright size, where the mask belongs) (decode)."""
+    return decode(source, size, max_pixels, window)
 
-    `size`: the model input (h, w), or a function of the upright (H, W) that gives it
-    (Segmenter.input_size: the image at the model's scale). A JPEG larger than that is
-    decoded at 1/2, 1/4 or 1/8 of its size (PIL draft mode: the DCT scales, several times
-    faster), never smaller than it; other images at full size. Upright as EXIF says and
-    through `window`, as read_image. The mask belongs at (H, W). Raises UnreadableImage
-    saying why (as read_image).
-    """
-    if imageio.is_tiff(source):
-        image = read_tiff_rgb(source, max_pixels, window)
-        return image, image.shape[:2]
-    with open_image(source, max_pixels) as image:
-        width, height = image.size
-        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
-        if transposed:
-            width, height = height, width
-        target = size(height, width) if callable(size) else size
-        if image.format == "JPEG":
-            stored = target[::-1] if transposed else target     # draft sees the file's sides
-            image.draft(None, (stored[1], stored[0]))
-        return rgb_array(ImageOps.exif_transpose(image), window), (height, width)
+
+def load_image(path: Path, size: tuple[int, int] | None = None,
+               window: Window | None = None) -> np.ndarray:
+    """What training, evaluate and the plan read: an image of a training folder, (H, W, 3)
+    uint8, as stored (not turned by EXIF: its mask was drawn on those pixels), no pixel limit
+    (the data check has read every file), decoded at about `size` (decode)."""
+    return decode(path, size, None, window, upright=False, formats=None)[0]
+
+
+def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
+    """A decoded image of any mode -> (H, W, 3) uint8: grey and palette images are expanded,
+    an alpha channel is dropped, 16-bit and float values go through the intensity `window`
+    (unet.images.intensity.to_rgb8; PIL's convert("RGB") would clip them at 255, turning most
+    of a 16-bit photo white)."""
+    if image.mode in imageio.DEEP_MODES:
+        return to_rgb8(np.asarray(image), window)
+    return np.asarray(image.convert("RGB"))
 
 
 EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap width and height

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
+from unet.atomic import write_atomically
 from unet.images.formats import EXTS_TEXT, IMAGE_EXTS
 from unet.errors import UserError
 from unet.inference.streaming import SUBMISSION, CsvSink, PngSink
@@ -132,7 +132,5 @@ def claim(output_dir: str, settings: dict[str, str], before: dict[str, str] | No
                 + ", ".join(f"{k}={settings[k]}" for k in differ) + f": give another "
                 f"output_dir, or delete {folder} (or its {RECORD} and outputs) to start afresh")
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, path)              # whole or absent: a crash leaves no half record
+    # whole or absent: a crash leaves no half record
+    write_atomically(path, lambda f: f.write((json.dumps(settings, indent=1) + "\n").encode()))

@@ -29,7 +29,6 @@ from unet.inference.segmenter import Segmenter
 from unet.inference.tiling import pad_size
 from unet.images.transforms import resize_image, to_input
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
 ONNX_FILE = "segmenter.onnx"            # fp32, beside segmenter.pt in the logged model
 INT8_FILE = "segmenter.int8.onnx"       # evaluate's int8 copy, when it kept it
 INPUT, OUTPUT = "image", "logits"

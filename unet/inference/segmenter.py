@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from unet.inference import tiling
-from unet.config.checks import SCALE_MODES
+from unet.config.checks import SCALE_MODES, TTA_MODES
 from unet.images.intensity import Window
 from unet.network.precision import Precision, choose_precision, prepare
 from unet.network.model import UNet
@@ -17,11 +17,16 @@ from unet.images.transforms import resize_image, to_input
 
 
 # Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
-TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}
+TTA_FLIPS = dict(zip(TTA_MODES, ([()], [(), (3,)], [(), (3,), (2,), (2, 3)])))
 # Tiles (Segmenter.tile_size): the training input times TILE_MULTIPLE (fewer tiles, less
 # overlap recomputed), unless such a tile holds over TILE_PIXELS; TILE_BATCH tiles at a time.
 TILE_MULTIPLE, TILE_PIXELS, TILE_BATCH = 2, 1024 * 1024, 4
 
+
+def as_written(mask: np.ndarray, binary: bool) -> np.ndarray:
+    """(H, W) uint8 mask (Segmenter.decide) -> as every output file holds it: a binary mask as
+    0/255 (a picture; read back at half its top value), a class map as its indices 0..K-1."""
+    return mask * 255 if binary else mask
 
 class Segmenter:
     """A trained UNet plus the preprocessing it was trained with.

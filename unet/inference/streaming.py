@@ -29,12 +29,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from unet.atomic import write_atomically
 from unet.inference import rle
 from unet.evaluation import visualize
 from unet.errors import UserError
 from unet.images.formats import MAX_PIXELS, UnreadableImage
 from unet.images.reading import read_for_model, read_image
-from unet.inference.segmenter import Segmenter
+from unet.inference.segmenter import Segmenter, as_written
 
 SUBMISSION = "submission.csv"
 # Decoded images held ahead of the model and in a batch: at most about this many pixels
@@ -127,7 +128,7 @@ class PngSink:
                 art = visualize.overlay(read_image(path, None, self.window), mask,  # checked
                                         classes=self.classes)
                 atomic_save(Image.fromarray(art), overlay_path[0], format="JPEG", quality=90)
-            atomic_save(Image.fromarray(mask * 255 if self.classes == 2 else mask), mask_path,
+            atomic_save(Image.fromarray(as_written(mask, self.classes == 2)), mask_path,
                         format="PNG")
 
     def describe(self) -> str:
@@ -135,10 +136,8 @@ class PngSink:
 
 
 def atomic_save(image: Image.Image, path: Path, **options) -> None:
-    """Saves to a temporary name beside `path`, then renames: `path` is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, **options)
-    os.replace(tmp, path)
+    """Saves `image` (options: PIL's, `format` among them) whole or not at all (unet.atomic)."""
+    write_atomically(path, lambda f: image.save(f, **options))
 
 
 def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], tuple[int, int]],

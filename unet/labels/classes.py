@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unet.sampling import spread
 from unet.images import formats as imageio
 from unet.data.pairs import grey_array, load_mask
 from unet.errors import UserError
@@ -25,6 +26,10 @@ from unet.labels.masks import MAX_INDEX_VALUE, VOID, labels_present, mask_says, 
 
 class BadLabel(ValueError):
     """A mask pixel whose value is not one of the declared classes."""
+
+
+# A binary model's classes, and those of models and splits logged before classes were recorded.
+BINARY_NAMES = ("background", "foreground")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Classes:
     def numbered(cls, count: int) -> "Classes":
         """Binary: (background, foreground); else background, class_1, ..., class_{count-1}."""
         if count == 2:
-            return cls(("background", "foreground"))
+            return cls(BINARY_NAMES)
         return cls(("background",) + tuple(f"class_{i}" for i in range(1, count)))
 
     @property
@@ -126,8 +131,7 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
       them (or in the only one), + 1; else 2. A mask that disagrees (a stray value, another
       format) does not decide the data's classes: the checks then report it by name.
       Declared classes take every value as an index (UserError where they exceed 31)."""
-    step = max(1, len(masks) // limit)
-    chosen = list(masks)[::step][:limit]
+    chosen = spread(masks, limit)
     if ignore == "auto":
         ignore = None
         for path in chosen:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from unet.sampling import spread
 from unet.images import formats as imageio
 from unet.data.pairs import Pair, load_mask
 from unet.labels.masks import VOID
@@ -47,10 +48,6 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
     their object (`frames_object`: unet.planning.sizing.scale_rule). `read_mask` reads a mask
     as the split does (default unet.data.pairs.load_mask); its objects are its nonzero values but
     the void pixels (unet.labels.masks.VOID)."""
-    def spread(items, n):
-        step = max(1, len(items) // n)
-        return list(items)[::step][:n]
-
     sizes = []
     for pair in spread(train, 256):
         sizes.append(imageio.image_size(pair.image))
@@ -100,7 +97,7 @@ def has_colour(path, tolerance: float = 3.0) -> bool:
         span = float(rgb.max() - rgb.min()) or 1.0
         return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance * span / 255
     with Image.open(path) as image:
-        if image.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+        if image.mode in imageio.GREY_MODES + imageio.DEEP_MODES:
             return False
         image.draft("RGB", (image.width // 8, image.height // 8))
         rgb = np.asarray(image.convert("RGB"), np.float32)

@@ -22,7 +22,8 @@ from unet.config.checks import AUTO
 from unet.data.pairs import Pair
 from unet.planning.fingerprint import Fingerprint, Machine, Speed, fingerprint, measure_speed
 from unet.network.precision import Precision
-from unet.planning.sizing import cap_size, memory_pixels, plan_patch, plan_size, round_to, scale_rule
+from unet.planning.sizing import (cap_size, memory_pixels, plan_patch, plan_size, round_to,
+                                  scale_rule)
 
 
 # Settings the plan fills in when the user leaves them "auto".
@@ -30,7 +31,8 @@ PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_p
            "image_height", "image_width", "patch_height", "patch_width", "features", "loss",
            "color_jitter", "appearance", "patience", "average_steps", "bn_recalibration",
            "memory_format", "predict_scale")
-SCALE_MEANING = {"fit": "each image resized to the input",        # unet.inference.segmenter.Segmenter
+# How the model meets images of other sizes (unet.inference.segmenter.Segmenter)
+SCALE_MEANING = {"fit": "each image resized to the input",
                  "native": "every image at the training scale"}
 
 
@@ -101,6 +103,18 @@ class Plan:
         return "\n".join(lines)
 
 
+def batch_for(wanted: int, train_images: int, nproc: int) -> int:
+    """A batch of about `wanted`: at least 2, at most half the training images (so that an
+    epoch has 2+ steps), a multiple of the processes sharing it."""
+    batch = max(2, min(wanted, train_images // 2))
+    return -(-batch // nproc) * nproc
+
+
+def lr_at_batch(lr: float, batch: int, reference_batch: int) -> float:
+    """`lr`, right at `reference_batch`, at `batch`: Adam's lr grows with the square root of
+    the batch (the noise of a gradient estimate)."""
+    return lr * math.sqrt(batch / reference_batch)
+
 def rounds_of(steps: int, natural: int, rules: dict) -> tuple[int, int]:
     """(rounds, steps per round): validate after every pass over the data (`natural` steps),
     but at least min_rounds and at most max_rounds times (a big folder validates within a
@@ -133,135 +147,189 @@ def make_plan(fp: Fingerprint, machine: Machine, budget_minutes: float, given: d
               rules: dict, nproc: int = 1,
               measure: Callable[[tuple, tuple, tuple, int], Speed] | None = None) -> Plan:
     """The settings in PLANNED: `given` (the user's explicit values) as they are, the rest by
-    the rules below. `measure(features, patch, size, batch)` times the machine (only called
-    when the number of steps is left to the budget)."""
-    device = rules["gpu"] if machine.device == "cuda" else rules["cpu"]
-    device = {**device, "min_object_px": rules["min_object_px"]}
-    v: dict[str, Any] = dict(given)
-    notes: list[str] = []
-    v.setdefault("features", tuple(int(f) for f in str(device["features"]).split(",")))
-    # A size the user chose (one side or both) is trained on whole; a planned one may be cropped.
-    planned_size = "image_height" not in v and "image_width" not in v
-    # Batch: the device's, at most half the training images (so an epoch has 2+ steps), a
-    # multiple of the processes sharing it.
-    if "batch_size" not in v:
-        batch = max(2, min(device["batch_size"], fp.train_images // 2))
-        v["batch_size"] = -(-batch // nproc) * nproc
-    if "image_height" not in v or "image_width" not in v:
-        (height, width), why = plan_size(fp, len(v["features"]), device)
-        cap = memory_pixels(fp, machine, v["features"], v["batch_size"], rules)
+    the rules of Planner. `measure(features, patch, size, batch)` times the machine (only
+    called when the number of steps is left to the budget)."""
+    return Planner(fp, machine, budget_minutes, given, rules, nproc, measure).plan()
+
+
+class Planner:
+    """The plan's rules, one method each, applied in order (each may use the settings of those
+    before it); a rule sets only what `given` leaves open."""
+
+    def __init__(self, fp: Fingerprint, machine: Machine, budget_minutes: float,
+                 given: dict[str, Any], rules: dict, nproc: int, measure) -> None:
+        self.fp, self.machine, self.budget_minutes = fp, machine, budget_minutes
+        self.given, self.rules, self.nproc, self.measure = given, rules, nproc, measure
+        device = rules["gpu"] if machine.device == "cuda" else rules["cpu"]
+        self.device = {**device, "min_object_px": rules["min_object_px"]}
+        self.v: dict[str, Any] = dict(given)
+        self.notes: list[str] = []
+        self.speed: Speed | None = None
+        self.estimate: float | None = None
+
+    def plan(self) -> Plan:
+        for rule in (self.network, self.batch, self.input_size, self.crops, self.optimizer,
+                     self.steps, self.schedule, self.appearance):
+            rule()
+        scale_why = self.predict_scale()
+        return Plan({name: self.v[name] for name in PLANNED}, self.fp, self.machine, self.speed,
+                    self.budget_minutes, self.estimate, self.notes, scale_why)
+
+    @property
+    def levels(self) -> int:
+        return 2 ** len(self.v["features"])     # what a size must be a multiple of
+
+    @property
+    def natural(self) -> int:
+        """Steps in one pass over the training data."""
+        return math.ceil(self.fp.train_images / self.v["batch_size"])
+
+    def network(self) -> None:
+        """The device's widths (narrowed later by `steps` where the budget buys few steps)."""
+        self.v.setdefault("features", tuple(int(f) for f in
+                                            str(self.device["features"]).split(",")))
+
+    def batch(self) -> None:
+        if "batch_size" not in self.v:
+            self.v["batch_size"] = batch_for(self.device["batch_size"], self.fp.train_images,
+                                             self.nproc)
+
+    def input_size(self) -> None:
+        """From the objects' size and the images' (plan_size), capped by memory; one side
+        given: the other keeps the images' aspect."""
+        v, fp = self.v, self.fp
+        if "image_height" in v and "image_width" in v:
+            return
+        (height, width), why = plan_size(fp, len(v["features"]), self.device)
+        cap = memory_pixels(fp, self.machine, v["features"], v["batch_size"], self.rules)
         if cap is not None and height * width > cap[0]:
-            (height, width), why = cap_size((height, width), cap[0],
-                                            2 ** len(v["features"])), f"{why}; {cap[1]}"
+            (height, width) = cap_size((height, width), cap[0], self.levels)
+            why = f"{why}; {cap[1]}"
         aspect = fp.median_width / fp.median_height
-        if "image_height" in v:          # one side given: the other keeps the aspect
-            width = round_to(v["image_height"] * aspect, 2 ** len(v["features"]))
+        if "image_height" in v:
+            width = round_to(v["image_height"] * aspect, self.levels)
         elif "image_width" in v:
-            height = round_to(v["image_width"] / aspect, 2 ** len(v["features"]))
+            height = round_to(v["image_width"] / aspect, self.levels)
         v.setdefault("image_height", height)
         v.setdefault("image_width", width)
-        notes.append(f"input size: {why}")
-    # Training crops: the whole input when it fits the pixel budget, else crops of the budget's
-    # size and the input's aspect (the network is convolutional: it predicts whole inputs).
-    size = (v["image_height"], v["image_width"])
-    patch = (plan_patch(size, device["pixels"], 2 ** len(v["features"]))
-             if planned_size else size)
-    v.setdefault("patch_height", patch[0])
-    v.setdefault("patch_width", patch[1])
-    # Adam's lr grows with the square root of the batch (the noise of a gradient estimate).
-    v.setdefault("lr", rules["lr"] * math.sqrt(v["batch_size"] / 8))
-    for name in ("lr_schedule", "loss", "color_jitter", "bn_recalibration"):
-        v.setdefault(name, rules[name])
-    natural = math.ceil(fp.train_images / v["batch_size"])    # steps in one pass over the data
+        self.notes.append(f"input size: {why}")
 
-    speed, estimate, why = None, None, "the epochs given"
-    if "epochs" in v:
-        v.setdefault("steps_per_epoch", natural)
-    else:
-        def steps_in_budget(speed: Speed) -> tuple[int, str, float]:
-            # Each validation round costs a pass over the validation images, the BN
-            # recalibration images and about a second of checkpointing and logging.
-            round_seconds = ((fp.val_images + v["bn_recalibration"])
-                             / speed.eval_images_per_second + rules["round_overhead_seconds"])
-            return (*budget_steps(budget_minutes * 60, speed.seconds_per_step, round_seconds,
-                                  natural, rules, v.get("steps_per_epoch")), round_seconds)
+    def crops(self) -> None:
+        """The whole input when it fits the pixel budget, else crops of the budget's size and
+        the input's aspect (the network is convolutional: it predicts whole inputs). A size
+        the user chose (one side or both) is trained on whole."""
+        size = (self.v["image_height"], self.v["image_width"])
+        planned = "image_height" not in self.given and "image_width" not in self.given
+        patch = plan_patch(size, self.device["pixels"], self.levels) if planned else size
+        self.v.setdefault("patch_height", patch[0])
+        self.v.setdefault("patch_width", patch[1])
 
-        speed = measure(v["features"], (v["patch_height"], v["patch_width"]), size,
-                        v["batch_size"])
-        steps, why, _ = steps_in_budget(speed)
-        if "features" not in given:
-            speed, steps, why = fit_width_to_machine(v, speed, steps, why, natural, rules,
-                                                     measure, steps_in_budget, notes)
-        round_seconds = steps_in_budget(speed)[2]
-        v.setdefault("steps_per_epoch", rounds_of(steps, natural, rules)[1])
+    def optimizer(self) -> None:
+        self.v.setdefault("lr", lr_at_batch(self.rules["lr"], self.v["batch_size"], 8))
+        for name in ("lr_schedule", "loss", "color_jitter", "bn_recalibration"):
+            self.v.setdefault(name, self.rules[name])
+
+    def steps(self) -> None:
+        """Epochs and steps per epoch: the epochs given, each a pass over the data; else as many
+        steps as the time budget buys at the measured speed (budget_steps), with a narrower
+        network where the budget buys few (narrower), validated in rounds_of's rounds."""
+        v, rules = self.v, self.rules
+        if "epochs" in v:
+            v.setdefault("steps_per_epoch", self.natural)
+            return
+        self.speed = self.measure_at(v["features"])
+        steps, why, _ = self.budget(self.speed)
+        if "features" not in self.given:
+            steps, why = self.narrower(steps, why)
+        round_seconds = self.budget(self.speed)[2]
+        v.setdefault("steps_per_epoch", rounds_of(steps, self.natural, rules)[1])
         v["epochs"] = max(1, round(steps / v["steps_per_epoch"]))
-        notes.append(f"steps: set by {why} ({natural} steps per pass over the data)")
-    total = v["epochs"] * v["steps_per_epoch"]
-    if speed is not None:
-        estimate = (total * speed.seconds_per_step + v["epochs"] * round_seconds) / 60
-        if why.startswith("the minimum") and estimate > budget_minutes:
-            notes.append(f"over budget: ~{estimate:.1f} min for the minimum of "
-                         f"{rules['min_steps']} steps and their validations; raise "
-                         f"time_budget_min or set epochs")
-    # Warm-up over 5% of the steps (at most max_warmup). The budget is spent on the schedule:
-    # no early stopping (on 2 validation cars, rounds without progress were noise and runs
-    # stopped with the lr at half its peak); the model is the weight average at its end.
-    v.setdefault("warmup_steps", min(rules["max_warmup"],
-                                     math.ceil(rules["warmup_fraction"] * total)))
-    v.setdefault("patience", 0)
-    v.setdefault("average_steps", max(10, round(rules["average_fraction"] * total)))
-    # Colour augmentation that makes colour no cue, unless there is no colour to vary.
-    v.setdefault("appearance", "colour" if fp.colour else "grey")
-    # The memory format the probe found faster (channels_last is oneDNN's and cuDNN's best
-    # in bf16/fp16; on an fp32-only CPU NCHW can win); unmeasured, the precision's default.
-    v.setdefault("memory_format", ("channels_last" if speed.channels_last else "contiguous")
-                 if speed else "auto")
-    if not fp.colour:
-        notes.append("appearance: grey images (brightness and contrast vary, no hue)")
-    if "predict_scale" in v:
-        scale_why = "given (-P predict_scale)"
-    else:
-        v["predict_scale"], scale_why = scale_rule(fp)
-    return Plan({name: v[name] for name in PLANNED}, fp, machine, speed, budget_minutes,
-                estimate, notes, scale_why)
+        self.notes.append(f"steps: set by {why} ({self.natural} steps per pass over the data)")
+        total = v["epochs"] * v["steps_per_epoch"]
+        self.estimate = (total * self.speed.seconds_per_step + v["epochs"] * round_seconds) / 60
+        if why.startswith("the minimum") and self.estimate > self.budget_minutes:
+            self.notes.append(f"over budget: ~{self.estimate:.1f} min for the minimum of "
+                              f"{rules['min_steps']} steps and their validations; raise "
+                              f"time_budget_min or set epochs")
+
+    def measure_at(self, features: tuple[int, ...]) -> Speed:
+        v = self.v
+        return self.measure(features, (v["patch_height"], v["patch_width"]),
+                            (v["image_height"], v["image_width"]), v["batch_size"])
+
+    def budget(self, speed: Speed) -> tuple[int, str, float]:
+        """(steps, why, seconds a validation round costs) at `speed`. A round costs a pass over
+        the validation images, the BN recalibration images and about a second of
+        checkpointing and logging."""
+        round_seconds = ((self.fp.val_images + self.v["bn_recalibration"])
+                         / speed.eval_images_per_second + self.rules["round_overhead_seconds"])
+        return (*budget_steps(self.budget_minutes * 60, speed.seconds_per_step, round_seconds,
+                              self.natural, self.rules, self.v.get("steps_per_epoch")),
+                round_seconds)
+
+    def narrower(self, steps: int, why: str) -> tuple[int, str]:
+        """On a machine whose budget buys fewer than `min_budget_steps` steps at the planned
+        widths, a narrower network: the widths times each of `narrower_factors` in turn, timed,
+        the widest that buys them (else the narrowest). A step costs about the square of the
+        width, and at a 5-minute budget more steps of a narrower network won: on the quick
+        start's folder without bf16 (fp32), 16..128 on 455 steps reached test Dice 0.9562,
+        12..96 on 840 0.9711, 8..64 on 1890 0.9755; with bf16, 16..128 on ~990 steps 0.9737,
+        8..64 on 2220 0.9749. A small folder wants no more than max_passes over it. Sets
+        `features` and `speed`; returns the (steps, why) in effect."""
+        rules, v = self.rules, self.v
+        wanted = min(rules["min_budget_steps"], rules["max_passes"] * self.natural)
+        if steps >= wanted:
+            return steps, why
+
+        def tried() -> str:
+            return (f"{','.join(map(str, v['features']))}: {steps} "
+                    f"({self.speed.seconds_per_step * 1000:.0f} ms a step)")
+        planned, widths = v["features"], [tried()]
+        for factor in rules["narrower_factors"]:
+            v["features"] = scale_features(planned, factor, multiple=4)
+            self.speed = self.measure_at(v["features"])
+            steps, why, _ = self.budget(self.speed)
+            widths.append(tried())
+            if steps >= wanted:
+                break
+        self.notes.append(f"width: fewer than {wanted} steps in the budget at the planned "
+                          f"features; features tried: {'; '.join(widths)}")
+        return steps, why
+
+    def schedule(self) -> None:
+        """Warm-up over 5% of the steps (at most max_warmup). The budget is spent on the
+        schedule: no early stopping (on 2 validation cars, rounds without progress were noise
+        and runs stopped with the lr at half its peak); the model is the weight average at its
+        end."""
+        v, rules = self.v, self.rules
+        total = v["epochs"] * v["steps_per_epoch"]
+        v.setdefault("warmup_steps", min(rules["max_warmup"],
+                                         math.ceil(rules["warmup_fraction"] * total)))
+        v.setdefault("patience", 0)
+        v.setdefault("average_steps", max(10, round(rules["average_fraction"] * total)))
+
+    def appearance(self) -> None:
+        """Colour augmentation that makes colour no cue, unless there is no colour to vary; the
+        memory format the probe found faster (channels_last is oneDNN's and cuDNN's best in
+        bf16/fp16; on an fp32-only CPU NCHW can win), unmeasured the precision's default."""
+        self.v.setdefault("appearance", "colour" if self.fp.colour else "grey")
+        self.v.setdefault("memory_format", ("channels_last" if self.speed.channels_last
+                                            else "contiguous") if self.speed else "auto")
+        if not self.fp.colour:
+            self.notes.append("appearance: grey images (brightness and contrast vary, no hue)")
+
+    def predict_scale(self) -> str:
+        """How the model meets images of other sizes (scale_rule); returns why."""
+        if "predict_scale" in self.v:
+            return "given (-P predict_scale)"
+        self.v["predict_scale"], why = scale_rule(self.fp)
+        return why
 
 
 def scale_features(features: Sequence[int], factor: float, multiple: int = 1
                    ) -> tuple[int, ...]:
     """Every width times `factor`, rounded to a multiple of `multiple` (at least that)."""
     return tuple(max(multiple, round(f * factor / multiple) * multiple) for f in features)
-
-
-def fit_width_to_machine(v: dict, speed: Speed, steps: int, why: str, natural: int,
-                         rules: dict, measure, steps_in_budget,
-                         notes: list[str]) -> tuple[Speed, int, str]:
-    """On a machine whose budget buys fewer than `min_budget_steps` steps at the planned
-    widths, a narrower network: the widths times each of `narrower_factors` in turn, timed,
-    the widest that buys them (else the narrowest). A step costs about the square of the
-    width, and at a 5-minute budget more steps of a narrower network won: on the quick start's
-    folder without bf16 (fp32), 16..128 on 455 steps reached test Dice 0.9562, 12..96 on 840
-    0.9711, 8..64 on 1890 0.9755; with bf16, 16..128 on ~990 steps 0.9737, 8..64 on 2220
-    0.9749. A small folder wants no more than max_passes over it. Returns the (speed, steps,
-    why) in effect."""
-    wanted = min(rules["min_budget_steps"], rules["max_passes"] * natural)
-    if steps >= wanted:
-        return speed, steps, why
-
-    def tried(steps: int, speed: Speed) -> str:
-        return (f"{','.join(map(str, v['features']))}: {steps} "
-                f"({speed.seconds_per_step * 1000:.0f} ms a step)")
-    planned, widths = v["features"], [tried(steps, speed)]
-    for factor in rules["narrower_factors"]:
-        v["features"] = scale_features(planned, factor, multiple=4)
-        speed = measure(v["features"], (v["patch_height"], v["patch_width"]),
-                        (v["image_height"], v["image_width"]), v["batch_size"])
-        steps, why, _ = steps_in_budget(speed)
-        widths.append(tried(steps, speed))
-        if steps >= wanted:
-            break
-    notes.append(f"width: fewer than {wanted} steps in the budget at the planned features; "
-                 f"features tried: {'; '.join(widths)}")
-    return speed, steps, why
 
 
 def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pair],
@@ -286,8 +354,8 @@ def configure(overrides: dict[str, str], train: Sequence[Pair], val: Sequence[Pa
     # The memory formats to time: both, unless the user chose one.
     formats = ((explicit["memory_format"] == "channels_last",) if "memory_format" in explicit
                else (True, False))
-    plan = make_plan(fingerprint(train, val, read_mask=read_mask), Machine.of(precision), explicit["time_budget_min"],
-                     fixed, params["plan"], explicit["nproc"],
+    plan = make_plan(fingerprint(train, val, read_mask=read_mask), Machine.of(precision),
+                     explicit["time_budget_min"], fixed, params["plan"], explicit["nproc"],
                      measure=lambda f, patch, size, b: measure_speed(f, patch, size, b, precision,
                                                                      formats=formats))
     return config.load("train", overrides, auto=plan.values, params=params), plan

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
@@ -22,7 +21,7 @@ from optuna.trial import TrialState
 
 from unet.config import pipeline as config
 from unet.config.checks import LOSSES
-from unet.planning.plan import scale_features
+from unet.planning.plan import batch_for, lr_at_batch, scale_features
 from unet.errors import UserError
 from unet.secrets import mask
 
@@ -118,12 +117,10 @@ def trial_overrides(suggested: dict[str, Any], plan: dict[str, Any], train_image
            for k, v in suggested.items() if k not in FACTORS}
     batch = plan["batch_size"]
     if "batch_size" in suggested:
-        batch = min(max(2, round(plan["batch_size"] * suggested["batch_size"])),
-                    max(2, train_images // 2))
-        batch = -(-batch // nproc) * nproc
+        batch = batch_for(round(plan["batch_size"] * suggested["batch_size"]), train_images, nproc)
         out["batch_size"] = str(batch)
     if "lr" in suggested:
-        scaled = plan["lr"] * math.sqrt(batch / plan["batch_size"]) * suggested["lr"]
+        scaled = lr_at_batch(plan["lr"], batch, plan["batch_size"]) * suggested["lr"]
         out["lr"] = f"{scaled:.3g}"
     if "features" in suggested:
         out["features"] = config.as_text(scale_features(plan["features"], suggested["features"]))

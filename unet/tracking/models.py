@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from unet.labels.classes import BINARY_NAMES
 from unet.inference import onnx_runtime
 from unet.errors import UserError
 from unet.images.reading import encode_png
@@ -32,13 +33,14 @@ MODEL_NAME_IN_RUN = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
-MODEL_MODULES = ("__init__.py", "errors.py",
+MODEL_MODULES = ("__init__.py", "atomic.py", "errors.py", "sampling.py",
                  "data/__init__.py", "data/cache.py", "data/pairs.py",
                  "images/__init__.py", "images/formats.py", "images/intensity.py",
                  "images/reading.py", "images/transforms.py",
                  "inference/__init__.py", "inference/onnx_runtime.py", "inference/rle.py",
                  "inference/segmenter.py", "inference/tiling.py",
                  "network/__init__.py", "network/model.py", "network/precision.py",
+                 "config/__init__.py", "config/checks.py",
                  "tracking/__init__.py", "tracking/serving.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
@@ -94,7 +96,7 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
             artifacts={"segmenter": str(weights), "onnx": str(onnx_file)},
             code_paths=[str(code)], signature=SIGNATURE, model_config={"runtime": runtime},
-            metadata={"classes": list(segmenter.classes or ("background", "foreground")),
+            metadata={"classes": list(segmenter.classes or BINARY_NAMES),
                       # input pixels per original pixel (None: resized to image_size)
                       "scale": list(segmenter.scale) if segmenter.scale else None,
                       # native: predicted at that scale; fit: resized to image_size
@@ -145,7 +147,7 @@ def classes_of(model_uri: str) -> list[str]:
         metadata = mlflow.models.get_model_info(model_uri).metadata or {}
     except (MlflowException, OSError) as e:
         raise unloadable(model_uri, e) from None
-    return list(metadata.get("classes") or ("background", "foreground"))
+    return list(metadata.get("classes") or BINARY_NAMES)
 
 
 def check_predict_scale(model_uri: str, predict_scale: str) -> None:

@@ -34,6 +34,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from unet.atomic import write_atomically
 from unet.errors import UserError
 from unet.secrets import mask
 from unet.tracking.failures import answer, permanent, server_answers
@@ -243,9 +244,8 @@ class Outbox:
         if not records:
             self.journal.unlink(missing_ok=True)
             return
-        tmp = self.journal.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, self.journal)
+        write_atomically(self.journal,
+                         lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 def main(argv: list[str] | None = None) -> None:

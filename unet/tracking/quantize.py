@@ -8,8 +8,9 @@ from pathlib import Path
 
 import mlflow
 
+from unet.sampling import spread
 from unet.inference import onnx_runtime
-from unet.data.pairs import load_image
+from unet.images.reading import load_image
 from unet.errors import UserError
 from unet.evaluation.scoring import evaluate_pairs
 from unet.tracking import models
@@ -28,8 +29,7 @@ class Int8Result:
 
 def calibration_pairs(train: list, count: int = CALIBRATION_IMAGES) -> list:
     """Up to `count` training pairs spread evenly over the list (every car, not the first)."""
-    step = max(1, len(train) // count)
-    return train[::step][:count]
+    return spread(train, count)
 
 
 def try_int8(model_uri: str, subsets: dict, cfg, fp32_dice: float | None = None,

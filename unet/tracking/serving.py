@@ -51,10 +51,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from unet.inference import rle
-from unet.inference.onnx_runtime import INT8_FILE, RUNTIMES, with_runtime
+from unet.config.checks import RUNTIMES
+from unet.inference.onnx_runtime import INT8_FILE, with_runtime
 from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
 from unet.images.reading import encode_png, read_for_model, read_image
-from unet.inference.segmenter import TTA_FLIPS, Segmenter
+from unet.inference.segmenter import TTA_FLIPS, Segmenter, as_written
 
 INPUT_COLUMN = "image"
 DEFAULT_THRESHOLD = 0.5
@@ -188,9 +189,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                           f"{len(segmenter.classes)} classes")
         rows = []
         for image, probs in zip(images, segmenter.probabilities(images)):
-            # Binary: 0/255; K classes: the class map (index of the most probable class).
-            mask = ((probs > threshold).astype(np.uint8) * 255 if segmenter.binary
-                    else probs.argmax(-1).astype(np.uint8))
+            mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
             row = {"mask": encode_png(mask), "height": image.shape[0], "width": image.shape[1]}
             if with_probabilities:
                 row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
 from unet.labels.classes import Classes, reader
-from unet.data.pairs import GroupRule, Pair
+from unet.data.pairs import GroupRule, MaskNaming, Pair
 from unet.errors import UserError
 from unet.tracking.runs import get_run
 
@@ -124,8 +124,8 @@ def load_split(run_id: str, param: str = "split_run_id", workdir: Path | None = 
             raise UserError(f"the data of split run {run_id} was at {data_dir}, which is not on "
                             f"this machine: run split_data here with -P data_dir=...")
     image_dir, mask_dir = data_dir / record["image_dir"], data_dir / record["mask_dir"]
-    suffix = record["mask_suffix"] + record["mask_ext"]
-    subsets = {name: [Pair(Path(n).stem, image_dir / n, mask_dir / f"{Path(n).stem}{suffix}")
+    naming = MaskNaming(record["mask_suffix"], record["mask_ext"])
+    subsets = {name: [Pair(Path(n).stem, image_dir / n, mask_dir / naming.mask_name(Path(n).stem))
                       for n in record[name]] for name in ("train", "val", "test")}
     missing = [p.image for pairs in subsets.values() for p in pairs if not p.image.is_file()]
     if missing:
