@@ -174,7 +174,7 @@ def test_the_served_class_map_equals_local_prediction(tmp_path, tracking_uri):
                                 "output_dir": str(out), "overlay": "true"}, tracking_uri)
     assert done.returncode == 0, done.stderr[-2000:]
     small, size = read_for_model(jpeg.getvalue(), (32, 48))
-    expected = models.load_segmenter(uri).masks_at([small], [size])[0]
+    expected = next(models.load_segmenter(uri).masks([small], sizes=[size]))
     written = np.asarray(Image.open(out / "car_mask.png"))
     assert written.shape == (120, 180) and (written == expected).all()
     assert set(np.unique(written)) <= {0, 1, 2, 3} and len(np.unique(written)) > 1

@@ -156,7 +156,7 @@ def test_predict_rle_csv_is_the_same_on_torch_and_onnx(tracking_uri, tmp_path):
     exceptions = 0
     for name, runs in rows["torch"].items():
         image, size = read_for_model(folder / name, torch_segmenter.image_size)
-        (probs,) = torch_segmenter.probabilities_at([image], [size])
+        (probs,) = torch_segmenter.probabilities([image], sizes=[size])
         torch_mask = rle.decode(runs, *size)
         assert np.array_equal(torch_mask, torch_segmenter.decide(probs, 0.5))
         exceptions += check_same_masks(torch_mask, rle.decode(rows["onnx"][name], *size), probs,

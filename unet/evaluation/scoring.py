@@ -43,7 +43,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
         chunk = pairs[start:start + batch_size]
         images = [load_image(p.image, window=segmenter.window) for p in chunk]
         for index, pair, image, pred in zip(range(start, len(pairs)), chunk, images,
-                                            segmenter.masks(images, threshold, batch_size)):
+                                            segmenter.masks(images, threshold, batch_size=batch_size)):
             truth = read_truth(pair.mask)
             metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
             if out_dir is not None:

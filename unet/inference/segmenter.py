@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -199,65 +199,60 @@ class Segmenter:
         probs = (total / len(flips)).cpu()
         return (probs[:, 0] if self.binary else probs.permute(0, 2, 3, 1)).numpy()
 
-    def probabilities_tiled(self, image: np.ndarray) -> np.ndarray:
+    def _tiled(self, image: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8 at scale -> (h, w) float32 probabilities ((h, w, K) with K classes)
         by overlapping tiles (unet.inference.tiling.sliding_window), each with the test-time
         flips."""
         return tiling.sliding_window(self.probabilities_resized, image, self.tile_size,
                                      self.tile_stride, self.step, TILE_BATCH)
 
-    def probabilities(self, images: Iterable[np.ndarray], batch_size: int = 16
+    def probabilities(self, images: Iterable[np.ndarray], *,
+                      sizes: Sequence[tuple[int, int]] | None = None, batch_size: int = 16
                       ) -> Iterator[np.ndarray]:
-        """Yields one (H, W) float32 probability map per (H, W, 3) uint8 image, at its size
-        ((H, W, K) with K classes)."""
+        """Yields one probability map per (h, w, 3) uint8 image at sizes[i] = (H, W), its full
+        size (default: the image's own; an image decoded smaller, as a JPEG in draft mode by
+        unet.images.reading.read_for_model, gives its full size here): (H, W) float32, or
+        (H, W, K) with K classes. Up to `batch_size` images of one input size run as a batch;
+        one larger than the tile runs alone, by tiles, in its turn (so that at most one
+        full-size map of a large image is held at a time)."""
         batch: list[np.ndarray] = []
-        sizes: list[tuple[int, int]] = []
+        full: list[tuple[int, int]] = []
 
         def flush():
-            yield from self.each_probabilities_at(batch, sizes)
+            yield from self._maps(batch, full)
             batch.clear()
-            sizes.clear()
+            full.clear()
 
-        for image in images:
+        for i, image in enumerate(images):
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} "
                                  f"{image.shape}")
-            size = self.input_size(*image.shape[:2])
-            if self.tiled(size):         # alone, in order: never a batch of large images
+            size = tuple(sizes[i]) if sizes is not None else image.shape[:2]
+            target = self.input_size(*size)
+            if self.tiled(target):         # alone, in order: never a batch of large images
                 yield from flush()
-            sizes.append(image.shape[:2])
-            batch.append(resize_image(image, size))   # hold the copy at scale only
-            if len(batch) == batch_size or self.tiled(size):
+            full.append(size)
+            batch.append(resize_image(image, target))   # hold the copy at scale only
+            if len(batch) == batch_size or self.tiled(target):
                 yield from flush()
         if batch:
             yield from flush()
 
-    def probabilities_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]]
-                         ) -> list[np.ndarray]:
-        """One batch: (h, w, 3) uint8 images of any size (e.g. JPEGs decoded in draft mode) ->
-        one (H, W) float32 probability map per image at sizes[i] = (H, W), its full size
-        ((H, W, K) with K classes)."""
-        return list(self.each_probabilities_at(images, sizes))
-
-    def each_probabilities_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]]
-                              ) -> Iterator[np.ndarray]:
-        """probabilities_at one map at a time: the images of one size at scale run as one
-        batch, each larger than the tile by tiles when its turn comes (so that a batch of
-        large images holds one full-size map at a time)."""
-        targets = [self.input_size(*size) for size in sizes]
+    def _maps(self, images: list[np.ndarray], sizes: list[tuple[int, int]]
+              ) -> Iterator[np.ndarray]:
+        """Images at their input size -> their maps at `sizes`, one at a time: those of one
+        size run as one batch, each larger than the tile by tiles when its turn comes."""
         whole: dict[int, np.ndarray] = {}
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, target in enumerate(targets):
-            if not self.tiled(target):
-                groups.setdefault(target, []).append(i)
-        for target, indices in groups.items():
-            probs = self.probabilities_resized(np.stack([resize_image(images[i], target)
-                                                         for i in indices]))
-            whole.update(zip(indices, probs))
+        for i, image in enumerate(images):
+            if not self.tiled(image.shape[:2]):
+                groups.setdefault(image.shape[:2], []).append(i)
+        for indices in groups.values():
+            whole.update(zip(indices, self.probabilities_resized(
+                np.stack([images[i] for i in indices]))))
         for i, (h, w) in enumerate(sizes):
-            p = (whole.pop(i) if i in whole
-                 else self.probabilities_tiled(resize_image(images[i], targets[i])))
+            p = whole.pop(i) if i in whole else self._tiled(images[i])
             yield p if p.shape[:2] == (h, w) else cv2.resize(p, (w, h),
                                                               interpolation=cv2.INTER_LINEAR)
 
@@ -266,14 +261,10 @@ class Segmenter:
         `threshold`), or with K classes the index of the most probable class."""
         return (probs > threshold if self.binary else probs.argmax(-1)).astype(np.uint8)
 
-    def masks_at(self, images: list[np.ndarray], sizes: list[tuple[int, int]],
-                 threshold: float = 0.5) -> list[np.ndarray]:
-        """One batch as `probabilities_at` -> (H, W) uint8 masks (see `decide`): what predict
-        writes."""
-        return [self.decide(p, threshold) for p in self.each_probabilities_at(images, sizes)]
-
-    def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5,
-              batch_size: int = 16) -> Iterator[np.ndarray]:
-        """Yields one (H, W) uint8 mask per image at the image's size (see `decide`)."""
-        for probs in self.probabilities(images, batch_size):
+    def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5, *,
+              sizes: Sequence[tuple[int, int]] | None = None, batch_size: int = 16
+              ) -> Iterator[np.ndarray]:
+        """Yields one (H, W) uint8 mask per image at its full size (`probabilities`, then
+        `decide`): what evaluate, predict and serving write."""
+        for probs in self.probabilities(images, sizes=sizes, batch_size=batch_size):
             yield self.decide(probs, threshold)

@@ -203,8 +203,8 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True,
                  disable=None) as bar:
         def flush():
-            masks = segmenter.masks_at([a for _, a, _ in batch], [s for _, _, s in batch],
-                                       threshold)
+            masks = list(segmenter.masks([a for _, a, _ in batch], threshold,
+                                         sizes=[s for _, _, s in batch]))
             writes.append(writer.submit(sink.write, [(p, m) for (p, _, _), m in zip(batch, masks)]))
             while len(writes) > 1:                       # at most two batches of masks held
                 writes.popleft().result()

@@ -232,7 +232,7 @@ def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.Dat
         sizes.append(size)
         at.append(i)
     if images:
-        for i, size, mask in zip(at, sizes, segmenter.masks_at(images, sizes, threshold)):
+        for i, size, mask in zip(at, sizes, segmenter.masks(images, threshold, sizes=sizes)):
             rows[i] = {"rle_mask": rle.encode(mask), "height": size[0], "width": size[1],
                        "error": ""}
     return pd.DataFrame(rows, columns=RLE_COLUMNS)
