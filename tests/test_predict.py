@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import ROOT, mlflow_run, register_untrained_champion
 from unet.inference import rle
 from unet.errors import UserError
-from unet.inference.jobs import plan, plan_job
+from unet.inference.jobs import plan_job
 from unet.inference.streaming import CsvSink, predict_stream
 from unet.tracking import models
 
@@ -82,7 +82,7 @@ def test_two_images_with_one_stem_are_refused_before_any_write(tmp_path):
     for name in ("a.jpg", "a.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / name)
     with pytest.raises(UserError, match="a.jpg and a.png would both write a_mask.png"):
-        plan(photos, tmp_path / "out", overlay=False)
+        plan_job(str(photos), "", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 

@@ -266,8 +266,8 @@ def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatc
     monkeypatch.setattr(streaming, "declared_pixels",
                         lambda path: submitted.append(path.name) or declared(path))
     seen = []
-    for path, (image, size) in streaming.read_ahead(paths, (32, 32), workers=1, window=10,
-                                                    window_pixels=25_000):
+    for path, (image, size) in streaming.read_ahead(paths, (32, 32), workers=1, ahead=10,
+                                                    ahead_pixels=25_000):
         seen.append((path.name, len(submitted)))
         assert size == sizes[int(path.stem)]
     # A window of 10 images but 25,000 pixels: the 90,000-pixel image is submitted with one

@@ -23,14 +23,6 @@ class Job:
     sink: CsvSink | PngSink
 
 
-def plan(input_dir: Path, output_dir: Path, overlay: bool) -> tuple[list[Path], int]:
-    """The images of input_dir (sorted; not sub-folders, not hidden files) and how many other
-    files there are. UserError if a mask would land on an input or two images share a stem."""
-    images, files = folder_images(Path(input_dir).expanduser(), Path(output_dir).expanduser())
-    check_outputs(images, files, PngSink(Path(output_dir).expanduser(), overlay))
-    return images, len(files) - len(images)
-
-
 def plan_job(input_dir: str, input_list: str, output_dir: str, fmt: str = "png",
              overlay: bool = False, engine: str = "local") -> Job:
     """The images of input_dir or input_list (exactly one given) and where their output goes

@@ -1,9 +1,9 @@
 """Predicting many images: read ahead in threads, predict in batches, write as you go, resume.
 
-Readers (a thread pool; PIL and OpenCV release the GIL) decode images into a bounded window
+Readers (a thread pool; PIL and OpenCV release the GIL) decode images a bounded number
 ahead of the model, the model runs in the calling thread, and one writer thread writes each
-batch's output while the next batch is predicted. At most `window` images (and about
-WINDOW_PIXELS pixels) and two batches of masks are held at once, so memory does not grow with
+batch's output while the next batch is predicted. At most `ahead` images (and about
+AHEAD_PIXELS pixels) and two batches of masks are held at once, so memory does not grow with
 the number of images.
 
 Outputs (`Sink`s) say which images are already done, so the same command after a crash (even
@@ -40,7 +40,7 @@ from unet.inference.segmenter import Segmenter, as_written
 SUBMISSION = "submission.csv"
 # Decoded images held ahead of the model and in a batch: at most about this many pixels
 # (~380 MB as RGB), so that large scans do not multiply the per-image bound (Segmenter).
-WINDOW_PIXELS = 128_000_000
+AHEAD_PIXELS = 128_000_000
 HEADER = "img,rle_mask\n"
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
 
@@ -141,13 +141,13 @@ def atomic_save(image: Image.Image, path: Path, **options) -> None:
 
 
 def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], tuple[int, int]],
-               workers: int, window: int,
-               max_pixels: int = MAX_PIXELS, window_pixels: int = WINDOW_PIXELS, intensity=None
+               workers: int, ahead: int,
+               max_pixels: int = MAX_PIXELS, ahead_pixels: int = AHEAD_PIXELS, intensity=None
                ) -> Iterator[tuple[Path, tuple[np.ndarray, tuple[int, int]] | UnreadableImage]]:
     """Yields (path, (array, full size)) or (path, UnreadableImage) in the order of `paths`,
-    decoding up to `window` images ahead in `workers` threads, but no more than about
-    `window_pixels` pixels (as their headers declare; one image at least): a folder of
-    8000 x 8000 scans holds one or two ahead, not `window`. JPEGs are decoded no larger than
+    decoding up to `ahead` images ahead in `workers` threads, but no more than about
+    `ahead_pixels` pixels (as their headers declare; one image at least): a folder of
+    8000 x 8000 scans holds one or two ahead, not `ahead`. JPEGs are decoded no larger than
     `size` (the model input, or a function of an image's (H, W): read_for_model); one
     declaring more than max_pixels pixels is UnreadableImage, found from its header. 16-bit
     and float images go through the model's `intensity` window (unet.images.intensity)."""
@@ -162,8 +162,8 @@ def read_ahead(paths: list[Path], size: tuple[int, int] | Callable[[int, int], t
         try:
             for path in paths:
                 pending.append((path, pool.submit(read, path), declared_pixels(path)))
-                while len(pending) >= window or (
-                        len(pending) > 1 and sum(p for _, _, p in pending) > window_pixels):
+                while len(pending) >= ahead or (
+                        len(pending) > 1 and sum(p for _, _, p in pending) > ahead_pixels):
                     path, future, _ = pending.popleft()
                     yield path, future.result()
             while pending:
@@ -221,7 +221,7 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
                 bar.update(1)
                 continue
             batch.append((path, *read))
-            if len(batch) == batch_size or sum(a.size // 3 for _, a, _ in batch) >= WINDOW_PIXELS:
+            if len(batch) == batch_size or sum(a.size // 3 for _, a, _ in batch) >= AHEAD_PIXELS:
                 flush()
         if batch:
             flush()
