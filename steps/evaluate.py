@@ -6,12 +6,11 @@ from pathlib import Path
 
 import mlflow
 
-from unet.tracking import cli
 from unet.config import pipeline as config
-from unet.evaluation import label_quality
 from unet.errors import UserError
+from unet.evaluation import label_quality
 from unet.evaluation.scoring import evaluate_pairs
-from unet.tracking import models, quantize, registry, reports, runs, splits
+from unet.tracking import cli, models, quantize, registry, reports, runs, splits
 
 
 def evaluate() -> None:

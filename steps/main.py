@@ -2,11 +2,10 @@
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from unet.tracking import cli
 from unet.config import pipeline as config
 from unet.errors import UserError
 from unet.secrets import mask
-from unet.tracking import registry, runs
+from unet.tracking import cli, registry, runs
 
 CHAINED = {"train": "split_run_id", "evaluate": "train_run_id"}   # filled from the step before
 

@@ -6,14 +6,12 @@ import sys
 
 import mlflow
 
-from unet.tracking import cli
 from unet.config import pipeline as config
-from unet.tracking import serving
 from unet.errors import UserError
-from unet.inference.jobs import claim, plan_job
 from unet.images.formats import EXTS_TEXT
+from unet.inference.jobs import claim, plan_job
 from unet.inference.streaming import CsvSink, Outcome, predict_stream
-from unet.tracking import models, runs
+from unet.tracking import cli, models, runs, serving
 
 ARTIFACT_LIMIT = 20 * 2**20   # a submission CSV up to this size is logged with the run
 

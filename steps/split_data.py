@@ -2,16 +2,13 @@
 import tempfile
 from pathlib import Path
 
-
-from unet.tracking import cli
 from unet.config import pipeline as config
-from unet.data import pairs as data
-from unet.evaluation import label_quality
-from unet.data import synthetic
-from unet.data import check as validation
+from unet.data import check, synthetic
+from unet.data.pairs import GroupRule, parse_group, split_pairs
 from unet.data.report import DataReport
 from unet.errors import UserError
-from unet.tracking import reports, runs, splits
+from unet.evaluation import label_quality
+from unet.tracking import cli, reports, runs, splits
 
 
 def split_data() -> None:
@@ -25,10 +22,10 @@ def split_data() -> None:
                                cfg.synthetic_width, cfg.seed, cfg.synthetic_classes)
         else:
             data_dir = Path(cfg.data_dir).expanduser().resolve()
-        rule = data.parse_group(cfg.group)
+        rule = parse_group(cfg.group)
         report = checked_pairs(cfg, data_dir, rule)
         pairs = report.pairs
-        subsets = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed, rule)
+        subsets = split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, cfg.seed, rule)
         layout = {k: getattr(cfg, k) for k in ("image_dir", "mask_dir", "mask_suffix", "mask_ext")}
         splits.log_split(subsets, layout, data_dir, builtin, report.classes,
                          report.ignore_index, report.instances, report.kind, rule)
@@ -43,17 +40,17 @@ def split_data() -> None:
             print(line)
 
 
-def checked_pairs(cfg, data_dir: Path, rule: data.GroupRule) -> DataReport:
+def checked_pairs(cfg, data_dir: Path, rule: GroupRule) -> DataReport:
     """The data check of data_dir, less the images of parameter exclude, with the groups of
     `rule`, logged as the data report; UserError on bad files (on_bad_data=fail), when no
     pair is left or an image does not match the group rule."""
-    report = validation.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
+    report = check.validate_folder(data_dir / cfg.image_dir, data_dir / cfg.mask_dir,
                                         cfg.mask_suffix, cfg.mask_ext,
                                         multiclass_ok=cfg.multiclass_masks == "threshold",
                                         classes=_class_names(cfg), ignore_index=cfg.ignore,
                                         mask_kind=cfg.mask_kind)
     if cfg.exclude:
-        report = validation.exclude(report, *read_exclude(cfg.exclude))
+        report = check.exclude(report, *read_exclude(cfg.exclude))
     report.groups = (f"{len({rule.of(pair.stem) for pair in report.pairs})} groups kept "
                      f"together by the split, by parameter group={rule.describe()}")
     report_uri = reports.log_data_report(report)

@@ -8,10 +8,9 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from unet.tracking import cli
-from unet.training import distributed
 from unet.network.precision import choose_precision
-from unet.tracking import runs, training
+from unet.tracking import cli, runs, training
+from unet.training import distributed
 
 
 def train() -> None:

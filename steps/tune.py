@@ -12,13 +12,12 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from unet.tracking import cli
 from unet.config import pipeline as config
 from unet.config.checks import AUTO
 from unet.config.entries import TuneConfig
-from unet.planning import search
 from unet.errors import UserError
-from unet.tracking import runs
+from unet.planning import search
+from unet.tracking import cli, runs
 from unet.tracking import tune as tracking
 
 

@@ -3,11 +3,9 @@ at a public URL (token from the NGROK_AUTHTOKEN environment variable)."""
 import signal
 import sys
 
-from unet.tracking import cli
 from unet.config import pipeline as config
-from unet.tracking import ui
 from unet.secrets import mask
-from unet.tracking import runs
+from unet.tracking import cli, runs, ui
 
 
 def serve_ui() -> None:

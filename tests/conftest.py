@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from unet.tracking.ui import stop_server
 from unet.tracking import models, registry
+from unet.tracking.ui import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))    # tools/ (benchmarks, generators) is not part of the package
@@ -82,8 +82,8 @@ def register_untrained_champion(name: str = "unet-carvana") -> str:
     import torch
     from mlflow import MlflowClient
 
-    from unet.network.model import UNet
     from unet.inference.segmenter import Segmenter
+    from unet.network.model import UNet
 
     torch.manual_seed(0)
     with mlflow.start_run():

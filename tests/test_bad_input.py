@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-
 from conftest import ROOT, TINY, mlflow_run, only
+
 from unet.data.synthetic import generate
 
 

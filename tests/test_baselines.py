@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet.evaluation import baselines
 from unet.data.pairs import Pair
+from unet.evaluation import baselines
 
 
 def pair(tmp_path, name: str, mask: np.ndarray) -> Pair:

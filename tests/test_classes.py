@@ -11,19 +11,18 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, free_port, mlflow_run
 from mlflow.tracking import MlflowClient
 from PIL import Image
-
-from conftest import TINY, free_port, mlflow_run
 from test_bad_input import error_lines, run_step
-from unet.tracking import ui
-from unet.labels.classes import BadLabel, Classes, detect_count, load_class_map
-from unet.network.model import UNet
+
+from unet.data.check import validate_folder
+from unet.data.synthetic import PART_NAMES, generate, render
 from unet.images.reading import read_for_model, read_image
 from unet.inference.segmenter import Segmenter
-from unet.data.synthetic import PART_NAMES, generate, render
-from unet.tracking import models
-from unet.data.check import validate_folder
+from unet.labels.classes import BadLabel, Classes, detect_count, load_class_map
+from unet.network.model import UNet
+from unet.tracking import models, ui
 
 VOC = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0]   # a palette of colours, as PASCAL VOC's
 

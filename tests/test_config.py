@@ -2,12 +2,11 @@ import dataclasses
 
 import pytest
 import yaml
+from conftest import ROOT
 
-from unet.tracking import cli
 from unet.config import pipeline as config
 from unet.errors import UserError
-
-from conftest import ROOT
+from unet.tracking import cli
 
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
 PARAMS = config.read_params()

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet.data.pairs import Pair, SegmentationDataset, load_mask, split_pairs
-from unet.errors import UserError
-from unet.data.synthetic import save_mask_gif
-from unet.images.transforms import eval_transform
 from unet.data.check import validate_folder
+from unet.data.pairs import Pair, SegmentationDataset, load_mask, split_pairs
+from unet.data.synthetic import save_mask_gif
+from unet.errors import UserError
+from unet.images.transforms import eval_transform
 
 
 def write_pair(root, stem, size=(24, 16), mask_size=None):

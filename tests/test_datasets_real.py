@@ -12,8 +12,12 @@ import tifffile
 from PIL import Image
 
 from tools import datasets
-from tools.datasets import (field_folders, fluorescence_field, labelled_tiles_folder,
-                            timelapse_folder)
+from tools.datasets import (
+    field_folders,
+    fluorescence_field,
+    labelled_tiles_folder,
+    timelapse_folder,
+)
 from unet.data.pairs import GroupRule, Pair
 
 TILE = 64

@@ -7,17 +7,17 @@ import sys
 import mlflow
 import numpy as np
 import torch
+from conftest import TINY, free_port, mlflow_run, only
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, free_port, mlflow_run, only
-from unet.training import distributed, engine
-from unet.images import transforms
-from unet.data.pairs import SegmentationDataset
-from unet.tracking.serving import decode_mask
 from unet.data.check import validate_folder
+from unet.data.pairs import SegmentationDataset
+from unet.data.synthetic import generate
+from unet.images import transforms
 from unet.network.model import UNet
 from unet.network.precision import choose_precision, prepare
-from unet.data.synthetic import generate
+from unet.tracking.serving import decode_mask
+from unet.training import distributed, engine
 
 
 def all_runs():

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from unet.training import batchnorm, checkpoint, engine
 from unet.errors import UserError
-from unet.training.losses import make_loss, soft_dice_loss
 from unet.network.model import UNet
 from unet.network.precision import choose_precision
+from unet.training import batchnorm, checkpoint, engine
+from unet.training.losses import make_loss, soft_dice_loss
 from unet.training.schedule import EpochSampler, Schedule, lr_factor
 
 

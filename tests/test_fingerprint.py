@@ -35,10 +35,9 @@ def test_fingerprint_measures_sizes_and_object_diameters(tmp_path):
 def test_colour_images_get_colour_augmentation_and_grey_images_do_not(tmp_path):
     """The plan's appearance follows the data: hue, channel shuffle and greyscale for colour
     photos; brightness and contrast only for grey images, even when saved as RGB JPEGs."""
-    from unet.planning.fingerprint import has_colour
-    from unet.planning.plan import make_plan
     from unet.config.pipeline import read_params
-    from unet.planning.fingerprint import Machine
+    from unet.planning.fingerprint import Machine, has_colour
+    from unet.planning.plan import make_plan
     rng = np.random.default_rng(0)
     grey = (rng.random((64, 96)) * 255).astype(np.uint8)
     Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "grey_rgb.jpg", quality=90)

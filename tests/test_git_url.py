@@ -6,9 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, TINY, background, free_port, mlflow_run, only
+from mlflow.tracking import MlflowClient
 
 COMMIT_TAG = "mlflow.source.git.commit"
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]

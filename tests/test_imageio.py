@@ -7,29 +7,27 @@ import base64
 import io
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import torch
+from conftest import TINY, mlflow_run, only
 from PIL import Image
 
-import mlflow
-from conftest import TINY, mlflow_run, only
-from unet.images import formats as imageio
-from unet.images import intensity
-from unet.inference import rle
-from unet.data.pairs import Pair, load_mask
-from unet.images.reading import load_image
-from unet.evaluation.scoring import evaluate_pairs
-from unet.planning.fingerprint import fingerprint
-from unet.network.model import UNet
-from unet.images.formats import UnreadableImage
-from unet.images.reading import read_for_model, read_image
-from unet.inference.segmenter import Segmenter
-from unet.tracking.serving import as_image, read_cell
-from unet.inference.streaming import PngSink, predict_stream
 from unet.data.check import validate_folder
+from unet.data.pairs import Pair, load_mask
+from unet.evaluation.scoring import evaluate_pairs
+from unet.images import intensity
+from unet.images.formats import UnreadableImage, read_deep, read_raw, read_tiff
+from unet.images.reading import load_image, read_for_model, read_image
+from unet.inference import rle
+from unet.inference.segmenter import Segmenter
+from unet.inference.streaming import PngSink, predict_stream
+from unet.network.model import UNet
+from unet.planning.fingerprint import fingerprint
+from unet.tracking.serving import as_image, read_cell
 
 # A 16-bit image whose values map through WINDOW to values computed by hand:
 # (v - 1000) * 255 / 2000, rounded half to even, clipped to 0..255.
@@ -52,7 +50,7 @@ def tiff_bytes(values: np.ndarray, **options) -> bytes:
     (np.linspace(-1, 2, 24, dtype=np.float32).reshape(4, 6), {}),
 ])
 def test_each_tiff_decodes_to_its_values_and_dtype(values, options):
-    decoded = imageio.read_tiff(tiff_bytes(values, **options))
+    decoded = read_tiff(tiff_bytes(values, **options))
     assert decoded.dtype == values.dtype and np.array_equal(decoded, values)
 
 
@@ -61,7 +59,7 @@ def test_each_tiff_decodes_to_its_values_and_dtype(values, options):
 def test_an_lzw_tiff_decodes_without_imagecodecs(values):
     lzw = io.BytesIO()
     Image.fromarray(values).save(lzw, "TIFF", compression="tiff_lzw")
-    assert np.array_equal(imageio.read_tiff(lzw.getvalue()), values)
+    assert np.array_equal(read_tiff(lzw.getvalue()), values)
 
 
 def test_masks_decode_raw_with_their_dtype_and_tiff_masks_read_as_pngs_do(tmp_path):
@@ -73,9 +71,9 @@ def test_masks_decode_raw_with_their_dtype_and_tiff_masks_read_as_pngs_do(tmp_pa
     palette.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * 759)
     palette.save(tmp_path / "palette.png")
     for name in ("labels.tif", "labels.png"):
-        raw = imageio.read_raw(tmp_path / name)
+        raw = read_raw(tmp_path / name)
         assert raw.dtype == np.uint16 and np.array_equal(raw, labels), name
-    assert np.array_equal(imageio.read_raw(tmp_path / "palette.png"), [[0, 2], [1, 2]])
+    assert np.array_equal(read_raw(tmp_path / "palette.png"), [[0, 2], [1, 2]])
     # load_mask's rule (above half the top value) is the same whatever the file format
     assert np.array_equal(load_mask(tmp_path / "labels.tif"), load_mask(tmp_path / "labels.png"))
     assert load_mask(tmp_path / "labels.tif").sum() == 6
@@ -84,13 +82,13 @@ def test_masks_decode_raw_with_their_dtype_and_tiff_masks_read_as_pngs_do(tmp_pa
 def test_a_planar_rgb_tiff_comes_back_channels_last():
     rgb = np.arange(72, dtype=np.uint16).reshape(4, 6, 3)
     planar = tiff_bytes(np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
-    assert np.array_equal(imageio.read_tiff(planar), rgb)
+    assert np.array_equal(read_tiff(planar), rgb)
 
 
 def test_a_stack_is_refused_with_one_line():
     with pytest.raises(UnreadableImage, match=r"stack or a volume, not one 2-D image: save "
                                               r"each plane as its own file"):
-        imageio.read_tiff(tiff_bytes(np.zeros((3, 8, 8), np.uint16), photometric="minisblack"))
+        read_tiff(tiff_bytes(np.zeros((3, 8, 8), np.uint16), photometric="minisblack"))
 
 
 def test_16bit_tiff_and_png_map_through_the_window_to_known_values(tmp_path):
@@ -141,11 +139,11 @@ def test_the_window_is_the_percentiles_of_the_training_images(tmp_path):
     Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "c.png")   # 8-bit: not used
     paths = [tmp_path / n for n in ("a.tif", "b.tif", "c.png")]
     # numpy's linear percentiles of 0..999 (each twice): 0.005 * 999 and 0.995 * 999
-    assert intensity.measure(paths, imageio.read_deep) == pytest.approx((4.995, 994.005))
-    assert intensity.measure(paths[2:], imageio.read_deep) is None
+    assert intensity.measure(paths, read_deep) == pytest.approx((4.995, 994.005))
+    assert intensity.measure(paths[2:], read_deep) is None
     flat = tmp_path / "flat.tif"
     tifffile.imwrite(flat, np.full((4, 4), 700, np.uint16))
-    assert intensity.measure([flat], imageio.read_deep) == (700.0, 701.0)
+    assert intensity.measure([flat], read_deep) == (700.0, 701.0)
 
 
 def test_the_pixel_limit_refuses_a_tiff_by_its_header(tmp_path, monkeypatch):
@@ -322,7 +320,12 @@ def dice_of(folder, layout: dict[str, str], tracking_uri: str):
 def test_a_16bit_tiff_folder_trains_as_well_as_its_8bit_png_copy(tracking_uri, tmp_path):
     """The acceptance of issue 19 (images): 24 fields of 64x64, 16-bit TIFF images with
     16-bit TIFF instance labels (every nonzero label foreground), given only their layout."""
-    from tools.datasets import CELLS_LAYOUT, FLUORESCENCE_LAYOUT, fluorescence_folder, png_copy
+    from tools.datasets import (
+        CELLS_LAYOUT,
+        FLUORESCENCE_LAYOUT,
+        fluorescence_folder,
+        png_copy,
+    )
     fluo = fluorescence_folder(tmp_path / "fluo", 24, seed=11)
     png = png_copy(fluo, tmp_path / "png")
     deep, train, evaluate = dice_of(fluo, FLUORESCENCE_LAYOUT, tracking_uri)

@@ -10,20 +10,20 @@ import threading
 import mlflow
 import pytest
 import torch
+from conftest import ROOT, mlflow_run
 from mlflow.tracking import MlflowClient
+from test_bad_input import error_lines, run_step
 from torch import nn
 
-from conftest import ROOT, mlflow_run
-from test_bad_input import error_lines, run_step
-from unet.errors import UserError
-from unet.training import engine
+from unet.data.check import validate_folder
 from unet.data.pairs import SegmentationDataset
+from unet.data.synthetic import generate
+from unet.errors import UserError
+from unet.images.transforms import eval_transform
 from unet.network.model import UNet
 from unet.network.precision import choose_precision
+from unet.training import engine
 from unet.training.schedule import EpochSampler, Schedule
-from unet.data.synthetic import generate
-from unet.data.check import validate_folder
-from unet.images.transforms import eval_transform
 
 # Big enough for val Dice to mean something after 3 epochs, small enough for ~2 s epochs.
 SPLIT = {"num_images": "48", "synthetic_height": "64", "synthetic_width": "96",

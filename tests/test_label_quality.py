@@ -7,12 +7,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from conftest import mlflow_run
 from test_bad_input import error_lines, run_step
-from unet.evaluation import label_quality as lq
-from unet.data.synthetic import generate
+
 from unet.data.check import exclude, validate_folder
+from unet.data.synthetic import generate
+from unet.evaluation import label_quality as lq
 
 
 def square(h=20, w=20, top=5, left=5, size=10) -> np.ndarray:
@@ -160,8 +160,8 @@ def test_a_corrupted_mask_ranks_first_and_the_run_shows_it(tracking_uri, tmp_pat
     from tools.datasets import corrupt
     from unet.data.pairs import Pair, load_mask
     from unet.data.synthetic import save_mask_gif
-    from unet.tracking import reports
     from unet.images.transforms import resize_mask
+    from unet.tracking import reports
 
     data = tmp_path / "data"
     stems = generate(data, 8, 32, 48, seed=4)

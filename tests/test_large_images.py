@@ -19,11 +19,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from conftest import mlflow_run, model_server
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import mlflow_run, model_server
-from tools.datasets import FIELDS_DIR, TILED_FIELD_LAYOUT, blob_scene, tiled_field_folder
+from tools.datasets import (
+    FIELDS_DIR,
+    TILED_FIELD_LAYOUT,
+    blob_scene,
+    tiled_field_folder,
+)
 from unet.data.pairs import load_mask
 from unet.images.reading import load_image
 from unet.tracking import models, registry
@@ -184,8 +189,9 @@ def register_scan_model(name: str = "scans") -> str:
     the network at scale 1 on 64 megapixels would take minutes on a CI machine's 2 cores).
     Registered as `name`@champion in the current store; returns models:/name@champion."""
     import torch
-    from unet.network.model import UNet
+
     from unet.inference.segmenter import Segmenter
+    from unet.network.model import UNet
     torch.manual_seed(0)
     with mlflow.start_run():
         segmenter = Segmenter(UNet(features=(4, 8)), (128, 128), scale=(0.125, 0.125))

@@ -10,21 +10,21 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, mlflow_run
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
-
-from conftest import TINY, mlflow_run
 from test_bad_input import error_lines, run_step
+
 from tools.datasets import VOC_LAYOUT, voc_folder
-from unet.evaluation import baselines, label_quality
-from unet.labels.classes import Classes, detect, load_binary, load_class_map, reader
-from unet.data.pairs import Pair, load_mask
-from unet.errors import UserError
-from unet.training.losses import make_loss
-from unet.labels.masks import VOID, instance_objects, parse_ignore
-from unet.evaluation.metrics import SegmentationMetrics, confusion
-from unet.data.synthetic import render
 from unet.data.check import validate_folder
+from unet.data.pairs import Pair, load_mask
+from unet.data.synthetic import render
+from unet.errors import UserError
+from unet.evaluation import baselines, label_quality
+from unet.evaluation.metrics import SegmentationMetrics, confusion
+from unet.labels.classes import Classes, detect, load_binary, load_class_map, reader
+from unet.labels.masks import VOID, instance_objects, parse_ignore
+from unet.training.losses import make_loss
 
 
 def label_mask(count: int, side: int = 16) -> tuple[np.ndarray, int]:

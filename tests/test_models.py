@@ -8,10 +8,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-
-from unet.network.model import UNet
-from unet.inference.segmenter import Segmenter
 from conftest import ROOT
+
+from unet.inference.segmenter import Segmenter
+from unet.network.model import UNet
 from unet.tracking import models
 
 

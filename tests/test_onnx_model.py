@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from mlflow import MlflowClient
-
 from conftest import ROOT, TINY, mlflow_run, model_server
+from mlflow import MlflowClient
 from test_serving import encoded, photo, post, request_for
+
 from tools.datasets import carvana_folder
-from unet.inference import rle
 from unet.errors import UserError
-from unet.network.model import UNet
 from unet.images.reading import read_for_model, read_image
+from unet.inference import rle
 from unet.inference.segmenter import Segmenter
-from unet.tracking.serving import decode_mask
+from unet.network.model import UNet
 from unet.tracking import models, quantize, splits
+from unet.tracking.serving import decode_mask
 
 # The last commit before ONNX export: a model logged by its code has segmenter.pt only.
 BEFORE_ONNX = "22b0a19ebfad9de79f7f336a1c822436649921b9"

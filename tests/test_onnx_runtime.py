@@ -8,9 +8,9 @@ import torch
 from onnx import numpy_helper
 
 from unet.inference import onnx_runtime
+from unet.inference.segmenter import Segmenter
 from unet.network.model import UNet
 from unet.network.precision import choose_precision
-from unet.inference.segmenter import Segmenter
 
 SIZE = (64, 96)              # the network's input (multiples of 2**4)
 

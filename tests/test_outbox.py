@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, answers, free_port
+from mlflow.tracking import MlflowClient
 from test_interrupt import read_until, split_run, train_cmd
+
 from unet.tracking.outbox import Outbox, spool_dir
 from unet.tracking.ui import stop_server
 

@@ -7,10 +7,10 @@ import io
 import mlflow
 import numpy as np
 import pytest
+from conftest import TINY, first_version_aliases, mlflow_run, only
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import TINY, first_version_aliases, mlflow_run, only
 from unet.config.pipeline import read_params
 from unet.data.synthetic import generate
 

@@ -202,10 +202,11 @@ def test_a_machine_of_unknown_memory_plans_as_before():
 
 def test_predict_scale_comes_from_the_masks_unless_given(tmp_path):
     import dataclasses
+
     from unet.data.pairs import Pair
-    from unet.planning.plan import configure
-    from unet.network.precision import choose_precision
     from unet.data.synthetic import generate
+    from unet.network.precision import choose_precision
+    from unet.planning.plan import configure
     photos = dataclasses.replace(carvana(40, 12), object_masks=32, framed_masks=31)
     p, _ = plan(photos, {"epochs": 2})
     assert p.values["predict_scale"] == "fit"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, mlflow_run, register_untrained_champion
 from PIL import Image
 
-from conftest import ROOT, mlflow_run, register_untrained_champion
-from unet.inference import rle
 from unet.errors import UserError
+from unet.inference import rle
 from unet.inference.jobs import plan_job
 from unet.inference.streaming import CsvSink, predict_stream
 from unet.tracking import models
@@ -241,6 +241,7 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
 
 def test_predict_refuses_an_image_over_the_pixel_limit_from_its_header(tracking_uri, tmp_path):
     from test_serving import bomb_png
+
     from unet.inference.streaming import PngSink
     photos = tmp_path / "photos"
     photos_of(photos, 2)

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY, answers, background, free_port
 from test_git_url import commit_working_tree
 

@@ -9,16 +9,16 @@ import mlflow
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from conftest import TINY, mlflow_run, only
+from PIL import Image
 from test_bad_input import error_lines, run_step
+
 from tools import datasets
-from unet.labels.classes import detect
+from unet.data.check import validate_folder
 from unet.data.pairs import GroupRule, Pair, parse_group, split_pairs
 from unet.errors import UserError
+from unet.labels.classes import detect
 from unet.labels.masks import mask_says
-from unet.data.check import validate_folder
 
 
 def tile(*objects: tuple[int, slice, slice], size: int = 32, dtype=np.uint16) -> np.ndarray:

@@ -7,11 +7,11 @@ import sys
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, TINY, only
-from unet.tracking import registry
+from mlflow.tracking import MlflowClient
 from test_bad_input import run_step
+
+from unet.tracking import registry
 
 NAME = "cars"
 
@@ -162,7 +162,8 @@ def promote(model_uri: str, dice: float, split: str, champion_here: float | None
 
 
 def test_champion_moves_only_to_a_version_that_beat_it_on_a_common_split(store):
-    from test_tracking import aliases as aliases_of, logged_model
+    from test_tracking import aliases as aliases_of
+    from test_tracking import logged_model
     m1, m2, m3, m4 = (logged_model(seed) for seed in (1, 2, 3, 4))
     assert promote(m1, 0.90, "split-a").alias == "champion"
     second = promote(m2, 0.95, "split-b", champion_here=0.80)     # v1 scored again on B

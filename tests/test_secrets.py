@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, free_port
+
 from unet.secrets import mask
 
 # The least each entry point needs to get as far as the tracking server.
@@ -90,8 +90,9 @@ def test_a_run_that_cannot_be_ended_keeps_the_steps_own_line(monkeypatch, capsys
     kept records later); MLflow then fails to end the run on the same absent server. The
     user gets the step's line, not the second failure."""
     from mlflow.exceptions import MlflowException
-    from unet.tracking import cli
+
     from unet.errors import UserError
+    from unet.tracking import cli
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://u:secret@127.0.0.1:9")
     monkeypatch.setattr("unet.tracking.failures.server_answers", lambda uri: True)
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)

@@ -9,8 +9,15 @@ import sys
 import urllib.parse
 import urllib.request
 
-from conftest import (ROOT, TINY, answers, background, first_version_aliases, free_port,
-                      mlflow_run)
+from conftest import (
+    ROOT,
+    TINY,
+    answers,
+    background,
+    first_version_aliases,
+    free_port,
+    mlflow_run,
+)
 
 
 def rest(url: str, body: dict | None = None) -> dict:

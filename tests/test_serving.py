@@ -13,12 +13,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import model_server, register_untrained_champion
 from PIL import Image
 
-from conftest import model_server, register_untrained_champion
 from unet.images.reading import read_image
-from unet.tracking.serving import decode_mask
 from unet.tracking import models
+from unet.tracking.serving import decode_mask
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -232,9 +232,10 @@ def test_predict_scale_is_a_param_and_matches_in_process(tracking_uri):
     that scale instead, in both formats; auto is the model's own."""
     import torch
     from mlflow.exceptions import MlflowException
+
     from unet.inference import rle
-    from unet.network.model import UNet
     from unet.inference.segmenter import Segmenter
+    from unet.network.model import UNet
     torch.manual_seed(0)
     with mlflow.start_run():
         uri = models.log_model(Segmenter(UNet(features=(4, 8, 16, 32)), (32, 48),

@@ -4,7 +4,6 @@ optional extra: `pip install -e ".[spark]"` (Java 17+), then `python -m pytest -
 import importlib.util
 
 import pytest
-
 from conftest import mlflow_run, register_untrained_champion
 from test_predict import photos_of, submission
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from unet.inference import rle
 from unet.errors import UserError
-from unet.network.model import UNet
+from unet.inference import rle
 from unet.inference.segmenter import Segmenter
 from unet.inference.streaming import HEADER, CsvSink, PngSink, predict_stream
+from unet.network.model import UNet
 
 
 def test_a_torn_last_line_is_cut_and_the_names_before_it_are_done(tmp_path):

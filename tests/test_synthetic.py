@@ -1,10 +1,10 @@
 import numpy as np
 from PIL import Image
 
-from unet.data.pairs import load_mask
-from unet.images.reading import load_image
 from unet.data.check import validate_folder
+from unet.data.pairs import load_mask
 from unet.data.synthetic import VIEWS_PER_CAR, generate
+from unet.images.reading import load_image
 
 
 def test_same_seed_same_bytes_and_carvana_layout(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from unet.inference import onnx_runtime, tiling
+from unet.inference.segmenter import Segmenter
 from unet.network.model import UNet
 from unet.network.precision import choose_precision
-from unet.inference.segmenter import Segmenter
 
 FP32 = choose_precision("fp32", "cpu")
 
@@ -244,8 +244,9 @@ def test_the_mode_is_overridden_per_call_and_the_onnx_runtime_follows(tmp_path):
 
 
 def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from unet.images.transforms import resize_image
     import cv2
+
+    from unet.images.transforms import resize_image
     if array.dtype == np.uint8:
         return resize_image(array, size)
     return cv2.resize(array, size[::-1], interpolation=cv2.INTER_LINEAR)
@@ -253,6 +254,7 @@ def cv2_resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatch):
     from PIL import Image
+
     from unet.inference import streaming
     sizes = [(100, 100), (300, 300), (100, 100), (100, 100), (100, 100)]
     paths = []
@@ -280,6 +282,7 @@ def test_reading_ahead_holds_no_more_pixels_than_its_window(tmp_path, monkeypatc
                                                ((6000, 8000), (784, 1056)), ((333, 517), (96, 160))])
 def test_a_folder_of_one_size_lands_exactly_on_the_training_input(median, input_size):
     from types import SimpleNamespace
+
     from unet.planning.fingerprint import Fingerprint
     from unet.tracking.training import training_scale
     cfg = SimpleNamespace(image_height=input_size[0], image_width=input_size[1])

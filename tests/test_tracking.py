@@ -5,12 +5,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from unet.evaluation import baselines
 from unet.data.pairs import Pair
-from unet.evaluation.scoring import evaluate_pairs
-from unet.network.model import UNet
-from unet.inference.segmenter import Segmenter
 from unet.data.synthetic import generate
+from unet.evaluation import baselines
+from unet.evaluation.scoring import evaluate_pairs
+from unet.inference.segmenter import Segmenter
+from unet.network.model import UNet
 from unet.tracking import models, registry
 
 # A floor every model of these tests clears (the floor has tests of its own below).

@@ -15,15 +15,15 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from conftest import ROOT, TINY, mlflow_run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import ROOT, TINY, mlflow_run
 from unet.config import pipeline as config
-from unet.planning import plan as planning
-from unet.planning import search
 from unet.errors import UserError
 from unet.network.precision import choose_precision
+from unet.planning import plan as planning
+from unet.planning import search
 from unet.tracking import splits
 from unet.tracking import tune as tracking
 

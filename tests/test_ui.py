@@ -11,8 +11,8 @@ import urllib.request
 
 import mlflow
 import pytest
-
 from conftest import ROOT, free_port, mlflow_run
+
 from unet.tracking import ui
 
 

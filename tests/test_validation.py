@@ -2,21 +2,21 @@
 the real split_data (fail names every bad file; skip trains on the rest and logs the counts)."""
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
+from conftest import TINY, mlflow_run, only
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
-
-import mlflow
-from conftest import TINY, mlflow_run, only
 from test_bad_input import error_lines, run_step
-from unet.data.pairs import load_mask
-from unet.images.reading import load_image
-from unet.data.synthetic import generate, save_mask_gif
+
 from unet.config import pipeline as config
-from unet.errors import UserError
 from unet.data.check import validate_folder
+from unet.data.pairs import load_mask
 from unet.data.report import PROBLEMS
+from unet.data.synthetic import generate, save_mask_gif
+from unet.errors import UserError
+from unet.images.reading import load_image
 
 H, W = 48, 72
 

@@ -30,20 +30,19 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from unet.config import pipeline as config
-from unet.training import engine
-from unet.network import precision as precisions
-from unet.training import schedule
-from unet.data import synthetic
-from unet.images import transforms
 from tools import tutorial  # noqa: E402
+from unet.config import pipeline as config
+from unet.data import synthetic
 from unet.data.cache import ArrayCache  # noqa: E402
-from unet.data.pairs import SegmentationDataset, load_mask  # noqa: E402
-from unet.images.reading import load_image
 from unet.data.check import validate_folder  # noqa: E402
+from unet.data.pairs import SegmentationDataset, load_mask  # noqa: E402
 from unet.evaluation.scoring import evaluate_pairs  # noqa: E402
-from unet.network.model import UNet  # noqa: E402
+from unet.images import transforms
+from unet.images.reading import load_image
 from unet.inference.segmenter import Segmenter  # noqa: E402
+from unet.network import precision as precisions
+from unet.network.model import UNet  # noqa: E402
+from unet.training import engine, schedule
 
 FULL = dict(features=(64, 128, 256, 512), size=(160, 240), batch=16, rounds=3,
             data_images=32, data_epochs=3, source_size=(1280, 1918), matmul=4096)

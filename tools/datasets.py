@@ -236,6 +236,7 @@ def png_copy(folder: Path, out: Path) -> Path:
     would convert it by hand: one window for all images, the 0.5th..99.5th percentiles of
     their values, mapped linearly onto 0..255."""
     import tifffile
+
     from unet.images.intensity import PERCENTILES, to_rgb8
     folder, out = Path(folder), Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -114,10 +114,10 @@ def measure(rows: list[dict], corrupted: dict[str, str]) -> dict:
 def score_folder(data_dir: Path, model_uri: str, threshold: float) -> tuple[list[dict], float]:
     """Without training: every pair of data_dir scored by an already trained model (whose
     predictions are then all out of sample), as ranking.csv rows (subset "folder")."""
-    from unet.evaluation import label_quality
-    from unet.data.pairs import load_mask
-    from unet.tracking import models
     from unet.data.check import validate_folder
+    from unet.data.pairs import load_mask
+    from unet.evaluation import label_quality
+    from unet.tracking import models
     pairs = validate_folder(data_dir / "train", data_dir / "train_masks").pairs
     start = time.perf_counter()
     rows, _ = label_quality.score_pairs(models.load_segmenter(model_uri), {"folder": pairs},

@@ -65,9 +65,9 @@ def train(features, size, train_pairs, steps: int, seed: int = 0):
     """A briefly trained UNet (bce + Adam at 2e-3, batch 8, flips), fp32 weights."""
     from unet.data.pairs import load_mask
     from unet.images.reading import load_image
+    from unet.images.transforms import resize_image, resize_mask, to_input
     from unet.network.model import UNet
     from unet.network.precision import choose_precision
-    from unet.images.transforms import resize_image, resize_mask, to_input
     torch.manual_seed(seed)
     x = torch.from_numpy(to_input(np.stack([resize_image(load_image(p.image, size), size)
                                             for p in train_pairs])))
@@ -100,8 +100,8 @@ def logged(uri: str) -> dict:
 def prepare(out: Path, images: int, steps: list[int], names: list[str],
             uris: dict[str, str]) -> dict:
     from tools.datasets import carvana_folder
-    from unet.inference import onnx_runtime
     from unet.images.reading import load_image
+    from unet.inference import onnx_runtime
     from unet.inference.segmenter import Segmenter
     data = out / "data"
     if not (data / "train").is_dir() or len(list((data / "train").glob("*.jpg"))) < images:
@@ -141,8 +141,8 @@ def choose_fp32():
 
 def segmenter_for(folder: Path, runtime: str):
     from unet.inference import onnx_runtime
-    from unet.network.precision import choose_precision
     from unet.inference.segmenter import Segmenter
+    from unet.network.precision import choose_precision
     state = torch.load(folder / "model.pt", weights_only=True)
     precision = choose_precision("bf16" if runtime == "torch-bf16" else "fp32", "cpu")
     segmenter = Segmenter.from_state(state, precision)
@@ -159,6 +159,7 @@ def measure(out: Path, name: str, runtime: str, repeats: int, dice: bool = True)
     """One runtime of one model, in this process: latency, throughput, Dice (unless not
     `dice`: NaN), peak RSS."""
     from PIL import Image
+
     from unet.evaluation.scoring import evaluate_pairs
     from unet.inference.onnx_runtime import seconds_per_batch
     segmenter = segmenter_for(out / name, runtime)

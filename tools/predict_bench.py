@@ -63,11 +63,12 @@ def peak_rss_mb() -> float:
 def worker(args) -> None:
     """One measurement in this process: prints a JSON line."""
     import torch
-    from unet.inference import rle
-    from unet.network.model import UNet
+
     from unet.images.reading import read_for_model
+    from unet.inference import rle
     from unet.inference.segmenter import Segmenter
     from unet.inference.streaming import CsvSink, PngSink, predict_stream
+    from unet.network.model import UNet
     torch.manual_seed(0)
     segmenter = Segmenter(UNet(features=tuple(args.features)), tuple(args.size))
     images = [Path(line) for line in Path(args.list).read_text().split()]
@@ -97,6 +98,7 @@ def spark_run(segmenter, images: list[Path], out: Path, batch_size: int) -> dict
     """engine=spark on local[*]: the model logged to a private store, then the Spark job
     (session start, model load in the workers and all included)."""
     import mlflow
+
     from unet.inference.streaming import CsvSink
     from unet.tracking import models
     from unet.tracking.spark_predict import predict_spark

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from unet.config.checks import PREDICT_SCALES, at_least, check_runtime, check_tta, one_of
+from unet.config.checks import (
+    PREDICT_SCALES,
+    at_least,
+    check_runtime,
+    check_tta,
+    one_of,
+)
 from unet.errors import UserError
 
 TUNNELS = ("none", "ngrok")

@@ -13,12 +13,20 @@ from typing import Any, get_type_hints
 import yaml
 
 # AUTO and LOSSES are also read as config.AUTO, config.LOSSES by the steps and the library.
-from unet.config.checks import (AUTO, LOSSES, MASK_KINDS, PREDICT_SCALES,  # noqa: F401
-                         at_least, check_runtime, check_tta, one_of)
-from unet.data.pairs import parse_group
-from unet.images.transforms import APPEARANCES
+from unet.config.checks import (  # noqa: F401
+    AUTO,
+    LOSSES,
+    MASK_KINDS,
+    PREDICT_SCALES,
+    at_least,
+    check_runtime,
+    check_tta,
+    one_of,
+)
 from unet.config.entries import PredictConfig, TuneConfig, UiConfig
+from unet.data.pairs import parse_group
 from unet.errors import UserError
+from unet.images.transforms import APPEARANCES
 from unet.labels.masks import parse_ignore
 
 # The project's params.yaml, carried by the package (a link in a checkout, a copy when built).

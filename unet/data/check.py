@@ -22,15 +22,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from unet.sampling import spread
-from unet.labels import classes as labels
-from unet.images import formats as imageio
-from unet.labels.classes import BadLabel, Classes
 from unet.data.pairs import MaskNaming, Pair, grey_array
-from unet.images.formats import IMAGE_EXTS
-from unet.errors import UserError
 from unet.data.report import NOTES, PROBLEMS, DataReport, Finding
+from unet.errors import UserError
+from unet.images.formats import (
+    DEEP_MODES,
+    EXTS_TEXT,
+    GREY_MODES,
+    IMAGE_EXTS,
+    is_tiff,
+    open_pil,
+    read_tiff,
+)
+from unet.labels import classes as labels
+from unet.labels.classes import BadLabel, Classes
 from unet.labels.masks import VOID, labels_present
+from unet.sampling import spread
 
 # A level between background and foreground that fills regions of at least this share of a
 # mask is a class of its own; levels found only along edges are antialiasing.
@@ -55,8 +62,8 @@ def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
 def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
     """Decodes the image fully; returns its (width, height) (None if unreadable) and findings."""
     try:
-        if imageio.is_tiff(path):            # tifffile: its dtype and channels say the same
-            values = imageio.read_tiff(path, None)
+        if is_tiff(path):            # tifffile: its dtype and channels say the same
+            values = read_tiff(path, None)
             bands = 1 if values.ndim == 2 else values.shape[2]
             size, mode = values.shape[1::-1], f"TIFF {values.dtype}, {bands} channel(s)"
             alpha, grey, deep = bands in (2, 4), bands < 3, values.dtype != np.uint8
@@ -67,7 +74,7 @@ def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
                     image.draft(image.mode, (size[0] // 8, size[1] // 8))
                 image.load()
                 alpha = "A" in image.getbands() or "transparency" in image.info
-            grey, deep = mode in imageio.GREY_MODES, mode in imageio.DEEP_MODES
+            grey, deep = mode in GREY_MODES, mode in DEEP_MODES
     except DECODE_ERRORS as e:
         return None, [Finding(path, "unreadable_image", str(e))]
     if deep:
@@ -83,7 +90,7 @@ def check_mask(path: Path, image_size: tuple[int, int], multiclass_ok: bool,
     """Decodes the mask fully and looks at its levels: size, classes, edges, emptiness; the
     void value `ignore` is no level. In a folder of instance labels, counts the objects."""
     try:
-        with imageio.open_pil(path) as mask:
+        with open_pil(path) as mask:
             mask.load()
             size = mask.size
             if ignore is None and not instances:
@@ -142,7 +149,7 @@ def check_class_mask(path: Path, image_size: tuple[int, int], classes: Classes,
     """A mask of class indices: decodable, of the image's size, every value a class (or the
     void value `ignore`)."""
     try:
-        with imageio.open_pil(path) as mask:
+        with open_pil(path) as mask:
             size = mask.size
         class_map = labels.load_class_map(path, classes, ignore)
     except BadLabel as e:
@@ -168,7 +175,7 @@ def check_pair(pair: Pair, multiclass_ok: bool, classes: Classes | None = None,
 def void_pixels(path: Path, ignore: int) -> tuple[int, int]:
     """(pixels of value `ignore`, all pixels) of a mask (its raw values: palette indices, or
     the grey levels of a single-channel mask)."""
-    with imageio.open_pil(path) as mask:
+    with open_pil(path) as mask:
         values, _ = labels.class_values(mask, ignore)
     return int((values == ignore).sum()), values.size
 
@@ -181,7 +188,7 @@ def detect_classes(masks: list[Path], declared: str, ignore: str | int | None = 
     readable = []
     for path in masks:
         try:
-            with imageio.open_pil(path) as mask:
+            with open_pil(path) as mask:
                 mask.load()
             readable.append(path)
         except DECODE_ERRORS:
@@ -248,7 +255,7 @@ def pair_files(image_dir: Path, mask_dir: Path, naming: MaskNaming, notes: list[
     `notes`. UserError where the image folder holds no image."""
     images = _list(image_dir, lambda p: p.suffix.lower() in IMAGE_EXTS, notes)
     if not images:
-        raise UserError(f"no images ({imageio.EXTS_TEXT}) in {image_dir}")
+        raise UserError(f"no images ({EXTS_TEXT}) in {image_dir}")
     masks = {naming.stem_of(p.name): p
              for p in _list(mask_dir, lambda p: naming.stem_of(p.name) is not None, notes)}
     by_stem: dict[str, list[Path]] = {}
@@ -264,7 +271,7 @@ def pair_files(image_dir: Path, mask_dir: Path, naming: MaskNaming, notes: list[
                                     f"expected {mask_dir / naming.mask_name(stem)}"))
         else:
             pairs.append(Pair(stem, paths[0], masks[stem]))
-    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{imageio.EXTS_TEXT}")
+    problems += [Finding(path, "no_image", f"expected {image_dir / stem}{EXTS_TEXT}")
                  for stem, path in masks.items() if stem not in by_stem]
     return pairs, problems
 

@@ -5,17 +5,17 @@ import dataclasses
 import functools
 import random
 import re
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from unet.images import formats as imageio
 from unet.data.cache import ArrayCache
 from unet.errors import UserError
+from unet.images.formats import SIXTEEN_BIT_MODES, open_pil
 from unet.images.intensity import Window
 from unet.images.reading import load_image
 from unet.images.transforms import resize_pair
@@ -143,7 +143,7 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, test_fraction: float
 def grey_array(image: Image.Image) -> np.ndarray:
     """A decoded mask of any mode -> (H, W) integer levels: the luminance (palette looked up),
     or the raw values of a 16-bit mask."""
-    if image.mode in imageio.SIXTEEN_BIT_MODES:
+    if image.mode in SIXTEEN_BIT_MODES:
         return np.asarray(image)
     return np.asarray(image.convert("L"))
 
@@ -155,7 +155,7 @@ def load_mask(path: Path) -> np.ndarray:
     0/255 (or 0/65535 in 16 bits), antialiased masks hold values in between, and some masks hold
     0/1 directly: taking the luminance and thresholding at half its maximum handles all of them.
     """
-    with imageio.open_pil(path) as mask:
+    with open_pil(path) as mask:
         grey = grey_array(mask)
     top = int(grey.max())
     return (grey > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(grey)

@@ -7,8 +7,8 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-from unet.labels.classes import Classes
 from unet.data.pairs import Pair
+from unet.labels.classes import Classes
 
 PROBLEMS = {   # kind -> what the report says
     "no_mask": "image without mask",

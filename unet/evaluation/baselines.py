@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.sampling import spread
-from unet.labels.classes import Classes, reader
 from unet.data.pairs import Pair
 from unet.evaluation.metrics import SegmentationMetrics, confusion, scores
 from unet.images.transforms import resize_mask
+from unet.labels.classes import Classes, reader
+from unet.sampling import spread
 
 GRID = (160, 160)   # where training masks are averaged: positions relative to the image size
 

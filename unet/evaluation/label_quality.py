@@ -38,8 +38,8 @@ import torch
 
 from unet.data.pairs import GroupRule, Pair
 from unet.images.reading import load_image
-from unet.labels.masks import VOID
 from unet.images.transforms import resize_image, resize_mask
+from unet.labels.masks import VOID
 
 MIN_AREA = 0.01          # the smallest object area a score is relative to, share of the image
 GROUP_MIN = 3            # a group's median is taken off its images' scores from this size on

@@ -10,13 +10,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from unet.inference.segmenter import as_written
-from unet.labels.classes import Classes, reader
 from unet.data.pairs import Pair
-from unet.images.reading import load_image
 from unet.evaluation.metrics import SegmentationMetrics, scores
-from unet.inference.segmenter import TTA_FLIPS, Segmenter
 from unet.evaluation.visualize import confusion_image, overlay, panel
+from unet.images.reading import load_image
+from unet.inference.segmenter import TTA_FLIPS, Segmenter, as_written
+from unet.labels.classes import Classes, reader
 
 
 def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float = 0.5,

@@ -13,10 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from unet.images import formats as imageio
-from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
+from unet.images.formats import (
+    DEEP_MODES,
+    MAX_PIXELS,
+    NotAnImage,
+    UnreadableImage,
+    is_tiff,
+    over_limit,
+    read_tiff,
+)
 from unet.images.intensity import Window, to_rgb8
-
 
 FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF: unet.images.formats)
 
@@ -36,7 +42,7 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
                                else source, formats=formats)
         with image:
             width, height = image.size
-            refusal = imageio.over_limit(height, width, max_pixels)
+            refusal = over_limit(height, width, max_pixels)
             if refusal:
                 raise refusal
             yield image
@@ -56,7 +62,7 @@ def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window |
     """TIFF bytes or file -> (H, W, 3) uint8 through `window` (unet.images.intensity.to_rgb8);
     UnreadableImage saying why not."""
     try:
-        return to_rgb8(imageio.read_tiff(source, max_pixels), window)
+        return to_rgb8(read_tiff(source, max_pixels), window)
     except ValueError as e:                   # NoWindow: a float image, a model of 8 bits
         if isinstance(e, UnreadableImage):
             raise
@@ -82,7 +88,7 @@ def decode(source: bytes | Path,
     format names besides TIFF; None: any PIL reads) are checked from the header. Raises
     UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
     """
-    if imageio.is_tiff(source):
+    if is_tiff(source):
         image = read_tiff_rgb(source, max_pixels, window)
         return image, image.shape[:2]
     with open_image(source, max_pixels, formats) as image:
@@ -127,7 +133,7 @@ def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:
     an alpha channel is dropped, 16-bit and float values go through the intensity `window`
     (unet.images.intensity.to_rgb8; PIL's convert("RGB") would clip them at 255, turning most
     of a 16-bit photo white)."""
-    if image.mode in imageio.DEEP_MODES:
+    if image.mode in DEEP_MODES:
         return to_rgb8(np.asarray(image), window)
     return np.asarray(image.convert("RGB"))
 

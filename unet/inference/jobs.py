@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from unet.atomic import write_atomically
-from unet.images.formats import EXTS_TEXT, IMAGE_EXTS
 from unet.errors import UserError
+from unet.images.formats import EXTS_TEXT, IMAGE_EXTS
 from unet.inference.streaming import SUBMISSION, CsvSink, PngSink
 
 FORMATS = ("png", "rle")

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet.network.model import UNet
-from unet.network.precision import Precision
+from unet.images.transforms import resize_image, to_input
 from unet.inference.segmenter import Segmenter
 from unet.inference.tiling import pad_size
-from unet.images.transforms import resize_image, to_input
+from unet.network.model import UNet
+from unet.network.precision import Precision
 
 ONNX_FILE = "segmenter.onnx"            # fp32, beside segmenter.pt in the logged model
 INT8_FILE = "segmenter.int8.onnx"       # evaluate's int8 copy, when it kept it
@@ -151,8 +151,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: Sequence[np.ndarray],
                   size: tuple[int, int]) -> Path:
     """Static int8 quantization of an exported model: QDQ format, weights per output channel
     (symmetric int8), activations (uint8) calibrated on `images` (min-max) at `size`."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prepared = Path(out_path).with_suffix(".prep.onnx")
     # Shape inference and graph folding first, as ONNX Runtime advises for static quantization.

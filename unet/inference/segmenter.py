@@ -8,13 +8,12 @@ import cv2
 import numpy as np
 import torch
 
-from unet.inference import tiling
 from unet.config.checks import SCALE_MODES, TTA_MODES
 from unet.images.intensity import Window
-from unet.network.precision import Precision, choose_precision, prepare
-from unet.network.model import UNet
 from unet.images.transforms import resize_image, to_input
-
+from unet.inference import tiling
+from unet.network.model import UNet
+from unet.network.precision import Precision, choose_precision, prepare
 
 # Test-time augmentation: the flips whose predictions are averaged (dims of (B, C, H, W)).
 TTA_FLIPS = dict(zip(TTA_MODES, ([()], [(), (3,)], [(), (3,), (2,), (2, 3)])))

@@ -30,11 +30,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from unet.atomic import write_atomically
-from unet.inference import rle
-from unet.evaluation import visualize
 from unet.errors import UserError
+from unet.evaluation import visualize
 from unet.images.formats import MAX_PIXELS, UnreadableImage
 from unet.images.reading import read_for_model, read_image
+from unet.inference import rle
 from unet.inference.segmenter import Segmenter, as_written
 
 SUBMISSION = "submission.csv"

@@ -17,11 +17,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unet.sampling import spread
-from unet.images import formats as imageio
 from unet.data.pairs import grey_array, load_mask
 from unet.errors import UserError
-from unet.labels.masks import MAX_INDEX_VALUE, VOID, labels_present, mask_says, palette_void
+from unet.images.formats import open_pil
+from unet.labels.masks import (
+    MAX_INDEX_VALUE,
+    VOID,
+    labels_present,
+    mask_says,
+    palette_void,
+)
+from unet.sampling import spread
 
 
 class BadLabel(ValueError):
@@ -135,7 +141,7 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
     if ignore == "auto":
         ignore = None
         for path in chosen:
-            with imageio.open_pil(path) as mask:
+            with open_pil(path) as mask:
                 if palette_void(mask):
                     ignore = VOID
                     break
@@ -143,7 +149,7 @@ def detect(masks: Sequence[Path], ignore: str | int | None = "auto", limit: int 
     index_masks = 0
     says = dict.fromkeys(("instances", "classes", "binary", "cannot tell"), 0)
     for path in chosen:
-        with imageio.open_pil(path) as mask:
+        with open_pil(path) as mask:
             values, indices = class_values(mask, ignore)
             coloured = indices and mask.mode == "P"
         said = "classes" if coloured else mask_says(values, ignore) or "cannot tell"
@@ -179,7 +185,7 @@ def detect_count(masks: Sequence[Path], limit: int = 64) -> int:
 def load_class_map(path: Path, classes: Classes, ignore: int | None = None) -> np.ndarray:
     """A mask of class indices -> (H, W) uint8, void pixels (value `ignore`) VOID. BadLabel
     naming the file and the value when a pixel is not one of `classes`."""
-    with imageio.open_pil(path) as mask:
+    with open_pil(path) as mask:
         values, _ = class_values(mask, ignore)
     void = values == ignore if ignore is not None else np.zeros(values.shape, bool)
     top = int(values[~void].max(initial=0))
@@ -200,7 +206,7 @@ def load_binary(path: Path, ignore: int | None = None, instances: bool = False) 
     void."""
     if ignore is None and not instances:
         return load_mask(path)
-    with imageio.open_pil(path) as mask:
+    with open_pil(path) as mask:
         values, indices = class_values(mask, ignore)
     void = values == ignore if ignore is not None else np.zeros(values.shape, bool)
     if instances or (indices and mask.mode == "P"):

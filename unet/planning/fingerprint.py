@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unet.sampling import spread
-from unet.images import formats as imageio
 from unet.data.pairs import Pair, load_mask
+from unet.images.formats import DEEP_MODES, GREY_MODES, image_size, is_tiff, read_tiff
 from unet.labels.masks import VOID
-from unet.training.losses import make_loss
 from unet.network.model import UNet
 from unet.network.precision import Precision, prepare
+from unet.sampling import spread
+from unet.training.losses import make_loss
 
 # A mask frames its object (a photo) when its largest object spans at least this share of the
 # image's height or width and no object touches the image border (unet.planning.sizing.scale_rule).
@@ -50,7 +50,7 @@ def fingerprint(train: Sequence[Pair], val: Sequence[Pair], sample: int = 32,
     the void pixels (unet.labels.masks.VOID)."""
     sizes = []
     for pair in spread(train, 256):
-        sizes.append(imageio.image_size(pair.image))
+        sizes.append(image_size(pair.image))
     diameters, fractions, framed = [], [], []
     for pair in spread(train, sample):
         mask = load_mask(pair.mask) if read_mask is None else read_mask(pair.mask)
@@ -89,15 +89,15 @@ def has_colour(path, tolerance: float = 3.0) -> bool:
     levels on average (JPEG's chroma noise stays below that on a grey image saved as RGB).
     Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters. A TIFF: its
     channels differ by more than `tolerance` / 255 of its value range."""
-    if imageio.is_tiff(path):
-        values = imageio.read_tiff(path, None)
+    if is_tiff(path):
+        values = read_tiff(path, None)
         if values.ndim == 2 or values.shape[2] < 3:
             return False
         rgb = values[..., :3].astype(np.float32)
         span = float(rgb.max() - rgb.min()) or 1.0
         return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance * span / 255
     with Image.open(path) as image:
-        if image.mode in imageio.GREY_MODES + imageio.DEEP_MODES:
+        if image.mode in GREY_MODES + DEEP_MODES:
             return False
         image.draft("RGB", (image.width // 8, image.height // 8))
         rgb = np.asarray(image.convert("RGB"), np.float32)

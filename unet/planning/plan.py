@@ -20,11 +20,22 @@ from typing import Any
 from unet.config import pipeline as config
 from unet.config.checks import AUTO
 from unet.data.pairs import Pair
-from unet.planning.fingerprint import Fingerprint, Machine, Speed, fingerprint, measure_speed
 from unet.network.precision import Precision
-from unet.planning.sizing import (cap_size, memory_pixels, plan_patch, plan_size, round_to,
-                                  scale_rule)
-
+from unet.planning.fingerprint import (
+    Fingerprint,
+    Machine,
+    Speed,
+    fingerprint,
+    measure_speed,
+)
+from unet.planning.sizing import (
+    cap_size,
+    memory_pixels,
+    plan_patch,
+    plan_size,
+    round_to,
+    scale_rule,
+)
 
 # Settings the plan fills in when the user leaves them "auto".
 PLANNED = ("lr", "lr_schedule", "warmup_steps", "batch_size", "epochs", "steps_per_epoch",

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from unet.config import pipeline as config
 from unet.config.checks import LOSSES
-from unet.planning.plan import batch_for, lr_at_batch, scale_features
 from unet.errors import UserError
+from unet.planning.plan import batch_for, lr_at_batch, scale_features
 from unet.secrets import mask
 
 # Train parameters a space may name; FACTORS are multiples of the plan's value.

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from unet.labels.classes import BINARY_NAMES
-from unet.inference import onnx_runtime
 from unet.errors import UserError
 from unet.images.reading import encode_png
+from unet.inference import onnx_runtime
 from unet.inference.segmenter import Segmenter
+from unet.labels.classes import BINARY_NAMES
 from unet.secrets import mask
 
 with warnings.catch_warnings(record=True):

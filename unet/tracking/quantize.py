@@ -8,11 +8,11 @@ from pathlib import Path
 
 import mlflow
 
-from unet.sampling import spread
-from unet.inference import onnx_runtime
-from unet.images.reading import load_image
 from unet.errors import UserError
 from unet.evaluation.scoring import evaluate_pairs
+from unet.images.reading import load_image
+from unet.inference import onnx_runtime
+from unet.sampling import spread
 from unet.tracking import models
 
 INT8_TOLERANCE = 0.005       # the most test Dice the int8 file may lose against fp32

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 
 from unet.evaluation import label_quality
+from unet.evaluation.visualize import label_panel
 from unet.images.intensity import describe
 from unet.tracking.runs import CHECKPOINT_ARTIFACT
-from unet.evaluation.visualize import label_panel
 
 REPORT_JSON, REPORT_TEXT = "data_report.json", "data_report.txt"
 LABELS = "label_quality"             # the evaluate run's folder of the label-quality check

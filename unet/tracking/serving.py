@@ -50,11 +50,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from unet.inference import rle
 from unet.config.checks import RUNTIMES
-from unet.inference.onnx_runtime import INT8_FILE, with_runtime
 from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
 from unet.images.reading import encode_png, read_for_model, read_image
+from unet.inference import rle
+from unet.inference.onnx_runtime import INT8_FILE, with_runtime
 from unet.inference.segmenter import TTA_FLIPS, Segmenter, as_written
 
 INPUT_COLUMN = "image"

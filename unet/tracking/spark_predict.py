@@ -17,9 +17,9 @@ from pathlib import Path
 
 import mlflow
 
-from unet.tracking import serving
 from unet.errors import UserError
 from unet.inference.streaming import CsvSink, Outcome
+from unet.tracking import serving
 
 RESULT_TYPE = "struct<rle_mask: string, error: string>"
 CHUNK = 1024          # images per Spark job (at least 64 per task slot): what a restart keeps

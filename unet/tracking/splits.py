@@ -14,9 +14,9 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-from unet.labels.classes import Classes, reader
 from unet.data.pairs import GroupRule, MaskNaming, Pair
 from unet.errors import UserError
+from unet.labels.classes import Classes, reader
 from unet.tracking.runs import get_run
 
 SPLIT_FILE = "split.json"

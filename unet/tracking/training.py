@@ -17,19 +17,18 @@ import mlflow
 
 from unet.config import pipeline as config
 from unet.config.checks import AUTO
-from unet.training import distributed, engine, fitting
-from unet.images import intensity
-from unet.planning import plan as planning
-from unet.images import transforms
 from unet.errors import UserError
 from unet.evaluation.scoring import choose_tta
-from unet.network.model import UNet
-from unet.planning.plan import Plan
-from unet.network.precision import Precision, choose_precision
+from unet.evaluation.visualize import sample_grid
+from unet.images import intensity, transforms
 from unet.inference.segmenter import Segmenter
+from unet.network.model import UNet
+from unet.network.precision import Precision, choose_precision
+from unet.planning import plan as planning
+from unet.planning.plan import Plan
 from unet.tracking import models, reports, runs, splits
 from unet.tracking.outbox import Outbox, spool_dir
-from unet.evaluation.visualize import sample_grid
+from unet.training import distributed, engine, fitting
 
 CHECKPOINTS = Path("checkpoints")   # <run id>/last.pt: the latest completed epoch of each run
 HANDOFF = "UNET_TRAIN_INPUTS"       # set by `launch`: where the pickled TrainInputs are

@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 
 from unet.config import pipeline as config
 from unet.config.checks import AUTO
-from unet.planning import plan as planning
-from unet.planning import search
 from unet.errors import UserError
 from unet.network.precision import Precision, choose_precision
+from unet.planning import plan as planning
+from unet.planning import search
 from unet.tracking import reports, runs, splits, training
 
 TRIAL_STATE_TAG = "trial_state"      # RUNNING, COMPLETE, PRUNED or FAIL, as Optuna says

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from unet.training import batchnorm, distributed
-from unet.training.checkpoint import save_checkpoint
-from unet.training.averaging import WeightAverage
-from unet.training.seeding import rng_state, set_rng_state
 from unet.errors import UserError
+from unet.evaluation.metrics import SegmentationMetrics, summarize
+from unet.network.precision import Precision, prepare
+from unet.training import batchnorm, distributed
+from unet.training.averaging import WeightAverage
+from unet.training.checkpoint import save_checkpoint
 from unet.training.keeping import SteadyRounds
 from unet.training.losses import make_loss
-from unet.network.precision import Precision, prepare
 from unet.training.schedule import Schedule, lr_factor
-from unet.evaluation.metrics import SegmentationMetrics, summarize
+from unet.training.seeding import rng_state, set_rng_state
 
 
 def _seed_worker(worker_id: int) -> None:

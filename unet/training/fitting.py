@@ -5,18 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from unet.training import batchnorm, distributed, engine
-from unet.images import formats as imageio
-from unet.images import intensity
-from unet.training import seeding
-from unet.images import transforms
-from unet.data.cache import ArrayCache
-from unet.labels.classes import Classes, reader
 from unet.config.pipeline import TrainConfig
+from unet.data.cache import ArrayCache
 from unet.data.pairs import Pair, SegmentationDataset
 from unet.errors import UserError
+from unet.images import intensity, transforms
+from unet.images.formats import read_deep
+from unet.labels.classes import Classes, reader
 from unet.network.model import UNet
 from unet.network.precision import Precision
+from unet.training import batchnorm, distributed, engine, seeding
 from unet.training.schedule import EpochSampler, Schedule
 
 
@@ -54,7 +52,7 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
         (f" void {ignore}" if ignore is not None else "") + (" instances" if instances else "")
     masks = {} if reading == "binary" else {
         "read_mask": reader(classes, ignore, instances), "labels": reading}
-    window = intensity.measure([pair.image for pair in subsets["train"]], imageio.read_deep)
+    window = intensity.measure([pair.image for pair in subsets["train"]], read_deep)
     train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks,
                                     window=window).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
