@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, free_port
 
-from unet.secrets import mask
+from unet.secrets import mask, mask_logging
 
 # The least each entry point needs to get as far as the tracking server.
 ENTRY_POINTS = {
@@ -25,6 +25,41 @@ def test_mask_hides_passwords_in_any_url():
     assert mask("postgresql://nobody@db/optuna") == "postgresql://nobody@db/optuna"
     assert mask("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
 
+
+@pytest.mark.parametrize("text,masked", [
+    ("http://u:p@ss@host:5000/x", "http://u:***@host:5000/x"),          # a raw @ in the password
+    ("redis://:secret@cache:6379/0", "redis://:***@cache:6379/0"),      # no user, a password
+    ("https://ghp_16C7e42F292c6912E7710c838347Ae178B4a@github.com/o/r.git",
+     "https://***@github.com/o/r.git"),                                  # a token as the user
+    ("https://host/api?user=me&password=hunter2&x=1", "https://host/api?user=me&password=***&x=1"),
+    ("postgresql://db/optuna?sslmode=require&token=abc", "postgresql://db/optuna?sslmode=require&token=***"),
+    ("a@b.c and mailto:me@example.org", "a@b.c and mailto:me@example.org"),   # no URL user info
+    ("http://alice@host/x", "http://alice@host/x"),                       # a user name alone
+])
+def test_mask_hides_the_url_secrets_that_are_not_a_plain_password(text, masked):
+    assert mask(text) == masked
+
+
+
+def test_log_records_of_any_logger_and_thread_are_masked(caplog):
+    """What MLflow's system-metrics thread logs when the server goes away: its URL."""
+    import logging
+    import threading
+    make = logging.getLogRecordFactory()
+    try:
+        mask_logging()
+        mask_logging()                              # once is enough: not masked twice over
+        logger = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+        thread = threading.Thread(target=lambda: logger.warning(
+            "Failed to log system metrics: %s", "https://u:hunter2@host/api/2.0/x"))
+        thread.start()
+        thread.join()
+        logging.getLogger().error("to %s", "redis://:s3cret@cache/0")
+    finally:
+        logging.setLogRecordFactory(make)
+    assert "hunter2" not in caplog.text and "s3cret" not in caplog.text
+    assert "Failed to log system metrics: https://u:***@host/api/2.0/x" in caplog.text
+    assert "to redis://:***@cache/0" in caplog.text
 
 @pytest.mark.parametrize("step", sorted(ENTRY_POINTS))
 def test_an_unreachable_server_is_one_line_without_the_password(step):

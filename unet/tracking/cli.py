@@ -12,7 +12,7 @@ from collections.abc import Callable
 from unet.config import pipeline as config
 from unet.config.entries import TuneConfig
 from unet.errors import UserError
-from unet.secrets import mask
+from unet.secrets import mask, mask_logging
 
 
 def _interrupt(signum, frame) -> None:
@@ -34,13 +34,15 @@ def main(step: Callable[[], None]) -> None:
     """Runs a step; a UserError prints `error: ...` and exits 2; an interruption (Ctrl-C,
     SIGTERM) prints `interrupted: ...` and exits 130, as shells do for Ctrl-C. A tracking
     server that does not answer is one line too (asked first: MLflow itself would retry for
-    two minutes and then print the URI, password and all); nothing printed shows a password."""
+    two minutes and then print the URI, password and all); nothing printed or logged shows a
+    password (unet.secrets.mask_logging)."""
     if not sys.stderr.isatty():   # progress bars in a log file are noise (tqdm: disable=None)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if mask(uri) != uri:   # MLflow prints "View run ... at: <tracking URI>" as runs end
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     sys.excepthook = _masked_traceback
+    mask_logging()
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
