@@ -42,7 +42,9 @@ from unet.sampling import spread
 # A level between background and foreground that fills regions of at least this share of a
 # mask is a class of its own; levels found only along edges are antialiasing.
 MIN_CLASS_SHARE = 0.01
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+# A file declaring more pixels than PIL decodes (> 179 MP) is refused by PIL at open.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+                 Image.DecompressionBombError)
 
 def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
     """Plain files of folder for which keep(path) holds; hidden and other files become notes."""

@@ -99,9 +99,9 @@ def read_tiff(source: bytes | Path, max_pixels: int | None = MAX_PIXELS) -> np.n
                 values = _codec_fallback(source, e)
     except UnreadableImage:
         raise
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError,
-            MemoryError) as e:
-        raise UnreadableImage(f"unreadable TIFF ({e})") from None
+    except Exception as e:  # any failure of the decoder on a damaged or hostile file: zlib's,
+        # a zero in a header field, a tag of the wrong type, ... (tests/test_fuzz.py)
+        raise UnreadableImage(f"unreadable TIFF ({type(e).__name__}: {e})".splitlines()[0]) from None
     kept = "".join(a for a, n in zip(axes, values.shape) if a in "YXSC")
     values = values.reshape([n for a, n in zip(axes, values.shape) if a in "YXSC"])
     if kept.index("Y") > 0:                  # planar (C, Y, X) -> (Y, X, C)

@@ -48,9 +48,9 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
             yield image
     except UnidentifiedImageError:
         raise NotAnImage("not an image (no JPEG, PNG or TIFF header)") from None
-    except Image.DecompressionBombError:
-        raise UnreadableImage(f"over the limit of {(max_pixels or 0) / 1e6:g} megapixels per "
-                              f"image") from None
+    except Image.DecompressionBombError:    # PIL refuses at open above twice its warning size
+        limit = max_pixels or 2 * Image.MAX_IMAGE_PIXELS
+        raise UnreadableImage(f"over the limit of {limit / 1e6:g} megapixels per image") from None
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, UnreadableImage):
             raise
