@@ -31,10 +31,7 @@ def predict() -> None:
         if len(classes) > 2:
             job.sink.classes = len(classes)      # a PngSink: class-index masks
         models.check_predict_scale(model, cfg.predict_scale)
-        claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}",
-                               "tta": cfg.tta, "format": cfg.format,
-                               "predict_scale": cfg.predict_scale},
-              before={"predict_scale": "auto"})     # a record of before the parameter
+        claim_output(cfg, model)
         mlflow.set_tag("model", model)
         if cfg.engine == "spark":   # the model's limit in the Spark workers: their environment
             os.environ[serving.MAX_PIXELS_ENV] = f"{cfg.max_megapixels:g}"
@@ -50,6 +47,19 @@ def predict() -> None:
             outcome = predict_stream(segmenter, job.images, job.sink, cfg.threshold,
                                      cfg.batch_size, max_pixels=int(cfg.max_megapixels * 1e6))
         report(run, outcome, job.sink, job.ignored)
+
+
+def claim_output(cfg, model: str) -> None:
+    """Every setting that changes what lands in output_dir, recorded there (or checked
+    against an earlier run's record): a resumed job never mixes two models or settings."""
+    runtime = models.default_runtime(model) if cfg.runtime == "auto" else cfg.runtime
+    claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}", "tta": cfg.tta,
+                           "format": cfg.format, "predict_scale": cfg.predict_scale,
+                           "runtime": runtime, "overlay": str(cfg.overlay).lower(),
+                           "engine": cfg.engine},
+          # what a record made before a setting was recorded was made with: its default
+          before={"predict_scale": "auto", "runtime": models.default_runtime(model),
+                  "overlay": "false", "engine": "local"})
 
 
 def report(run, outcome: Outcome, sink, ignored: int) -> None:

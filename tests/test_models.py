@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT
 
@@ -77,3 +78,29 @@ def test_a_model_registered_before_the_packages_existed_loads_and_predicts_the_s
     np.testing.assert_allclose(after, np.load(tmp_path / "before.npy"), atol=1e-6)
     answer = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [encode_png(image)]}))
     assert (answer["height"][0], answer["width"][0]) == (20, 30)
+
+
+def test_resolve_fixes_an_alias_latest_and_a_stage_to_a_version(tracking_uri):
+    import warnings
+
+    from mlflow import MlflowClient
+
+    from unet.errors import UserError
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with mlflow.start_run():
+            uri = models.log_model(Segmenter(UNet(features=(4, 8)), (16, 16)),
+                                   np.zeros((8, 12, 3), np.uint8))
+        mlflow.register_model(uri, "cars")
+    client = MlflowClient()
+    client.set_registered_model_alias("cars", "champion", "1")
+    with warnings.catch_warnings():            # stages are deprecated, still resolvable
+        warnings.simplefilter("ignore")
+        client.transition_model_version_stage("cars", "1", "Production")
+    assert models.resolve("models:/cars@champion") == "models:/cars/1"
+    assert models.resolve("models:/cars/latest") == "models:/cars/2"
+    assert models.resolve("models:/cars/production") == "models:/cars/1"
+    assert models.resolve("models:/cars/2") == "models:/cars/2"
+    assert models.resolve(uri) == uri                       # models:/m-<id>: one model already
+    with pytest.raises(UserError, match="models:/cars/Staging: cannot load it"):
+        models.resolve("models:/cars/Staging")

@@ -208,9 +208,16 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     made = predict()
     assert made.returncode == 0, made.stderr[-3000:]
     record = json.loads((out / ".predict.json").read_text())
+    runtime = models.default_runtime("models:/first/1")     # runtime=auto: the model's own
     assert record == {"model": "models:/first/1", "threshold": "0.5", "tta": "auto",
-                      "format": "png", "predict_scale": "auto"}
+                      "format": "png", "predict_scale": "auto", "runtime": runtime,
+                      "overlay": "false", "engine": "local"}
     masks = digests(out)
+    overlays = predict(overlay="true")        # the earlier images would get no overlay
+    assert overlays.returncode == 2
+    assert "overlay=false; this run has overlay=true" in error_lines(overlays)[0]
+    other_runtime = predict(runtime={"torch": "onnx", "onnx": "torch"}[runtime])
+    assert other_runtime.returncode == 2 and f"runtime={runtime}" in error_lines(other_runtime)[0]
 
     other = predict(model_uri="models:/second@champion", threshold="0.9")
     assert other.returncode == 2
@@ -220,6 +227,8 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     register_untrained_champion("first")             # first@champion moves to version 2
     moved = predict()
     assert moved.returncode == 2 and "model=models:/first/2" in error_lines(moved)[0]
+    latest = predict(model_uri="models:/first/latest")   # resolved too: version 2 now
+    assert latest.returncode == 2 and "model=models:/first/2" in error_lines(latest)[0]
     assert digests(out) == masks                     # nothing written by the refused runs
     fitted = predict(model_uri="models:/first/1", predict_scale="fit")
     assert fitted.returncode == 2
@@ -232,9 +241,11 @@ def test_predict_into_a_folder_made_with_other_settings_refuses(tracking_uri, tm
     assert digests(out) == masks                     # nothing written by the refused runs
     again = predict(model_uri="models:/first/1")     # the same model and settings: resumes
     assert again.returncode == 0 and "predicted 0, skipped 3" in again.stdout
-    # A record written before predict_scale existed was made at the model's own: auto.
-    (out / ".predict.json").write_text(json.dumps({k: v for k, v in record.items()
-                                                   if k != "predict_scale"}))
+    # A record written before predict_scale, runtime, overlay and engine were recorded was made
+    # with their defaults: auto (the model's own), false, local.
+    (out / ".predict.json").write_text(json.dumps({k: v for k, v in record.items() if k not in
+                                                   ("predict_scale", "runtime", "overlay",
+                                                    "engine")}))
     older = predict(model_uri="models:/first/1")
     assert older.returncode == 0 and "predicted 0, skipped 3" in older.stdout
 

@@ -127,14 +127,27 @@ def unloadable(model_uri: str, error: Exception) -> UserError:
 
 
 def resolve(model_uri: str) -> str:
-    """The model a URI names now, fixed: an alias (models:/<name>@<alias>) becomes the version
-    it points to (models:/<name>/<version>); other URIs (a version, runs:/<run id>/...,
+    """The model a URI names now, fixed: an alias (models:/<name>@<alias>), `latest`
+    (models:/<name>/latest) or a stage (models:/<name>/Production) becomes the version it
+    points to (models:/<name>/<version>); other URIs (a version, runs:/<run id>/...,
     models:/m-<id>) already name one model and are returned as they are."""
-    name, at, alias = model_uri.removeprefix("models:/").partition("@")
-    if not (model_uri.startswith("models:/") and at):
+    if not model_uri.startswith("models:/"):
         return model_uri
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    if not at:
+        name, _, alias = name.partition("/")
+        if not alias or alias.isdigit():
+            return model_uri
+    client = MlflowClient()
     try:
-        version = MlflowClient().get_model_version_by_alias(name, alias).version
+        if at:
+            version = client.get_model_version_by_alias(name, alias).version
+        else:           # latest, or a stage: the newest version (in that stage)
+            versions = [v for v in client.search_model_versions(f"name='{name}'")
+                        if alias == "latest" or v.current_stage.lower() == alias.lower()]
+            if not versions:
+                raise MlflowException(f"no version of {name} is {alias}")
+            version = max(int(v.version) for v in versions)
     except MlflowException as e:
         raise unloadable(model_uri, e) from None
     return f"models:/{name}/{version}"
