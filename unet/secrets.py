@@ -40,7 +40,10 @@ def mask_logging() -> None:
 
     def masked_record(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:   # a malformed call: logging reports it when the record is emitted
+            return record
         if mask(message) != message:
             record.msg, record.args = mask(message), None
         return record
