@@ -10,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+# The process's umask, read once at import (reading it means setting it): mkstemp makes files
+# 0600, and the files written here get the mode a plain open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], None],
                      durable: bool = False) -> None:
@@ -21,6 +26,7 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], None],
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             if durable:
