@@ -33,8 +33,7 @@ MODEL_NAME_IN_RUN = "model"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # What a logged model needs to load and predict: the pyfunc class and its imports, no more
 # (tests/test_tracking.py checks that these import on their own).
-MODEL_MODULES = ("__init__.py", "atomic.py", "errors.py", "sampling.py",
-                 "data/__init__.py", "data/cache.py", "data/pairs.py",
+MODEL_MODULES = ("__init__.py", "errors.py", "sampling.py",
                  "images/__init__.py", "images/formats.py", "images/intensity.py",
                  "images/reading.py", "images/transforms.py",
                  "inference/__init__.py", "inference/onnx_runtime.py", "inference/rle.py",
