@@ -48,22 +48,30 @@ def test_mutated_files_fail_only_as_unreadable_images_and_quickly(kind):
     data = valid_file(kind)
     assert read_image(data).shape == (48, 64, 3)            # the file itself reads
     escaped: dict[str, str] = {}
-    read, refused, slowest = 0, 0, 0.0
+    outcomes: dict[str, int] = {"read": 0, "refused": 0}
+    slowest = 0.0
+
+    def timed(reader, data: bytes) -> float:
+        started = time.perf_counter()
+        try:
+            image = reader(data)
+            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            outcomes["read"] += 1
+        except UnreadableImage as e:
+            assert "\n" not in str(e)                        # one line
+            outcomes["refused"] += 1
+        except Exception as e:  # what the test is for: nothing else may escape
+            escaped.setdefault(f"{type(e).__name__}: {e}"[:120], f"mutation {n}")
+        return time.perf_counter() - started
+
     for n in range(MUTATIONS):
         bad = mutated(data, rng)
         for reader in (read_image, lambda b: read_for_model(b, (24, 32))[0]):
-            started = time.perf_counter()
-            try:
-                image = reader(bad)
-                assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-                read += 1
-            except UnreadableImage as e:
-                assert "\n" not in str(e)                    # one line
-                refused += 1
-            except Exception as e:  # what the test is for: nothing else may escape
-                escaped.setdefault(f"{type(e).__name__}: {e}"[:120], f"mutation {n}")
-            slowest = max(slowest, time.perf_counter() - started)
-    print(f"\n{kind}: {read} read, {refused} refused, slowest call {slowest * 1000:.0f} ms")
+            seconds = timed(reader, bad)
+            if seconds >= 1.0:       # a bomb is slow every time; a pause of the machine is not
+                seconds = timed(reader, bad)
+            slowest = max(slowest, seconds)
+    print(f"\n{kind}: {outcomes}, slowest call {slowest * 1000:.0f} ms")
     assert not escaped, escaped
     assert slowest < 1.0     # a bound against decoding bombs, not a speed measurement
 
