@@ -52,14 +52,14 @@ def predict() -> None:
 def claim_output(cfg, model: str) -> None:
     """Every setting that changes what lands in output_dir, recorded there (or checked
     against an earlier run's record): a resumed job never mixes two models or settings."""
-    runtime = models.default_runtime(model) if cfg.runtime == "auto" else cfg.runtime
+    default_runtime = models.default_runtime(model)
     claim(cfg.output_dir, {"model": model, "threshold": f"{cfg.threshold:g}", "tta": cfg.tta,
                            "format": cfg.format, "predict_scale": cfg.predict_scale,
-                           "runtime": runtime, "overlay": str(cfg.overlay).lower(),
-                           "engine": cfg.engine},
+                           "runtime": default_runtime if cfg.runtime == "auto" else cfg.runtime,
+                           "overlay": str(cfg.overlay).lower(), "engine": cfg.engine},
           # what a record made before a setting was recorded was made with: its default
-          before={"predict_scale": "auto", "runtime": models.default_runtime(model),
-                  "overlay": "false", "engine": "local"})
+          before={"predict_scale": "auto", "runtime": default_runtime, "overlay": "false",
+                  "engine": "local"})
 
 
 def report(run, outcome: Outcome, sink, ignored: int) -> None:

@@ -44,8 +44,9 @@ def mask_logging() -> None:
             message = record.getMessage()
         except Exception:   # a malformed call: logging reports it when the record is emitted
             return record
-        if mask(message) != message:
-            record.msg, record.args = mask(message), None
+        masked = mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
         return record
     masked_record.masks_secrets = True
     logging.setLogRecordFactory(masked_record)
