@@ -1,6 +1,7 @@
 """Hostile bytes: seeded mutations of small valid JPEG, PNG and TIFF files through the readers
-that take files from anyone (predict, serving: unet.images.reading). Only the project's own
-UnreadableImage may escape them, whatever the bytes, and no call may take long."""
+that take files from anyone (predict, serving: unet.images.reading) and through the data check.
+Only the project's own UnreadableImage (or a finding) may come out, whatever the bytes, and no
+call may take long or grow the process's resident memory by MAX_GROWTH_MB."""
 from __future__ import annotations
 
 import io
@@ -15,6 +16,23 @@ from unet.images.formats import UnreadableImage
 from unet.images.reading import read_for_model, read_image
 
 MUTATIONS = 300          # per format, each through both readers
+MAX_GROWTH_MB = 200
+
+
+def resident_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, in MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> float:
+    """Resets the peak resident memory to the current one (Linux: clear_refs 5) and returns it,
+    so that VmHWM afterwards is the highest any call since reached."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return resident_mb("VmRSS")
 
 
 def valid_file(kind: str) -> bytes:
@@ -64,6 +82,7 @@ def test_mutated_files_fail_only_as_unreadable_images_and_quickly(kind):
             escaped.setdefault(f"{type(e).__name__}: {e}"[:120], f"mutation {n}")
         return time.perf_counter() - started
 
+    before = reset_peak()
     for n in range(MUTATIONS):
         bad = mutated(data, rng)
         for reader in (read_image, lambda b: read_for_model(b, (24, 32))[0]):
@@ -71,9 +90,12 @@ def test_mutated_files_fail_only_as_unreadable_images_and_quickly(kind):
             if seconds >= 1.0:       # a bomb is slow every time; a pause of the machine is not
                 seconds = timed(reader, bad)
             slowest = max(slowest, seconds)
-    print(f"\n{kind}: {outcomes}, slowest call {slowest * 1000:.0f} ms")
+    growth = resident_mb("VmHWM") - before
+    print(f"\n{kind}: {outcomes}, slowest call {slowest * 1000:.0f} ms, peak memory "
+          f"+{growth:.0f} MB")
     assert not escaped, escaped
     assert slowest < 1.0     # a bound against decoding bombs, not a speed measurement
+    assert growth < MAX_GROWTH_MB
 
 
 @pytest.mark.parametrize("kind", ["JPEG", "PNG", "TIFF"])
@@ -85,6 +107,7 @@ def test_the_data_check_reports_mutated_files_instead_of_failing(kind, tmp_path)
     data = valid_file(kind)
     escaped: dict[str, str] = {}
     path = tmp_path / f"x.{kind.lower()}"
+    before = reset_peak()
     for n in range(MUTATIONS):
         path.write_bytes(mutated(data, rng))
         for check in (check_image, lambda p: check_mask(p, (64, 48), multiclass_ok=True)):
@@ -93,12 +116,13 @@ def test_the_data_check_reports_mutated_files_instead_of_failing(kind, tmp_path)
             except Exception as e:  # what the test is for
                 escaped.setdefault(f"{type(e).__name__}: {e}"[:120], f"mutation {n}")
     assert not escaped, escaped
+    assert resident_mb("VmHWM") - before < MAX_GROWTH_MB
 
 
 def test_a_png_declaring_more_than_pil_decodes_is_a_finding_and_one_line(tmp_path):
     """24 KB declaring 14000 x 14000 (196 MP, over PIL's 179 MP): the data check reports the
     image and the mask instead of crashing with PIL's DecompressionBombError, and the training
-    reader names the limit it hit."""
+    reader names the limit it hit (the data check's, 100 MP)."""
     from unet.data.check import check_image, check_mask
     from unet.images.reading import load_image
     bomb = tmp_path / "bomb.png"
@@ -107,5 +131,5 @@ def test_a_png_declaring_more_than_pil_decodes_is_a_finding_and_one_line(tmp_pat
     size, findings = check_image(bomb)
     assert size is None and [f.kind for f in findings] == ["unreadable_image"]
     assert [f.kind for f in check_mask(bomb, (64, 48), multiclass_ok=True)] == ["unreadable_mask"]
-    with pytest.raises(UnreadableImage, match=r"^over the limit of 178\.957 megapixels per image$"):
+    with pytest.raises(UnreadableImage, match=r"^over the limit of 100 megapixels per image$"):
         load_image(bomb)

@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from bombs import jpeg_with_scans, png_declaring, tiff_zip_bomb
 from conftest import model_server, register_untrained_champion
 from PIL import Image
 
@@ -216,10 +217,29 @@ def test_a_huge_declared_image_gets_a_fast_400_and_the_server_stays_up(served_pi
     print(f"\n400 for a {len(bomb) // 1024} KB PNG declaring 12000x12000: {took * 1000:.0f} ms; "
           f"server RSS {before:.0f} -> {rss_mb(pid):.0f} MB")
     assert rss_mb(pid) - before < 100
+    # Bombs that a header's size does not show (tests/bombs.py), and a request of many rows
+    # each within the limit: 400 from the headers, nothing decoded.
+    tall = png_declaring(10000, 10000)
+    for name, body, says in [
+            (f"{len(tiff_zip_bomb()) // 1024} KB TIFF inflating to 1 GB",
+             request_for(tiff_zip_bomb()), "bytes for 256 bytes of pixels"),
+            (f"{len(jpeg_with_scans(2000)) // 1024} KB JPEG of 2,000 scans",
+             request_for(jpeg_with_scans(2000)), "a JPEG of 2000 scans (at most 64)"),
+            (f"64 rows of a {len(tall) // 1024} KB PNG declaring 10000x10000",
+             request_for(*[tall] * 64), "64 images of 6400 megapixels in one request; at "
+                                        "most 200 (UNET_MAX_REQUEST_MEGAPIXELS")]:
+        start = time.perf_counter()
+        status, answer = post(url, body)
+        took = time.perf_counter() - start
+        assert status == 400 and says in answer["message"], answer
+        assert "\n" not in answer["message"] and took < 1.0, took
+        print(f"400 for a {name}: {took * 1000:.0f} ms; server RSS {rss_mb(pid):.0f} MB")
+    assert rss_mb(pid) - before < 100
     gif = io.BytesIO()
     Image.fromarray(photo(20, 30)).save(gif, format="GIF")
     status, answer = post(url, request_for(gif.getvalue()))       # a format not read here
-    assert status == 400 and "no JPEG, PNG or TIFF header" in answer["message"]
+    assert status == 400 and "a GIF file: only JPEG, PNG or TIFF files are read" in \
+        answer["message"]
     small = encoded(photo(8, 12), "PNG")
     status, answer = post(url, request_for(*[small] * 65))        # one row over the limit
     assert status == 400 and "65 images in one request; at most 64" in answer["message"]

@@ -30,7 +30,9 @@ from unet.images.formats import (
     EXTS_TEXT,
     GREY_MODES,
     IMAGE_EXTS,
+    MAX_PIXELS,
     is_tiff,
+    open_image,
     open_pil,
     read_tiff,
 )
@@ -62,15 +64,17 @@ def _list(folder: Path, keep, notes: list[Finding]) -> list[Path]:
 
 
 def check_image(path: Path) -> tuple[tuple[int, int] | None, list[Finding]]:
-    """Decodes the image fully; returns its (width, height) (None if unreadable) and findings."""
+    """Decodes the image fully, within the readers' limits (unet.images.formats: JPEG, PNG or
+    TIFF, at most MAX_PIXELS, the decode budget), as training will; returns its (width,
+    height) (None if unreadable) and findings."""
     try:
         if is_tiff(path):            # tifffile: its dtype and channels say the same
-            values = read_tiff(path, None)
+            values = read_tiff(path, MAX_PIXELS)
             bands = 1 if values.ndim == 2 else values.shape[2]
             size, mode = values.shape[1::-1], f"TIFF {values.dtype}, {bands} channel(s)"
             alpha, grey, deep = bands in (2, 4), bands < 3, values.dtype != np.uint8
         else:
-            with Image.open(path) as image:
+            with open_image(path, MAX_PIXELS) as image:
                 size, mode = image.size, image.mode
                 if image.format == "JPEG":   # 1/8 scale: still reads every byte, 3x faster
                     image.draft(image.mode, (size[0] // 8, size[1] // 8))

@@ -24,6 +24,11 @@ PERCENTILES = (0.5, 99.5)
 class NoWindow(ValueError):
     """A floating-point image given to a model that has no intensity window."""
 
+    def __init__(self, dtype):
+        super().__init__(f"a {dtype} image, and this model has no intensity window (it was "
+                         f"trained on 8-bit images): convert the image to 8 or 16 bits, or use "
+                         f"a model trained on such images")
+
 
 def as_rgb(values: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 1..4) values -> (H, W, 3) of the same dtype: grey repeated, an alpha
@@ -48,9 +53,7 @@ def to_rgb8(values: np.ndarray, window: Window | None) -> np.ndarray:
     if window is None:
         if np.issubdtype(rgb.dtype, np.integer):
             return (rgb.astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        raise NoWindow(f"a {rgb.dtype} image, and this model has no intensity window (it was "
-                       f"trained on 8-bit images): convert the image to 8 or 16 bits, or use a "
-                       f"model trained on such images")
+        raise NoWindow(rgb.dtype)
     low, high = window
     scaled = (rgb.astype(np.float32) - np.float32(low)) * np.float32(255 / (high - low))
     return np.rint(np.nan_to_num(scaled, nan=0.0)).clip(0, 255).astype(np.uint8)

@@ -4,57 +4,28 @@ upright as EXIF says, 16-bit and float values through the model's intensity wind
 the PNG a mask is written as. Shared by predict, serving, evaluate and the Spark engine."""
 from __future__ import annotations
 
-import contextlib
 import io
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from unet.images.formats import (
     DEEP_MODES,
+    IMAGE_FORMATS,
     MAX_PIXELS,
-    NotAnImage,
     UnreadableImage,
+    UnwantedDtype,
     is_tiff,
-    over_limit,
+    open_image,
     read_tiff,
 )
-from unet.images.intensity import Window, to_rgb8
+from unet.images.intensity import NoWindow, Window, to_rgb8
 
-FORMATS = ("JPEG", "PNG")         # what PIL reads for predict and serving (TIFF: unet.images.formats)
-
-
-@contextlib.contextmanager
-def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
-               formats: tuple[str, ...] | None = FORMATS) -> Iterator[Image.Image]:
-    """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
-    before any pixel is decoded: another format, or more than max_pixels pixels (None: no
-    limit of ours), raises UnreadableImage. A small file may declare a huge image (a few KB of
-    PNG can say 12000 x 12000): decoding it would take seconds and gigabytes, reading the
-    header takes microseconds."""
-    try:
-        with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                               else source, formats=formats)
-        with image:
-            width, height = image.size
-            refusal = over_limit(height, width, max_pixels)
-            if refusal:
-                raise refusal
-            yield image
-    except UnidentifiedImageError:
-        raise NotAnImage("not an image (no JPEG, PNG or TIFF header)") from None
-    except Image.DecompressionBombError:    # PIL refuses at open above twice its warning size
-        limit = max_pixels or 2 * Image.MAX_IMAGE_PIXELS
-        raise UnreadableImage(f"over the limit of {limit / 1e6:g} megapixels per image") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, UnreadableImage):
-            raise
-        raise UnreadableImage(f"unreadable image ({e})") from None
+# What a model without an intensity window reads of a TIFF (unet.images.intensity.to_rgb8):
+# integers (16 bits through their top byte); a float image needs a window.
+INTEGER_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32")
 
 
 def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window | None
@@ -62,7 +33,9 @@ def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window |
     """TIFF bytes or file -> (H, W, 3) uint8 through `window` (unet.images.intensity.to_rgb8);
     UnreadableImage saying why not."""
     try:
-        return to_rgb8(read_tiff(source, max_pixels), window)
+        return to_rgb8(read_tiff(source, max_pixels, None if window else INTEGER_DTYPES), window)
+    except UnwantedDtype as e:                # told by the header: nothing was decoded
+        raise UnreadableImage(str(NoWindow(e.dtype))) from None
     except ValueError as e:                   # NoWindow: a float image, a model of 8 bits
         if isinstance(e, UnreadableImage):
             raise
@@ -72,7 +45,7 @@ def read_tiff_rgb(source: bytes | Path, max_pixels: int | None, window: Window |
 def decode(source: bytes | Path,
            size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
            max_pixels: int | None = MAX_PIXELS, window: Window | None = None,
-           upright: bool = True, formats: tuple[str, ...] | None = FORMATS
+           upright: bool = True, formats: tuple[str, ...] = IMAGE_FORMATS
            ) -> tuple[np.ndarray, tuple[int, int]]:
     """The one reader of images: JPEG/PNG/TIFF bytes or file -> ((h, w, 3) uint8 RGB, (H, W)
     its full size). Every other reader of images is this one with its settings named.
@@ -85,8 +58,8 @@ def decode(source: bytes | Path,
     and the data check read the pixels as stored (upright=False), the grid their masks were
     drawn on. 16-bit and float values go through the intensity `window`
     (unet.images.intensity). `max_pixels` (None: no limit of ours) and `formats` (PIL's
-    format names besides TIFF; None: any PIL reads) are checked from the header. Raises
-    UnreadableImage saying why (not a JPEG/PNG/TIFF, truncated, over max_pixels, ...).
+    format names besides TIFF) are checked from the header. Raises UnreadableImage saying why
+    (not a JPEG/PNG/TIFF, truncated, over max_pixels, a bomb, ...).
     """
     if is_tiff(source):
         image = read_tiff_rgb(source, max_pixels, window)
@@ -123,9 +96,9 @@ def read_for_model(source: bytes | Path,
 def load_image(path: Path, size: tuple[int, int] | None = None,
                window: Window | None = None) -> np.ndarray:
     """What training, evaluate and the plan read: an image of a training folder, (H, W, 3)
-    uint8, as stored (not turned by EXIF: its mask was drawn on those pixels), no pixel limit
-    (the data check has read every file), decoded at about `size` (decode)."""
-    return decode(path, size, None, window, upright=False, formats=None)[0]
+    uint8, as stored (not turned by EXIF: its mask was drawn on those pixels), decoded at
+    about `size` (decode), within the limits the data check applied to every file."""
+    return decode(path, size, MAX_PIXELS, window, upright=False)[0]
 
 
 def rgb_array(image: Image.Image, window: Window | None = None) -> np.ndarray:

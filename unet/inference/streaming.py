@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from unet.atomic import write_atomically
 from unet.errors import UserError
 from unet.evaluation import visualize
-from unet.images.formats import MAX_PIXELS, UnreadableImage
+from unet.images.formats import MAX_PIXELS, UnreadableImage, image_size
 from unet.images.reading import read_for_model, read_image
 from unet.inference import rle
 from unet.inference.segmenter import Segmenter, as_written
@@ -178,12 +177,10 @@ def declared_pixels(path: Path) -> int:
     """The pixels an image file's header declares (microseconds: nothing is decoded); 0 for a
     file that cannot be opened, which its reader then names."""
     try:
-        with warnings.catch_warnings():     # PIL's warning at 89 MP: max_pixels decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.width * image.height
-    except (OSError, ValueError, Image.DecompressionBombError):
+        height, width = image_size(path)
+    except (UnreadableImage, OSError):
         return 0
+    return height * width
 
 
 def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: float = 0.5,

@@ -119,7 +119,9 @@ def instance_objects(values: np.ndarray, ignore: int | None = None) -> int | Non
 
 def palette_void(mask: Image.Image) -> bool:
     """Whether a palette mask uses index 255 as void: its palette entry 255 is VOC's void colour,
-    or the indices it uses are a few classes 0..K-1 (K <= 32) plus 255."""
+    or the indices it uses are classes 0..K-1 (1 < K <= 32, at least one foreground class)
+    plus 255. A black-and-white palette mask of indices 0 and 255 alone is a binary mask: its
+    255 is the object, not void."""
     if mask.mode != "P":
         return False
     indices = np.unique(np.asarray(mask))
@@ -128,7 +130,7 @@ def palette_void(mask: Image.Image) -> bool:
     palette = np.asarray(mask.getpalette() or [], np.int64).reshape(-1, 3)
     if len(palette) > VOID and tuple(palette[VOID]) == VOC_VOID_COLOUR:
         return True
-    return len(indices) == 1 or int(indices[-2]) <= MAX_INDEX_VALUE
+    return len(indices) > 1 and 0 < int(indices[-2]) <= MAX_INDEX_VALUE
 
 
 def parse_ignore(text: str | int | None) -> str | int | None:

@@ -11,10 +11,16 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from unet.data.pairs import Pair, load_mask
-from unet.images.formats import DEEP_MODES, GREY_MODES, image_size, is_tiff, read_tiff
+from unet.images.formats import (
+    DEEP_MODES,
+    GREY_MODES,
+    image_size,
+    is_tiff,
+    open_image,
+    read_tiff,
+)
 from unet.labels.masks import VOID
 from unet.network.model import UNet
 from unet.network.precision import Precision, prepare
@@ -90,13 +96,13 @@ def has_colour(path, tolerance: float = 3.0) -> bool:
     Decoded at about 1/8 scale (JPEG draft mode) since only the mean matters. A TIFF: its
     channels differ by more than `tolerance` / 255 of its value range."""
     if is_tiff(path):
-        values = read_tiff(path, None)
+        values = read_tiff(path)
         if values.ndim == 2 or values.shape[2] < 3:
             return False
         rgb = values[..., :3].astype(np.float32)
         span = float(rgb.max() - rgb.min()) or 1.0
         return float(np.abs(np.diff(rgb, axis=2)).mean()) > tolerance * span / 255
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if image.mode in GREY_MODES + DEEP_MODES:
             return False
         image.draft("RGB", (image.width // 8, image.height // 8))

@@ -25,10 +25,15 @@ read, in which case its other cells are empty; one bad image does not fail the o
 read as predict reads them (JPEG draft mode), so the runs equal predict's local engine's.
 
 Hostile input is refused cheaply, from what a request declares, before any pixel is decoded:
-only JPEG, PNG and TIFF; at most UNET_MAX_MEGAPIXELS megapixels per image (read from the
-image's header; default 100) and UNET_MAX_ROWS rows per request (default 64), both environment
-variables of the serving process (the operator's choice, not the client's). A refusal is a
-400 with one line (format "png") or that row's `error` (format "rle"); the server stays up.
+only JPEG, PNG and TIFF within their decode budget (unet.images.formats); at most
+UNET_MAX_MEGAPIXELS megapixels per image (read from the image's header; default 100),
+UNET_MAX_ROWS rows per request (default 64) and UNET_MAX_REQUEST_MEGAPIXELS megapixels over all
+rows of a request (their headers summed; default 200), all environment variables of the serving
+process (the operator's choice, not the client's). A refusal is a 400 with one line (format
+"png") or that row's `error` (format "rle"); the server stays up. Rows are then decoded and
+predicted a batch at a time (at most BATCH_MEGAPIXELS megapixels of declared pixels, or one
+image), so a request holds one batch of decoded images and its outputs' PNG bytes, not all of
+its images.
 Images are resized to the model's input (predict_scale "fit") or predicted at its training
 scale, large ones by tiles ("native"; unet.inference.segmenter.Segmenter), so at "native" a raised
 limit costs time and a stated amount of memory per image (an 8000 x 8000 JPEG: under 1 GB beside
@@ -51,7 +56,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from unet.config.checks import RUNTIMES
-from unet.images.formats import MAX_PIXELS, NotAnImage, UnreadableImage
+from unet.images.formats import MAX_PIXELS, UnreadableImage, image_size, is_tiff, sniff
 from unet.images.reading import encode_png, read_for_model, read_image
 from unet.inference import rle
 from unet.inference.onnx_runtime import INT8_FILE, with_runtime
@@ -62,6 +67,8 @@ DEFAULT_THRESHOLD = 0.5
 FORMATS = ("png", "rle")
 RLE_COLUMNS = ["rle_mask", "height", "width", "error"]
 MAX_PIXELS_ENV, MAX_ROWS_ENV, MAX_ROWS = "UNET_MAX_MEGAPIXELS", "UNET_MAX_ROWS", 64
+MAX_REQUEST_ENV, MAX_REQUEST_MEGAPIXELS = "UNET_MAX_REQUEST_MEGAPIXELS", 200
+BATCH_MEGAPIXELS = 16            # declared pixels decoded together (a batch of 6 full Carvana photos)
 
 
 def max_pixels() -> int:
@@ -73,6 +80,12 @@ def max_pixels() -> int:
 def max_rows() -> int:
     """The serving process's limit of rows per request (UNET_MAX_ROWS, default 64)."""
     return int(os.environ.get(MAX_ROWS_ENV) or MAX_ROWS)
+
+
+def max_request_pixels() -> int:
+    """The serving process's limit of declared pixels over a request's rows
+    (UNET_MAX_REQUEST_MEGAPIXELS, default 200)."""
+    return int(float(os.environ.get(MAX_REQUEST_ENV) or MAX_REQUEST_MEGAPIXELS) * 1e6)
 
 
 class Refusal(MlflowException):
@@ -95,23 +108,67 @@ def invalid(message: str) -> MlflowException:
     return Refusal(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+def cell_bytes(cell: bytes | bytearray) -> bytes:
+    """A cell's image bytes: the cell itself when it starts as an image file does, else its
+    base64 decoding ({"inputs": ...} requests reach the model still base64-encoded: MLflow
+    decodes only dataframe_split/dataframe_records for binary columns); the bytes as they came
+    where neither holds, for the reader to name what they are."""
+    raw = bytes(cell)
+    if is_tiff(raw) or sniff(raw[:16]) in ("JPEG", "PNG"):
+        return raw
+    try:
+        return base64.b64decode(raw, validate=True)
+    except binascii.Error:
+        return raw
+
+
+def declared_pixels(cell: Any) -> int:
+    """The pixels a cell declares: its header's width x height (nothing decoded), an array's
+    own; 0 where the header cannot be read (its reader then names why)."""
+    if isinstance(cell, np.ndarray):
+        return int(np.prod(cell.shape[:2]))
+    if not isinstance(cell, (bytes, bytearray)):
+        return 0
+    try:
+        height, width = image_size(cell_bytes(cell))
+    except UnreadableImage:
+        return 0
+    return height * width
+
+
+def batches(cells: pd.Series) -> list[list[int]]:
+    """The rows of a request in batches decoded and predicted together: consecutive rows
+    while their declared pixels stay within BATCH_MEGAPIXELS (a larger image alone)."""
+    out: list[list[int]] = []
+    pixels = 0
+    for i, cell in enumerate(cells):
+        declared = declared_pixels(cell)
+        if not out or pixels + declared > BATCH_MEGAPIXELS * 1e6:
+            out.append([])
+            pixels = 0
+        out[-1].append(i)
+        pixels += declared
+    return out
+
+
+def check_pixels(cells: pd.Series) -> None:
+    """`invalid` for a request whose rows declare more pixels than the server takes."""
+    total = sum(declared_pixels(cell) for cell in cells)
+    if total > max_request_pixels():
+        raise invalid(f"{len(cells)} images of {total / 1e6:g} megapixels in one request; at "
+                      f"most {max_request_pixels() / 1e6:g} ({MAX_REQUEST_ENV} of the server): "
+                      f"split it into smaller requests")
+
+
 def as_image(index: int, cell: Any, window=None) -> np.ndarray:
     """One input cell (image bytes or an (H, W, 3) uint8 array) -> (H, W, 3) uint8; 16-bit
     and float images through the model's intensity `window`."""
     if isinstance(cell, (bytes, bytearray)):
         try:
-            return read_image(bytes(cell), max_pixels(), window)
+            return read_image(cell_bytes(cell), max_pixels(), window)
         except UnreadableImage as e:
-            problem = e
-        try:   # {"inputs": ...} requests reach the model still base64-encoded (MLflow decodes
-            # only dataframe_split/dataframe_records for binary columns)
-            return read_image(base64.b64decode(cell), max_pixels(), window)
-        except binascii.Error:
-            pass
-        except UnreadableImage as e:    # an image's own error says more than "not an image"
-            problem = e if isinstance(problem, NotAnImage) else problem
-        raise invalid(f"image {index}: {problem}; send the base64 of a JPEG, PNG or TIFF file "
-                      f"of at most {max_pixels() / 1e6:g} megapixels") from None
+            raise invalid(f"image {index}: {e}; send the base64 of a JPEG, PNG or TIFF file "
+                          f"of at most {max_pixels() / 1e6:g} megapixels") from None
     if isinstance(cell, np.ndarray) and cell.dtype == np.uint8 and cell.ndim == 3 \
             and cell.shape[2] == 3:
         return cell
@@ -174,26 +231,29 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             raise invalid(f"param {e}") from None
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
-        if len(model_input) > max_rows():
-            raise invalid(f"{len(model_input)} images in one request; at most {max_rows()} "
+        cells = model_input[INPUT_COLUMN]
+        if len(cells) > max_rows():
+            raise invalid(f"{len(cells)} images in one request; at most {max_rows()} "
                           f"({MAX_ROWS_ENV} of the server): split it into smaller requests")
-        if fmt == "rle":
+        if fmt == "rle":    # each row its own outcome, a batch at a time: no request budget
             if not segmenter.binary:
                 raise invalid(f"param format=rle: the Kaggle RLE holds binary masks; this model "
                               f"has {len(segmenter.classes)} classes (use format=png)")
-            return rle_rows(segmenter, model_input[INPUT_COLUMN], threshold)
-        images = [as_image(i, cell, segmenter.window)
-                  for i, cell in enumerate(model_input[INPUT_COLUMN])]
+            return rle_rows(segmenter, cells, threshold)
         if with_probabilities and not segmenter.binary:
             raise invalid("param return_probabilities: only for binary models; this one has "
                           f"{len(segmenter.classes)} classes")
+        check_pixels(cells)
         rows = []
-        for image, probs in zip(images, segmenter.probabilities(images)):
-            mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
-            row = {"mask": encode_png(mask), "height": image.shape[0], "width": image.shape[1]}
-            if with_probabilities:
-                row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))
-            rows.append(row)
+        for batch in batches(cells):
+            images = [as_image(i, cells.iloc[i], segmenter.window) for i in batch]
+            for image, probs in zip(images, segmenter.probabilities(images)):
+                mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
+                row = {"mask": encode_png(mask), "height": image.shape[0],
+                       "width": image.shape[1]}
+                if with_probabilities:
+                    row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))
+                rows.append(row)
         return pd.DataFrame(rows, columns=["mask", "height", "width"]
                             + (["probabilities"] if with_probabilities else []))
 
@@ -206,32 +266,26 @@ def read_cell(index: int, cell: Any,
     if not isinstance(cell, (bytes, bytearray)):
         image = as_image(index, cell)
         return image, image.shape[:2]
-    try:
-        return read_for_model(bytes(cell), size, max_pixels(), window)
-    except UnreadableImage as e:
-        try:
-            return read_for_model(base64.b64decode(cell, validate=True), size, max_pixels(),
-                                  window)
-        except binascii.Error:
-            raise e from None
+    return read_for_model(cell_bytes(cell), size, max_pixels(), window)
 
 
 def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.DataFrame:
     """The output of format "rle": one row per cell, an unreadable image as a row with its
-    `error` (so that a batch of a Spark job goes on)."""
-    rows, images, sizes, at = [], [], [], []
-    for i, cell in enumerate(cells):
-        try:
-            image, size = read_cell(i, cell, segmenter.input_size, segmenter.window)
-        except (UnreadableImage, MlflowException) as e:
-            rows.append({"rle_mask": "", "height": 0, "width": 0,
-                         "error": str(getattr(e, "message", e))})
-            continue
-        rows.append(None)
-        images.append(image)
-        sizes.append(size)
-        at.append(i)
-    if images:
+    `error` (so that a batch of a Spark job goes on); decoded and predicted a batch at a time."""
+    rows: list[dict | None] = [None] * len(cells)
+    for batch in batches(cells):
+        images, sizes, at = [], [], []
+        for i in batch:
+            try:
+                image, size = read_cell(i, cells.iloc[i], segmenter.input_size,
+                                        segmenter.window)
+            except (UnreadableImage, MlflowException) as e:
+                rows[i] = {"rle_mask": "", "height": 0, "width": 0,
+                           "error": str(getattr(e, "message", e))}
+                continue
+            images.append(image)
+            sizes.append(size)
+            at.append(i)
         for i, size, mask in zip(at, sizes, segmenter.masks(images, threshold, sizes=sizes)):
             rows[i] = {"rle_mask": rle.encode(mask), "height": size[0], "width": size[1],
                        "error": ""}
