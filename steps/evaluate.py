@@ -36,13 +36,13 @@ def evaluate() -> None:
 
         # Registration comes last: a failure above leaves the registry as it was.
         def score_champion(uri: str) -> float:
-            return evaluate_pairs(models.load_segmenter(uri).with_tta(cfg.tta),
+            return evaluate_pairs(models.load_segmenter(uri, cfg.runtime).with_tta(cfg.tta),
                                   split.subsets["test"], cfg.threshold,
                                   cfg.eval_batch_size, read_mask=split.read_mask)["dice"]
 
-        promotion = registry.register_and_promote(model_uri, cfg.model_name, metrics,
-                                                  split.run_id, train_run.info.run_id,
-                                                  score_champion, floor)
+        setting = registry.Setting(split.run_id, cfg.threshold, cfg.tta, cfg.runtime)
+        promotion = registry.register_and_promote(model_uri, cfg.model_name, metrics, setting,
+                                                  train_run.info.run_id, score_champion, floor)
         registry.describe(cfg.model_name, promotion.version,
                           reports.model_card(split, metrics, floor, promotion, train_run,
                                              labels,

@@ -74,14 +74,52 @@ def test_a_failed_promotion_keeps_the_champion_and_a_rerun_is_idempotent(trackin
 PROMOTE = """
 import pathlib, sys, time
 from unet.tracking import registry
-uri, dice, name, ready, go = sys.argv[1:]
+uri, dice, name, ready, go, split = sys.argv[1:]
 pathlib.Path(ready).touch()
 while not pathlib.Path(go).exists():
     time.sleep(0.01)
-p = registry.register_and_promote(uri, name, {"dice": float(dice)}, "split-a", "t", None,
+p = registry.register_and_promote(uri, name, {"dice": float(dice)}, registry.Setting(split), "t",
+                                  lambda champion: 0.5,
                                   registry.Floor({"all_background": 0.30}, margin=0.05))
 print(p.version, p.alias)
 """
+
+
+def race(evaluations: list[tuple[str, float, str]], folder) -> list[str]:
+    """Runs each (model uri, Dice, split) registration in its own process, all let go at once;
+    their outputs ("version alias")."""
+    folder.mkdir()
+    go = folder / "go"
+    procs, ready = [], []
+    for k, (uri, dice, split) in enumerate(evaluations):
+        ready.append(folder / f"ready{k}")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", PROMOTE, uri, str(dice), "race", str(ready[-1]), str(go),
+             split], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in ready):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    go.touch()
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        outputs.append(out.strip())
+    return outputs
+
+
+def test_one_model_evaluated_on_two_splits_at_once_settles(tracking_uri, tmp_path):
+    """Before, the evaluation on one split could find its version's split tag overwritten by
+    the other's and crash with a TypeError; results are now kept per setting."""
+    from test_tracking import logged_model
+    uri = logged_model(7)
+    outputs = race([(uri, 0.8, "split-a"), (uri, 0.9, "split-b")] * 2, tmp_path / "race")
+    assert set(outputs) == {"1 champion"}
+    results = registry.results("race")
+    assert list(results) == ["1"] and results["1"] == {
+        "result:split-a:0.5:auto:auto": (0.8, 0.35), "result:split-b:0.5:auto:auto": (0.9, 0.35)}
 
 
 def test_concurrent_evaluations_leave_champion_on_the_best(tracking_uri, tmp_path):
@@ -93,22 +131,8 @@ def test_concurrent_evaluations_leave_champion_on_the_best(tracking_uri, tmp_pat
     for n, dices in enumerate([(0.84, 0.00), (0.80, 0.90), (0.88, 0.86)]):
         uris = [logged_model(10 * n + i) for i in range(len(dices))]
         seen.update(zip(uris, dices))
-        go = tmp_path / f"go{n}"
-        procs, ready = [], []
-        for k, (uri, dice) in enumerate(2 * list(zip(uris, dices))):
-            ready.append(tmp_path / f"ready{n}-{k}")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", PROMOTE, uri, str(dice), "race", str(ready[-1]), str(go)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
-        deadline = time.monotonic() + 120
-        while not all(p.exists() for p in ready):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-                [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
-            time.sleep(0.05)
-        go.touch()
-        for p in procs:
-            out, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err[-3000:]
+        race([(uri, dice, "split-a") for uri, dice in 2 * list(zip(uris, dices))],
+             tmp_path / f"round{n}")
 
         versions = client.search_model_versions("name = 'race'")
         by_source = {}
@@ -152,16 +176,21 @@ def store(request, tmp_path, monkeypatch) -> str:
 FLOOR = registry.Floor({"all_background": 0.35}, margin=0.05)     # floor Dice 0.40
 
 
-def promote(model_uri: str, dice: float, split: str, champion_here: float | None = None):
-    """One evaluation's registration on `split`; champion_here: the champion's Dice on it."""
+def promote(model_uri: str, dice: float, split: str, champion_here: float | None = None,
+            threshold: float = 0.5):
+    """One evaluation's registration on `split` at `threshold`; champion_here: the champion's
+    Dice there, if it has to be scored."""
     def score_champion(uri: str) -> float:
         assert champion_here is not None, "the champion was scored though it need not be"
         return champion_here
-    return registry.register_and_promote(model_uri, "trust", {"dice": dice}, split, "t",
+    return registry.register_and_promote(model_uri, "trust", {"dice": dice},
+                                         registry.Setting(split, threshold), "t",
                                          score_champion, FLOOR)
 
 
-def test_champion_moves_only_to_a_version_that_beat_it_on_a_common_split(store):
+def test_champion_moves_only_to_a_version_that_beat_it_under_the_same_setting(store):
+    """docs/promotion.md's example, and the steps that broke the rule before results were kept
+    per setting (one `test_dice` tag a version, overwritten by each evaluation)."""
     from test_tracking import aliases as aliases_of
     from test_tracking import logged_model
     m1, m2, m3, m4 = (logged_model(seed) for seed in (1, 2, 3, 4))
@@ -175,8 +204,34 @@ def test_champion_moves_only_to_a_version_that_beat_it_on_a_common_split(store):
     fourth = promote(m4, 0.60, "split-a", champion_here=0.70)
     assert fourth.alias == "challenger" and "champion v2's 0.7000" in fourth.reason
     assert aliases_of("trust") == {"champion": "2", "challenger": "4"}
-    # v4 evaluated again (say, another threshold) now beats v2 on A: it takes champion, and
-    # its own challenger alias goes.
-    again = promote(m4, 0.95, "split-a", champion_here=0.70)
-    assert again.alias == "champion" and again.version == "4"
-    assert aliases_of("trust") == {"champion": "4"}
+    # The example one step further: v1 evaluated again on A beats v2's 0.70 there, but lost
+    # to v2 on B (0.80 against 0.95). Before, champion went back to v1.
+    again = promote(m1, 0.90, "split-a")               # v2's result on A is recorded: no scoring
+    assert again.alias == "challenger" and "v2 beat it under another setting" in again.reason
+    assert aliases_of("trust")["champion"] == "2"
+    # v4 at another threshold beats v2 there (v2 scored at it), but v2 beat v4 at 0.5: kept.
+    other = promote(m4, 0.95, "split-a", champion_here=0.70, threshold=0.4)
+    assert other.alias == "challenger" and aliases_of("trust")["champion"] == "2"
+    results = registry.results("trust")
+    assert results["2"] == {"result:split-b:0.5:auto:auto": (0.95, 0.40),
+                            "result:split-a:0.5:auto:auto": (0.70, 0.40),
+                            "result:split-a:0.4:auto:auto": (0.70, 0.40)}
+    assert results["4"]["result:split-a:0.5:auto:auto"] == (0.60, 0.40)   # not overwritten
+
+
+def test_a_below_floor_re_evaluation_of_the_champion_keeps_its_result_under_its_setting(store):
+    """Champion v1 at 0.90 (threshold 0.5) evaluated again at threshold 0.9: 0.30, below the
+    floor. Before, that overwrote its 0.90 and the next evaluation at 0.5 handed champion to a
+    0.50 model."""
+    from test_tracking import aliases as aliases_of
+    from test_tracking import logged_model
+    m1, m2 = logged_model(1), logged_model(2)
+    assert promote(m1, 0.90, "split-a").alias == "champion"
+    low = promote(m1, 0.30, "split-a", threshold=0.9)
+    assert low.alias is None and aliases_of("trust") == {"champion": "1"}
+    weaker = promote(m2, 0.50, "split-a")
+    assert weaker.alias == "challenger" and "champion v1's 0.9000" in weaker.reason
+    assert aliases_of("trust") == {"champion": "1", "challenger": "2"}
+    # At threshold 0.9 the 0.50 model beats v1's 0.30, but it lost to v1 at 0.5: v1 is kept.
+    assert promote(m2, 0.50, "split-a", threshold=0.9).alias == "challenger"
+    assert aliases_of("trust")["champion"] == "1"

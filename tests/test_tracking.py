@@ -35,19 +35,23 @@ def test_promotion_only_when_test_dice_beats_the_champion(tracking_uri):
         raise AssertionError("the champion was scored on this split already")
 
     first, worse, better = logged_model(0), logged_model(1), logged_model(2)
-    p = registry.register_and_promote(first, "cars", {"dice": 0.90}, "split-a", "t1", never, LOW)
+    p = registry.register_and_promote(first, "cars", {"dice": 0.90},
+                                      registry.Setting("split-a"), "t1", never, LOW)
     assert (p.version, p.alias, p.champion_dice) == ("1", "champion", None)
 
-    p = registry.register_and_promote(worse, "cars", {"dice": 0.80}, "split-a", "t2", never, LOW)
+    p = registry.register_and_promote(worse, "cars", {"dice": 0.80},
+                                      registry.Setting("split-a"), "t2", never, LOW)
     assert (p.version, p.alias, p.champion_dice) == ("2", "challenger", 0.90)
     assert aliases("cars") == {"champion": "1", "challenger": "2"}
 
     # a tie does not take the title; re-running registers nothing new
-    p = registry.register_and_promote(worse, "cars", {"dice": 0.90}, "split-a", "t2", never, LOW)
+    p = registry.register_and_promote(worse, "cars", {"dice": 0.90},
+                                      registry.Setting("split-a"), "t2", never, LOW)
     assert (p.version, p.alias) == ("2", "challenger")
     assert len(MlflowClient().search_model_versions("name = 'cars'")) == 2
 
-    p = registry.register_and_promote(better, "cars", {"dice": 0.95}, "split-a", "t3", never, LOW)
+    p = registry.register_and_promote(better, "cars", {"dice": 0.95},
+                                      registry.Setting("split-a"), "t3", never, LOW)
     assert (p.version, p.alias) == ("3", "champion")
     assert aliases("cars") == {"champion": "3", "challenger": "2"}
     tags = MlflowClient().get_model_version("cars", "3").tags
@@ -57,14 +61,16 @@ def test_promotion_only_when_test_dice_beats_the_champion(tracking_uri):
 
 def test_a_champion_from_another_split_is_scored_again_on_this_one(tracking_uri):
     first, second = logged_model(0), logged_model(1)
-    registry.register_and_promote(first, "cars", {"dice": 0.99}, "split-a", "t1", None, LOW)
+    registry.register_and_promote(first, "cars", {"dice": 0.99},
+                                  registry.Setting("split-a"), "t1", None, LOW)
     scored = []
 
     def rescore(uri):
         scored.append(uri)
         return 0.70          # the champion's Dice on split-b, lower than its 0.99 on split-a
 
-    p = registry.register_and_promote(second, "cars", {"dice": 0.75}, "split-b", "t2", rescore, LOW)
+    p = registry.register_and_promote(second, "cars", {"dice": 0.75},
+                                      registry.Setting("split-b"), "t2", rescore, LOW)
     assert scored == ["models:/cars@champion"]
     assert (p.alias, p.champion_dice) == ("champion", pytest.approx(0.70))
     assert aliases("cars") == {"champion": "2"}
@@ -91,7 +97,8 @@ def test_a_constant_output_model_is_registered_but_never_champion(tracking_uri, 
         assert dice == pytest.approx(floor.baselines[name])
     with mlflow.start_run():
         uri = models.log_model(constant_model(5.0), np.zeros((8, 12, 3), np.uint8))
-    p = registry.register_and_promote(uri, "cars", {"dice": dice}, "split-a", "t1", None, floor)
+    p = registry.register_and_promote(uri, "cars", {"dice": dice},
+                                      registry.Setting("split-a"), "t1", None, floor)
     assert (p.version, p.alias) == ("1", None)                 # even as the first version
     assert aliases("cars") == {}
     tags = MlflowClient().get_model_version("cars", "1").tags
@@ -101,10 +108,11 @@ def test_a_constant_output_model_is_registered_but_never_champion(tracking_uri, 
 
     # and with a champion in place, a model under the floor does not even become challenger
     good = logged_model(1)
-    registry.register_and_promote(good, "cars", {"dice": 0.95}, "split-a", "t2", None, floor)
+    registry.register_and_promote(good, "cars", {"dice": 0.95},
+                                  registry.Setting("split-a"), "t2", None, floor)
     assert aliases("cars") == {"champion": "2"}
-    p = registry.register_and_promote(logged_model(2), "cars", {"dice": floor.dice}, "split-a",
-                                      "t3", None, floor)
+    p = registry.register_and_promote(logged_model(2), "cars", {"dice": floor.dice},
+                                      registry.Setting("split-a"), "t3", None, floor)
     assert p.alias is None and aliases("cars") == {"champion": "2"}
 
 

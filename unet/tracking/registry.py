@@ -77,46 +77,87 @@ def champion(name: str):
         return None
 
 
-def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], split_run_id: str,
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a test Dice was measured under: the split's test images, and the evaluation's
+    threshold, test-time flips and runtime as asked for ("auto": each model's own). Results
+    are compared only under the same setting."""
+    split_run_id: str
+    threshold: float = 0.5
+    tta: str = "auto"
+    runtime: str = "auto"
+
+    @property
+    def tag(self) -> str:
+        """The version tag holding a result under this setting (MLflow's tag-key characters)."""
+        return f"result:{self.split_run_id}:{self.threshold:g}:{self.tta}:{self.runtime}"
+
+    def describe(self) -> str:
+        return (f"split {self.split_run_id}, threshold {self.threshold:g}, tta {self.tta}, "
+                f"runtime {self.runtime}")
+
+
+RESULT = "result:"                   # the prefix of the result tags
+
+
+def result_value(dice: float, floor: float) -> str:
+    return f"dice {dice:.6f} floor {floor:.6f}"
+
+
+def parse_result(value: str) -> tuple[float, float]:
+    """(dice, floor) of a result tag's value."""
+    _, dice, _, floor = value.split()
+    return float(dice), float(floor)
+
+
+def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], setting: Setting,
                          train_run_id: str, score_champion, floor: Floor) -> Promotion:
     """Registers model_uri under `name` (once, however many evaluations of it run at once),
-    tags the version with its test metrics, and gives it an alias: none if its test Dice is not
-    above the floor (no better than a trivial guess, even as the first version of its name);
-    champion if it beats the champion's test Dice on the same test split (or there is none);
+    records its test Dice under `setting` (a tag of its own: a re-evaluation under another
+    threshold, tta, runtime or split never overwrites it), tags the version with these test
+    metrics (the latest evaluation's, for display), and gives it an alias: none if its test
+    Dice is not above the floor (no better than a trivial guess, even as the first version of
+    its name); champion if it beats the champion under the same setting (or there is none);
     else challenger.
 
-    `score_champion(model_uri) -> dice` scores the current champion on this split when it was
-    tested on another one.
+    `score_champion(model_uri) -> dice` scores the current champion under this setting when it
+    has no result there; the score is recorded on the champion's version.
 
-    The rule (docs/trust.md): an evaluation never moves `champion` away from a version that it
-    did not beat on a common test split, and one below the floor moves no alias at all.
+    The rule (docs/promotion.md): `champion` moves only to a version that beat the champion
+    under a common setting and never lost to it under another one; one below the floor moves
+    no alias at all.
 
     The registry has no transactions, so the champion is settled rather than set: after its
-    version is tagged, each evaluation above the floor re-reads every version of this split and
-    moves the alias to the best of them, and re-reads again after each write (see `settle`).
-    Whatever order concurrent evaluations finish in, the last write is made from a complete view.
+    result is recorded, each evaluation above the floor re-reads every version's results and
+    moves the alias by the rule, and re-reads again after each write (see `settle`). Whatever
+    order concurrent evaluations finish in, the last write is made from a complete view.
     """
     client = MlflowClient()
     dice = round(metrics["dice"], 6)     # compared at the tags' precision
+    above = dice > round(floor.dice, 6)
     current = champion(name)
     # Everything that can fail slowly (scoring the champion) happens before the registry is
     # touched; the alias moves last. A failure on the way leaves the champion as it was, and
     # at worst a version without alias, which a re-run finds and finishes (same aliases).
-    outside = None                       # (version, its Dice on this split), if tested elsewhere
-    if dice > round(floor.dice, 6) and current is not None and current.source != model_uri \
-            and current.tags.get("split_run_id") != split_run_id:
-        outside = (str(current.version), round(score_champion(f"models:/{name}@{CHAMPION}"), 6))
+    held = None
+    if above and current is not None and current.source != model_uri \
+            and setting.tag not in current.tags:
+        held = (str(current.version), round(score_champion(f"models:/{name}@{CHAMPION}"), 6))
     version = register_once(name, model_uri)
     tags = {f"test_{k}": f"{v:.6f}" for k, v in metrics.items()}
     tags.update({f"baseline_dice_{k}": f"{v:.6f}" for k, v in floor.baselines.items()})
-    tags.update({"split_run_id": split_run_id, "train_run_id": train_run_id})
+    tags.update({"split_run_id": setting.split_run_id, "train_run_id": train_run_id,
+                 "floor_dice": f"{floor.dice:.6f}"})
     for key, value in tags.items():
         write(client.set_model_version_tag, name, version, key, value)
-    # Written last: a version is a candidate for champion only once all its scores are there.
-    write(client.set_model_version_tag, name, version, "floor_dice", f"{floor.dice:.6f}")
-    above = dice > round(floor.dice, 6)
-    promotion = _verdict(version, dice, floor,
-                         *(settle(name, split_run_id, outside, dice) if above else (None, None)))
+    if held is not None:
+        write(client.set_model_version_tag, name, held[0], setting.tag,
+              result_value(held[1], floor.dice))
+    # Written last: a version is a candidate under this setting only once its scores are there.
+    write(client.set_model_version_tag, name, version, setting.tag,
+          result_value(dice, floor.dice))
+    promotion = _verdict(version, dice, floor, setting,
+                         *(settle(name, setting) if above else (None, None)))
     other = promotion.compared_with
     write(client.set_model_version_tag, name, version, "promotion", promotion.reason)
     write(client.set_model_version_tag, name, version, "compared_with",
@@ -126,7 +167,7 @@ def register_and_promote(model_uri: str, name: str, metrics: dict[str, float], s
     return promotion
 
 
-Score = tuple[str, float]                # (version, test Dice on the split being settled)
+Score = tuple[str, float]                # (version, test Dice under the setting being settled)
 
 
 def write(action, *args, attempts: int = 5) -> None:
@@ -144,65 +185,93 @@ def write(action, *args, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def settle(name: str, split_run_id: str, outside: Score | None = None,
-           dice: float | None = None, rounds: int = 20
+def results(name: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Every version of `name` -> {setting tag: (dice, floor)}."""
+    return {str(v.version): {k: parse_result(t) for k, t in v.tags.items()
+                             if k.startswith(RESULT)}
+            for v in MlflowClient().search_model_versions(f"name = '{name}'")}
+
+
+def challengers(table: dict[str, dict[str, tuple[float, float]]], held: str, setting: Setting
+                ) -> list[Score]:
+    """The versions that may take `champion` from `held` under `setting`, best first (ties: the
+    earlier version): above their floor there, above held's Dice there, and below held under no
+    other setting both were tested on."""
+    mine = table.get(held, {})
+    if setting.tag not in mine:
+        return []
+
+    def lost_to_held(version: str) -> bool:
+        return any(key in mine and mine[key][0] > dice
+                   for key, (dice, _) in table[version].items())
+    out = [(v, r[setting.tag][0]) for v, r in table.items()
+           if v != held and setting.tag in r and r[setting.tag][0] > r[setting.tag][1]
+           and r[setting.tag][0] > mine[setting.tag][0] and not lost_to_held(v)]
+    return sorted(out, key=lambda vd: (-vd[1], int(vd[0])))
+
+
+def settle(name: str, setting: Setting, rounds: int = 20
            ) -> tuple[tuple[str, float | None] | None, Score | None]:
-    """Moves `champion` to the best version of `name` tested on split_run_id, by the rule:
-    above its floor, and above the champion's Dice (a tie keeps the earlier version). A
-    champion tested on another split moves only when it is `outside` (its Dice on this split,
-    measured by this evaluation) and this evaluation's `dice` beats it; one that no evaluation
-    of this split scored (a race: it changed since) is kept, with Dice None. Repeats read,
-    decide, write until a read finds nothing to change. Returns the champion and what it was
-    compared with (the best other version, or the outside champion it displaced)."""
+    """Moves `champion` by the rule (register_and_promote): with no champion, to the best
+    version above its floor under `setting`; else to the best of `challengers`. A champion
+    with no result under `setting` (a race: it changed since this evaluation scored the one
+    before) is kept. Repeats read, decide, write until a read finds nothing to change. Returns
+    the champion with its Dice under `setting` (None: none there) and what it was compared
+    with (the best other version under `setting`)."""
     client = MlflowClient()
     for _ in range(rounds):
-        candidates = {}
-        for v in client.search_model_versions(f"name = '{name}'"):
-            tags = v.tags
-            if tags.get("split_run_id") == split_run_id and "floor_dice" in tags \
-                    and float(tags["test_dice"]) > float(tags["floor_dice"]):
-                candidates[str(v.version)] = float(tags["test_dice"])
-        # Deterministic order: higher Dice first, then the earlier version (it got there first).
-        ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], int(kv[0])))
+        table = results(name)
+        ranked = sorted(((v, r[setting.tag][0]) for v, r in table.items()
+                         if setting.tag in r and r[setting.tag][0] > r[setting.tag][1]),
+                        key=lambda vd: (-vd[1], int(vd[0])))
         current = champion(name)
-        held = None if current is None else str(current.version)
-        if current is not None and current.tags.get("split_run_id") != split_run_id:
-            if outside is None or held != outside[0]:
-                return (held, None), ranked[0] if ranked else None   # never compared: kept
-            if dice is None or outside[1] >= dice:
-                return outside, ranked[0] if ranked else None      # the outside champion holds
-        if not ranked:
-            return None, None
-        best = ranked[0]
-        if held == best[0]:
-            displaced = outside if outside is not None and outside[0] != best[0] else None
-            # A tracking server returns alias versions as text, sqlite as numbers.
-            if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == best[0]:
-                write(client.delete_registered_model_alias, name, CHALLENGER)
-            return best, ranked[1] if len(ranked) > 1 else displaced
+        if current is None:
+            if not ranked:
+                return None, None
+            best = ranked[0]
+        else:
+            held = str(current.version)
+            here = table.get(held, {}).get(setting.tag)
+            better = challengers(table, held, setting)
+            if not better:
+                others = [vd for vd in ranked if vd[0] != held]
+                if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == held:
+                    write(client.delete_registered_model_alias, name, CHALLENGER)
+                return (held, None if here is None else here[0]), \
+                    (others[0] if others else None)
+            best = better[0]
         write(client.set_registered_model_alias, name, CHAMPION, best[0])
     raise RuntimeError(f"the champion of {name} did not settle in {rounds} rounds: other "
                        f"evaluations keep moving it; run evaluate again")
 
 
-def _verdict(version: str, dice: float, floor: Floor, holder: Score | None,
-             rival: Score | None) -> Promotion:
+def _verdict(version: str, dice: float, floor: Floor, setting: Setting,
+             holder: tuple[str, float | None] | None, rival: Score | None) -> Promotion:
     """The version's alias and the one-line reason, from the settled champion."""
-    if dice <= round(floor.dice, 6):
+    if holder is None and dice > round(floor.dice, 6):     # its result was not found again
+        return Promotion(version, None, None, f"not promoted: its result under "
+                         f"{setting.describe()} was not found when the champion was settled; "
+                         f"run evaluate again", None)
+    if holder is None:
         return Promotion(version, None, None,
                          f"not promoted: test Dice {dice:.4f} is not above the floor "
                          f"{floor.dice:.4f} (trivial baseline {floor.best} "
                          f"{floor.baselines[floor.best]:.4f} + margin {floor.margin})", None)
-    if holder is not None and holder[0] == version:
+    if holder[0] == version:
         return Promotion(version, CHAMPION, None if rival is None else rival[1],
                          f"champion: test Dice {dice:.4f} above the floor {floor.dice:.4f}"
                          + ("" if rival is None else f" and v{rival[0]}'s {rival[1]:.4f}"),
                          rival)
     if holder[1] is None:
         return Promotion(version, CHALLENGER, None,
-                         f"challenger: champion v{holder[0]} was tested on another split and "
-                         f"not scored on this one (it changed during this evaluation); run "
-                         f"evaluate again to compare them", None)
+                         f"challenger: champion v{holder[0]} has no result under this "
+                         f"setting ({setting.describe()}; it changed during this "
+                         f"evaluation); run evaluate again to compare them", None)
+    if dice > holder[1]:
+        return Promotion(version, CHALLENGER, holder[1],
+                         f"challenger: test Dice {dice:.4f} beats champion v{holder[0]}'s "
+                         f"{holder[1]:.4f} here, but v{holder[0]} beat it under another "
+                         f"setting both were tested on", holder)
     return Promotion(version, CHALLENGER, holder[1],
                      f"challenger: test Dice {dice:.4f} does not beat champion v{holder[0]}'s "
                      f"{holder[1]:.4f} on this split", holder)
