@@ -129,15 +129,19 @@ PATIENT = {**SHORT_RETRIES, "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 class Proxy:
     """An HTTP proxy on 127.0.0.1 in front of `target`, as an authenticating gateway would be:
     /health answers 401; a request whose body holds `refuse` gets 403; while `down`, every
-    request gets 503."""
+    request gets 503; while `api_down`, /health says OK and the API answers 503; `rule` answers
+    what it returns."""
 
-    def __init__(self, target: str, refuse: bytes):
+    def __init__(self, target: str, refuse: bytes = b"\0never"):
         import http.server
         import threading
         import urllib.error
         import urllib.request
         proxy = self
         self.down = False
+        self.api_down = False      # /health says OK, the API answers 503 (database down)
+        self.rule = None           # (path, body) -> an HTTP status to answer instead, or None
+        self.paths: list[str] = []     # what was asked, in order
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -152,10 +156,17 @@ class Proxy:
 
             def forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.paths.append(self.path)
                 if proxy.down:
                     return self.answer(503, b"gateway: upstream away")
                 if self.path == "/health":
-                    return self.answer(401, b"gateway: log in first")
+                    return self.answer(200, b"OK") if proxy.api_down else \
+                        self.answer(401, b"gateway: log in first")
+                if proxy.api_down:
+                    return self.answer(503, b"database is down")
+                status = proxy.rule(self.path, body) if proxy.rule else None
+                if status:
+                    return self.answer(status, f"gateway: {status}".encode())
                 if refuse in body:
                     return self.answer(403, b"gateway: forbidden by policy")
                 request = urllib.request.Request(
@@ -189,8 +200,8 @@ def test_a_refused_record_goes_to_the_dead_letters_and_the_others_are_sent(serve
     proxy = Proxy(server.url, refuse=b"forbidden")
     try:
         run_id = MlflowClient(server.url).create_run("0").info.run_id
-        outbox = Outbox(run_id, proxy.url)
-        outbox.log_metrics({"loss": 1.0}, step=1)      # /health's 401: the server is there
+        outbox = Outbox(run_id, proxy.url, give_up_s=0)    # a 403 alone: dead at once
+        outbox.log_metrics({"loss": 1.0}, step=1)      # the API answers: the server is there
         outbox.log_metrics({"forbidden": 9.0}, step=1)     # refused as it is sent: goes on
         proxy.down = True
         outbox.log_metrics({"loss": 0.5}, step=2)
@@ -215,6 +226,143 @@ def test_a_refused_record_goes_to_the_dead_letters_and_the_others_are_sent(serve
     lines = [line for line in err.splitlines() if "refused" in line]
     assert len(lines) == 2 and all("HTTP 403" in line and "dead.jsonl" in line
                                    and "metrics record of step" in line for line in lines)
+
+
+def proxied(server, tmp_path, monkeypatch) -> tuple[Proxy, str]:
+    """A Proxy in front of the server and a new run on it; the spool under tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    for key, value in PATIENT.items():
+        monkeypatch.setenv(key, value)
+    return Proxy(server.url), MlflowClient(server.url).create_run("0").info.run_id
+
+
+def test_an_api_that_fails_behind_a_healthy_health_check_is_an_outage(server, tmp_path,
+                                                                      monkeypatch):
+    """/health says OK while the database behind the API is down: the records wait, each
+    after one probe of the API, and no MLflow request (with its retries) is made for them."""
+    proxy, run_id = proxied(server, tmp_path, monkeypatch)
+    try:
+        outbox = Outbox(run_id, proxy.url)
+        proxy.api_down = True
+        started = time.monotonic()
+        for step in range(1, 6):
+            outbox.log_metrics({"loss": 1.0 / step}, step=step)
+        assert time.monotonic() - started < 10
+        assert outbox.pending == 5
+        assert not [p for p in proxy.paths if "log-batch" in p]
+        assert all(p.startswith("/api/2.0/mlflow/runs/get?run_id=") for p in proxy.paths)
+        proxy.api_down = False
+        assert outbox.flush()
+    finally:
+        proxy.close()
+    assert [s for s, _ in history(run_id, "loss")] == [1, 2, 3, 4, 5]
+
+
+def test_a_record_failing_alone_does_not_hold_up_the_others_and_is_sent_again(
+        server, tmp_path, monkeypatch):
+    """A record the server keeps failing (503 for its body alone) while it takes the others:
+    the others are sent at once; it is tried again at each flush, goes to the dead letters
+    after give_up_s and 3 tries, and the resend command sends it once the server takes it."""
+    from unet.tracking.outbox import main
+    proxy, run_id = proxied(server, tmp_path, monkeypatch)
+    try:
+        proxy.rule = lambda path, body: 503 if b"flaky" in body else None
+        outbox = Outbox(run_id, proxy.url, give_up_s=0.5)
+        outbox.log_metrics({"loss": 1.0}, step=1)
+        outbox.log_metrics({"flaky": 7.0}, step=1)
+        outbox.log_metrics({"loss": 0.5}, step=2)         # not held up by the flaky record
+        assert history(run_id, "loss") == [(1, 1.0), (2, 0.5)] and outbox.pending == 1
+        kept = json.loads((spool_dir(run_id) / "records.jsonl").read_text())
+        assert kept["metrics"] == {"flaky": 7.0} and kept["tries"] == 1
+        time.sleep(0.6)
+        assert not outbox.flush() and outbox.pending == 1      # 2 tries: not yet given up
+        assert outbox.flush() and outbox.pending == 0          # 3 tries, 0.5 s: dead letter
+        dead = (spool_dir(run_id) / "dead.jsonl").read_text()
+        assert "flaky" in dead and "log-batch" in dead          # MLflow words a 503 so
+        proxy.rule = None
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        main([run_id])
+    finally:
+        proxy.close()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    assert history(run_id, "flaky") == [(1, 7.0)]
+    assert not (spool_dir(run_id) / "dead.jsonl").exists()
+
+
+def test_a_refusal_of_everything_waits_then_goes_to_the_dead_letters(server, tmp_path,
+                                                                     monkeypatch, capsys):
+    """401 for every request (an expired token): records wait as through an outage; after
+    give_up_s they go to the dead letters, which the resend command sends once the server
+    takes them again (before: 401 sent them to the dead letters at once, for good)."""
+    from unet.tracking.outbox import main
+    proxy, run_id = proxied(server, tmp_path, monkeypatch)
+    try:
+        proxy.rule = lambda path, body: 401
+        outbox = Outbox(run_id, proxy.url, give_up_s=1)
+        outbox.log_metrics({"loss": 1.0}, step=1)
+        outbox.log_metrics({"loss": 0.5}, step=2)
+        assert outbox.pending == 2 and not (spool_dir(run_id) / "dead.jsonl").exists()
+        time.sleep(1.1)
+        outbox.log_metrics({"loss": 0.25}, step=3)
+        dead = (spool_dir(run_id) / "dead.jsonl").read_text().splitlines()
+        assert len(dead) == 2 and outbox.pending == 1
+        assert "refused run" in capsys.readouterr().err
+        proxy.rule = None
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+        main([run_id])
+    finally:
+        proxy.close()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    assert history(run_id, "loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert "nothing left to send" in capsys.readouterr().out
+
+
+def test_a_body_limit_splits_metrics_and_refuses_a_file_too_large_in_one_line(
+        server, tmp_path, monkeypatch, capsys):
+    """A proxy's 413 for bodies over 700 bytes: 40 metrics of one step are sent in halves; a
+    5 KB file goes to the dead letters, named in one line."""
+    proxy, run_id = proxied(server, tmp_path, monkeypatch)
+    try:
+        proxy.rule = lambda path, body: 413 if len(body) > 700 else None
+        outbox = Outbox(run_id, proxy.url)
+        outbox.log_metrics({f"class_{k}_dice": k / 40 for k in range(40)}, step=1)
+        big = tmp_path / "big.bin"
+        big.write_bytes(bytes(5000))
+        outbox.log_artifact(big, "extra")
+    finally:
+        proxy.close()
+    run = MlflowClient(server.url).get_run(run_id)
+    assert len(run.data.metrics) == 40 and run.data.metrics["class_39_dice"] == 39 / 40
+    assert outbox.pending == 0
+    dead = (spool_dir(run_id) / "dead.jsonl").read_text()
+    assert "HTTP 413" in dead and "big.bin" in dead
+    line = [x for x in capsys.readouterr().err.splitlines() if "refused" in x]
+    assert len(line) == 1 and "artifact record big.bin" in line[0]
+
+
+def test_an_outage_keeps_only_the_newest_checkpoint(server, tmp_path, monkeypatch):
+    """10 rounds of a checkpoint logged to the same path during an outage: one copy is kept
+    (before: ten, all uploaded later to the same path), and it is the last round's."""
+    proxy, run_id = proxied(server, tmp_path, monkeypatch)
+    try:
+        outbox = Outbox(run_id, proxy.url)
+        proxy.down = True
+        checkpoint = tmp_path / "last.pt"
+        for round_ in range(1, 11):
+            checkpoint.write_bytes(f"round {round_} ".encode() * 1000)
+            outbox.log_metrics({"val_dice": round_ / 10}, step=round_)
+            outbox.log_artifact(checkpoint, "checkpoints")
+        kept = [p for p in spool_dir(run_id).rglob("last.pt")]
+        assert len(kept) == 1 and kept[0].read_bytes().startswith(b"round 10 ")
+        assert outbox.pending == 11
+        proxy.down = False
+        assert outbox.flush()
+    finally:
+        proxy.close()
+    local = MlflowClient(server.url).download_artifacts(run_id, "checkpoints/last.pt",
+                                                        str(tmp_path))
+    assert Path(local).read_bytes().startswith(b"round 10 ")
+    assert len(history(run_id, "val_dice")) == 10
 
 
 def test_the_end_of_training_wait_is_bounded_and_says_how_to_send_the_rest(tmp_path,
