@@ -87,10 +87,13 @@ def test_the_storage_url_comes_from_the_environment_and_is_masked(tracking_uri):
 
 # steps.ui with a stand-in pyngrok whose connect would open the tunnel.
 FAKE_NGROK = """
-import runpy, sys, types
+import os, runpy, sys, types
 pyngrok = types.ModuleType("pyngrok")
 pyngrok.conf = types.SimpleNamespace(PyngrokConfig=lambda **kw: kw)
 def connect(addr, proto, pyngrok_config=None, **options):
+    # pyngrok adds `--authtoken <token>` to the agent's command line when the config has one
+    assert not (pyngrok_config or {}).get("auth_token"), "the token would be on the command line"
+    assert os.environ["NGROK_AUTHTOKEN"], "the agent inherits it from the environment"
     print("TUNNEL OPENED", options)
     raise SystemExit(3)
 pyngrok.ngrok = types.SimpleNamespace(connect=connect, kill=lambda config: None)

@@ -43,7 +43,10 @@ class Tunnel:
             raise UserError(f"{AUTH_ENV}: give user:password, the password at least 8 "
                             f"characters (ngrok's rule)")
         self._ngrok = ngrok
-        self._config = conf.PyngrokConfig(auth_token=token)
+        # No auth_token: pyngrok would put it on the ngrok agent's command line (`--authtoken
+        # TOKEN`, pyngrok 9.1 process._start_process), which `ps` shows to every user of the
+        # machine. The agent reads NGROK_AUTHTOKEN from the environment it inherits.
+        self._config = conf.PyngrokConfig()
         options = {"basic_auth": [auth]} if auth else {}
         self.public_url = ngrok.connect(str(port), "http", pyngrok_config=self._config,
                                         **options).public_url
