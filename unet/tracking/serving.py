@@ -68,7 +68,7 @@ FORMATS = ("png", "rle")
 RLE_COLUMNS = ["rle_mask", "height", "width", "error"]
 MAX_PIXELS_ENV, MAX_ROWS_ENV, MAX_ROWS = "UNET_MAX_MEGAPIXELS", "UNET_MAX_ROWS", 64
 MAX_REQUEST_ENV, MAX_REQUEST_MEGAPIXELS = "UNET_MAX_REQUEST_MEGAPIXELS", 200
-BATCH_MEGAPIXELS = 16            # declared pixels decoded together (a batch of 6 full Carvana photos)
+BATCH_MEGAPIXELS = 16     # declared pixels decoded together (6 full-size Carvana photos)
 
 
 def max_pixels() -> int:
@@ -123,26 +123,27 @@ def cell_bytes(cell: bytes | bytearray) -> bytes:
 
 
 def declared_pixels(cell: Any) -> int:
-    """The pixels a cell declares: its header's width x height (nothing decoded), an array's
-    own; 0 where the header cannot be read (its reader then names why)."""
+    """The pixels a cell (image bytes, decoded from base64 already, or an array) declares: its
+    header's width x height (nothing decoded), an array's own; 0 where the header cannot be
+    read (its reader then names why)."""
     if isinstance(cell, np.ndarray):
         return int(np.prod(cell.shape[:2]))
     if not isinstance(cell, (bytes, bytearray)):
         return 0
     try:
-        height, width = image_size(cell_bytes(cell))
+        height, width = image_size(cell)
     except UnreadableImage:
         return 0
     return height * width
 
 
-def batches(cells: pd.Series) -> list[list[int]]:
-    """The rows of a request in batches decoded and predicted together: consecutive rows
-    while their declared pixels stay within BATCH_MEGAPIXELS (a larger image alone)."""
+def batches(declared: list[int]) -> list[list[int]]:
+    """The rows of a request (their declared pixels) in batches decoded and predicted
+    together: consecutive rows while their pixels stay within BATCH_MEGAPIXELS (a larger
+    image alone)."""
     out: list[list[int]] = []
     pixels = 0
-    for i, cell in enumerate(cells):
-        declared = declared_pixels(cell)
+    for i, declared in enumerate(declared):
         if not out or pixels + declared > BATCH_MEGAPIXELS * 1e6:
             out.append([])
             pixels = 0
@@ -151,11 +152,11 @@ def batches(cells: pd.Series) -> list[list[int]]:
     return out
 
 
-def check_pixels(cells: pd.Series) -> None:
+def check_pixels(declared: list[int]) -> None:
     """`invalid` for a request whose rows declare more pixels than the server takes."""
-    total = sum(declared_pixels(cell) for cell in cells)
+    total = sum(declared)
     if total > max_request_pixels():
-        raise invalid(f"{len(cells)} images of {total / 1e6:g} megapixels in one request; at "
+        raise invalid(f"{len(declared)} images of {total / 1e6:g} megapixels in one request; at "
                       f"most {max_request_pixels() / 1e6:g} ({MAX_REQUEST_ENV} of the server): "
                       f"split it into smaller requests")
 
@@ -231,7 +232,9 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             raise invalid(f"param {e}") from None
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise invalid(f"expected a column '{INPUT_COLUMN}' of images")
-        cells = model_input[INPUT_COLUMN]
+        # Each cell's bytes once (base64 decoded where it came so), then its header's pixels.
+        cells = [cell_bytes(c) if isinstance(c, (bytes, bytearray)) else c
+                 for c in model_input[INPUT_COLUMN]]
         if len(cells) > max_rows():
             raise invalid(f"{len(cells)} images in one request; at most {max_rows()} "
                           f"({MAX_ROWS_ENV} of the server): split it into smaller requests")
@@ -243,10 +246,11 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         if with_probabilities and not segmenter.binary:
             raise invalid("param return_probabilities: only for binary models; this one has "
                           f"{len(segmenter.classes)} classes")
-        check_pixels(cells)
+        declared = [declared_pixels(cell) for cell in cells]
+        check_pixels(declared)
         rows = []
-        for batch in batches(cells):
-            images = [as_image(i, cells.iloc[i], segmenter.window) for i in batch]
+        for batch in batches(declared):
+            images = [as_image(i, cells[i], segmenter.window) for i in batch]
             for image, probs in zip(images, segmenter.probabilities(images)):
                 mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
                 row = {"mask": encode_png(mask), "height": image.shape[0],
@@ -269,16 +273,15 @@ def read_cell(index: int, cell: Any,
     return read_for_model(cell_bytes(cell), size, max_pixels(), window)
 
 
-def rle_rows(segmenter: Segmenter, cells: pd.Series, threshold: float) -> pd.DataFrame:
+def rle_rows(segmenter: Segmenter, cells: list, threshold: float) -> pd.DataFrame:
     """The output of format "rle": one row per cell, an unreadable image as a row with its
     `error` (so that a batch of a Spark job goes on); decoded and predicted a batch at a time."""
     rows: list[dict | None] = [None] * len(cells)
-    for batch in batches(cells):
+    for batch in batches([declared_pixels(cell) for cell in cells]):
         images, sizes, at = [], [], []
         for i in batch:
             try:
-                image, size = read_cell(i, cells.iloc[i], segmenter.input_size,
-                                        segmenter.window)
+                image, size = read_cell(i, cells[i], segmenter.input_size, segmenter.window)
             except (UnreadableImage, MlflowException) as e:
                 rows[i] = {"rle_mask": "", "height": 0, "width": 0,
                            "error": str(getattr(e, "message", e))}
