@@ -1,0 +1,253 @@
+"""tools/peers without the peers: the nnU-Net and YOLO datasets made from a split, the one
+scorer against Dice computed by hand, and the table; nnunetv2 and ultralytics are imported by
+neither the pipeline nor the tool's modules."""
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from PIL import Image
+
+from tools.peers import nnunet, yolo
+from tools.peers.scoring import BadPrediction, score
+from unet.data.pairs import Pair
+from unet.data.synthetic import generate
+from unet.images.formats import read_deep
+from unet.images.intensity import measure, to_rgb8
+from unet.images.reading import load_image
+from unet.labels.classes import Classes, reader
+from unet.labels.masks import VOID
+from unet.tracking.splits import Split
+
+ROOT = Path(__file__).resolve().parent.parent
+BINARY = Classes.numbered(2)
+
+
+def synthetic_split(tmp_path) -> Split:
+    """12 generated cars, 6 train, 3 val, 3 test; one stem holds characters nnU-Net refuses."""
+    stems = generate(tmp_path, 12, 48, 72, seed=3)
+    odd = "car one+1"
+    shutil.copy(tmp_path / "train" / f"{stems[0]}.jpg", tmp_path / "train" / f"{odd}.jpg")
+    shutil.copy(tmp_path / "train_masks" / f"{stems[0]}_mask.gif",
+                tmp_path / "train_masks" / f"{odd}_mask.gif")
+    pairs = [Pair(s, tmp_path / "train" / f"{s}.jpg", tmp_path / "train_masks" / f"{s}_mask.gif")
+             for s in [odd, *stems[1:]]]
+    return Split("r", False, {"train": pairs[:6], "val": pairs[6:9], "test": pairs[9:]},
+                 tmp_path)
+
+
+def void_split(tmp_path) -> Split:
+    """Three 6x8 RGB PNGs with 0/1 masks, void (255) in a training mask."""
+    (tmp_path / "images").mkdir(parents=True)
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, stem in enumerate(("a", "b", "c")):
+        Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"{stem}.png")
+        mask = np.zeros((6, 8), np.uint8)
+        mask[1:4, 2:6] = 1
+        if i == 0:
+            mask[0, 0] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{stem}.png")
+        pairs.append(Pair(stem, tmp_path / "images" / f"{stem}.png",
+                          tmp_path / "masks" / f"{stem}.png"))
+    return Split("r", False, {"train": pairs[:1], "val": pairs[1:2], "test": pairs[2:]},
+                 tmp_path, BINARY, ignore_index=255)
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_nnunet_dataset_of_a_split(tmp_path):
+    split = synthetic_split(tmp_path / "data")
+    folder = tmp_path / "raw" / "Dataset501_Peers"
+    cases = nnunet.write_dataset(folder, split.subsets, split.classes, split.read_mask)
+    assert cases["car_one_1"] == "car one+1" and len(cases) == 12
+    case_of = {stem: case for case, stem in cases.items()}
+    training = split.subsets["train"] + split.subsets["val"]
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == sorted(
+        f"{case_of[p.stem]}_0000.png" for p in training)
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == sorted(
+        f"{case_of[p.stem]}.png" for p in training)
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == sorted(
+        f"{case_of[p.stem]}_0000.png" for p in split.subsets["test"])
+    assert json.loads((folder / "dataset.json").read_text()) == {
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "foreground": 1}, "numTraining": 9, "file_ending": ".png"}
+    assert json.loads((folder / "cases.json").read_text()) == cases
+    for pair in training:
+        labels = png(folder / "labelsTr" / f"{case_of[pair.stem]}.png")
+        assert np.array_equal(labels, split.read_mask(pair.mask))
+        assert set(np.unique(labels)) == {0, 1}
+        assert np.array_equal(png(folder / "imagesTr" / f"{case_of[pair.stem]}_0000.png"),
+                              load_image(pair.image))
+    nnunet.write_fold(tmp_path / "pre", split.subsets, cases)
+    assert json.loads((tmp_path / "pre" / "splits_final.json").read_text()) == [
+        {"train": [case_of[p.stem] for p in split.subsets["train"]],
+         "val": [case_of[p.stem] for p in split.subsets["val"]]}]
+
+
+def test_nnunet_void_is_the_ignore_label(tmp_path):
+    split = void_split(tmp_path / "data")
+    folder = tmp_path / "Dataset501_Peers"
+    nnunet.write_dataset(folder, split.subsets, split.classes, split.read_mask)
+    record = json.loads((folder / "dataset.json").read_text())
+    assert record["labels"] == {"background": 0, "foreground": 1, "ignore": 2}
+    assert record["numTraining"] == 2
+    labels = png(folder / "labelsTr" / "a.png")
+    truth = split.read_mask(split.subsets["train"][0].mask)
+    assert labels[0, 0] == 2 and truth[0, 0] == VOID
+    assert np.array_equal(labels[truth != VOID], truth[truth != VOID])
+
+
+def test_case_ids_stay_unique():
+    assert nnunet.case_ids(["a b", "a+b", "a_b.c-1"]) == {"a_b": "a b", "a_b-2": "a+b",
+                                                          "a_b.c-1": "a_b.c-1"}
+
+
+def test_sixteen_bit_grey_keeps_its_values_for_nnunet_and_the_window_for_yolo(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    pairs = []
+    for i, stem in enumerate(("t1", "t2", "t3")):
+        values = (np.arange(30, dtype=np.uint16).reshape(5, 6) * 997 + 1000 * i).astype(np.uint16)
+        tifffile.imwrite(data / "images" / f"{stem}.tif", values)
+        Image.fromarray((values > 15000).astype(np.uint8)).save(data / "masks" / f"{stem}.png")
+        pairs.append(Pair(stem, data / "images" / f"{stem}.tif", data / "masks" / f"{stem}.png"))
+    subsets = {"train": pairs[:1], "val": pairs[1:2], "test": pairs[2:]}
+    read = reader(BINARY)
+    folder = tmp_path / "nn"
+    nnunet.write_dataset(folder, subsets, BINARY, read)
+    record = json.loads((folder / "dataset.json").read_text())
+    assert record["channel_names"] == {"0": "grey"} and record["file_ending"] == ".png"
+    for sub, pair in (("imagesTr", pairs[0]), ("imagesTr", pairs[1]), ("imagesTs", pairs[2])):
+        written = Image.open(folder / sub / f"{pair.stem}_0000.png")
+        assert written.mode.startswith("I")
+        assert np.array_equal(np.asarray(written), tifffile.imread(pair.image))
+    window = yolo.training_window(subsets)
+    assert window == measure([pairs[0].image], read_deep) and window is not None
+    yolo.write_dataset(tmp_path / "yolo", subsets, BINARY, read, window)
+    for name, pair in zip(("train", "val", "test"), pairs):
+        written = png(tmp_path / "yolo" / "images" / name / f"{pair.stem}.png")
+        assert written.dtype == np.uint8 and written.shape == (5, 6, 3)
+        assert np.array_equal(written, to_rgb8(tifffile.imread(pair.image), window))
+
+
+def test_yolo_dataset_of_a_split(tmp_path):
+    split = void_split(tmp_path / "data")
+    data = yolo.write_dataset(tmp_path / "yolo", split.subsets, split.classes, split.read_mask,
+                              None)
+    root = tmp_path / "yolo"
+    for name, pairs in split.subsets.items():
+        stems = sorted(p.stem for p in pairs)
+        assert sorted(p.stem for p in (root / "images" / name).iterdir()) == stems
+        assert sorted(p.stem for p in (root / "masks" / name).iterdir()) == stems
+        for pair in pairs:
+            mask = png(root / "masks" / name / f"{pair.stem}.png")
+            assert mask.ndim == 2 and np.array_equal(mask, split.read_mask(pair.mask))
+            assert np.array_equal(png(root / "images" / name / f"{pair.stem}.png"),
+                                  load_image(pair.image))
+    assert png(root / "masks" / "train" / "a.png")[0, 0] == 255
+    assert yaml.safe_load(data.read_text()) == {
+        "path": str(root.resolve()), "train": "images/train", "val": "images/val",
+        "test": "images/test", "masks_dir": "masks", "names": {0: "background", 1: "foreground"}}
+    parts = Classes(("background", "body", "windows", "wheels"))
+    yolo.write_dataset(tmp_path / "parts", split.subsets, parts, split.read_mask, None)
+    assert yaml.safe_load((tmp_path / "parts" / "data.yaml").read_text())["names"] == {
+        0: "background", 1: "body", 2: "windows", 3: "wheels"}
+
+
+def masks_on_disk(tmp_path, truths: dict[str, np.ndarray]) -> list[Pair]:
+    """Truth masks as PNGs of class indices (void 255), one Pair each."""
+    pairs = []
+    for stem, truth in truths.items():
+        Image.fromarray(np.asarray(truth, np.uint8)).save(tmp_path / f"{stem}.png")
+        pairs.append(Pair(stem, tmp_path / f"{stem}.png", tmp_path / f"{stem}.png"))
+    return pairs
+
+
+def test_score_is_dice_by_hand(tmp_path):
+    truth = np.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    guess = np.array([[1, 0, 0, 0], [0, 1, 0, 0]])
+    pairs = masks_on_disk(tmp_path, {"one": truth})
+    read = reader(BINARY, ignore=255)
+    result = score({"one": guess}, pairs, read, BINARY)
+    assert result["dice"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert result["iou"] == pytest.approx(1 / 3)
+    # A void pixel where the prediction was wrong changes nothing but that pixel: TP 1, FP 0,
+    # FN 1 -> 2/3.
+    voided = truth.copy()
+    voided[1, 1] = VOID
+    pairs = masks_on_disk(tmp_path, {"one": voided})
+    assert score({"one": guess}, pairs, read, BINARY)["dice"] == pytest.approx(2 / 3)
+    # A void pixel where both agree on background changes nothing.
+    voided = truth.copy()
+    voided[1, 3] = VOID
+    pairs = masks_on_disk(tmp_path, {"one": voided})
+    assert score({"one": guess}, pairs, read, BINARY)["dice"] == pytest.approx(0.5)
+
+
+def test_per_image_mean_and_pooled_dice(tmp_path):
+    # Image a: TP 1, FP 1, FN 1 -> 0.5; image b: TP 4, FP 0, FN 0 -> 1.0.
+    truths = {"a": [[1, 1, 0, 0], [0, 0, 0, 0]], "b": [[1, 1, 1, 1], [0, 0, 0, 0]]}
+    guesses = {"a": np.array([[1, 0, 0, 0], [0, 1, 0, 0]]),
+               "b": np.array([[1, 1, 1, 1], [0, 0, 0, 0]])}
+    result = score(guesses, masks_on_disk(tmp_path, truths), reader(BINARY), BINARY)
+    assert result["dice"] == pytest.approx((0.5 + 1.0) / 2)
+    assert result["dice_pooled"] == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
+
+
+def test_three_classes(tmp_path):
+    classes = Classes(("background", "car", "road"))
+    truth = [[1, 1, 2, 2], [0, 0, 2, 2]]
+    guess = np.array([[1, 2, 2, 2], [0, 0, 2, 0]])
+    # car: TP 1, FP 0, FN 1 -> 2/3; road: TP 3, FP 1, FN 1 -> 6/8.
+    result = score({"x": guess}, masks_on_disk(tmp_path, {"x": truth}),
+                   reader(classes), classes)
+    assert result["dice_car"] == pytest.approx(2 / 3)
+    assert result["dice_road"] == pytest.approx(6 / 8)
+    assert result["dice"] == pytest.approx((2 / 3 + 6 / 8) / 2)
+
+
+def test_missing_or_wrongly_sized_prediction_names_the_stem(tmp_path):
+    pairs = masks_on_disk(tmp_path, {"seen": [[1, 0]], "unseen": [[0, 1]]})
+    with pytest.raises(BadPrediction, match="unseen"):
+        score({"seen": np.array([[1, 0]])}, pairs, reader(BINARY), BINARY)
+    with pytest.raises(BadPrediction, match="seen"):
+        score({"seen": np.zeros((2, 2)), "unseen": np.array([[0, 1]])}, pairs, reader(BINARY),
+              BINARY)
+
+
+def test_a_failed_system_says_why_in_the_table():
+    from tools.peers.__main__ import parse_args, table
+    rows = [{"system": "project", "seed": 1, "budget_min": 5.0, "dice": 0.9, "dice_pooled": 0.91,
+             "iou": 0.8, "train_s": 300.0, "predict_s": 4.0, "train_rss_mb": 900.0,
+             "evaluate_test_dice": 0.9, "chose": {"batch_size": 8}},
+            {"system": "nnunet", "seed": 1, "budget_min": 5.0,
+             "error": "RuntimeError: nnUNetTrainer_5epochs killed after 900 s with 0 epoch(s)"}]
+    text = table(rows)
+    assert "| project | 1 | 0.9000 | 0.9100 | 0.8000 | 5.0 min |" in text
+    assert "failed: RuntimeError: nnUNetTrainer_5epochs killed after 900 s" in text
+    args = parse_args(["out", "--data-dir", "d", "--budget-min", "5,30",
+                       "--nnunet-trainer", "nnUNetTrainer_5epochs,nnUNetTrainer_20epochs"])
+    assert args.budgets == [5.0, 30.0] and args.trainer_for(30.0) == "nnUNetTrainer_20epochs"
+
+
+def test_the_peers_are_imported_only_inside_functions():
+    """Neither the pipeline nor the tool's modules import nnunetv2 or ultralytics when loaded."""
+    peers = ("nnunetv2", "ultralytics")
+    for path in [*(ROOT / "unet").rglob("*.py"), *(ROOT / "tools" / "peers").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
+        assert not any(name.split(".")[0] in peers for name in names), path
+        if path.is_relative_to(ROOT / "unet"):
+            assert not any(p in path.read_text() for p in peers), path
