@@ -133,8 +133,8 @@ class Outbox:
             self._rewrite(waiting + records[n + 1:])   # sent: never sent again after a crash
             if done:
                 self._drop_files(record)     # only now: a journal line always has its file
-        print(f"tracking server {mask(self.uri)} takes records: sent {sent} kept record(s) to "
-              f"run {self.run_id}"
+        print(f"tracking server {mask(self.uri)} is back: sent {sent} kept record(s) to run "
+              f"{self.run_id}"
               + (f" ({refusals} refused, in {self.dead})" if refusals else "")
               + (f"; {len(waiting)} failing alone, tried again later" if waiting else ""),
               flush=True)
