@@ -87,6 +87,8 @@ def not_allowed(head: bytes, formats: tuple[str, ...]) -> UnreadableImage:
     """The refusal of a file whose first bytes are no TIFF and no PIL format in `formats`."""
     allowed = f"{', '.join(formats)} or TIFF"
     found = sniff(head)
+    if found in formats:                 # its header, then garbage
+        return NotAnImage(f"not an image (a {found} header, then nothing {found} can read)")
     if found:
         return NotAnImage(f"a {found} file: only {allowed} files are read (convert it)")
     return NotAnImage(f"not an image (no {allowed} header)")
