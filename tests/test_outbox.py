@@ -236,6 +236,14 @@ def proxied(server, tmp_path, monkeypatch) -> tuple[Proxy, str]:
     return Proxy(server.url), MlflowClient(server.url).create_run("0").info.run_id
 
 
+def resend_through(proxy: Proxy, run_id: str, monkeypatch) -> None:
+    """The resend command as a user runs it, once the proxy lets every request through."""
+    from unet.tracking.outbox import main
+    proxy.rule = None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    main([run_id])
+
+
 def test_an_api_that_fails_behind_a_healthy_health_check_is_an_outage(server, tmp_path,
                                                                       monkeypatch):
     """/health says OK while the database behind the API is down: the records wait, each
@@ -263,7 +271,6 @@ def test_a_record_failing_alone_does_not_hold_up_the_others_and_is_sent_again(
     """A record the server keeps failing (503 for its body alone) while it takes the others:
     the others are sent at once; it is tried again at each flush, goes to the dead letters
     after give_up_s and 3 tries, and the resend command sends it once the server takes it."""
-    from unet.tracking.outbox import main
     proxy, run_id = proxied(server, tmp_path, monkeypatch)
     try:
         proxy.rule = lambda path, body: 503 if b"flaky" in body else None
@@ -279,9 +286,7 @@ def test_a_record_failing_alone_does_not_hold_up_the_others_and_is_sent_again(
         assert outbox.flush() and outbox.pending == 0          # 3 tries, 0.5 s: dead letter
         dead = (spool_dir(run_id) / "dead.jsonl").read_text()
         assert "flaky" in dead and "log-batch" in dead          # MLflow words a 503 so
-        proxy.rule = None
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
-        main([run_id])
+        resend_through(proxy, run_id, monkeypatch)
     finally:
         proxy.close()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
@@ -294,7 +299,6 @@ def test_a_refusal_of_everything_waits_then_goes_to_the_dead_letters(server, tmp
     """401 for every request (an expired token): records wait as through an outage; after
     give_up_s they go to the dead letters, which the resend command sends once the server
     takes them again (before: 401 sent them to the dead letters at once, for good)."""
-    from unet.tracking.outbox import main
     proxy, run_id = proxied(server, tmp_path, monkeypatch)
     try:
         proxy.rule = lambda path, body: 401
@@ -307,9 +311,7 @@ def test_a_refusal_of_everything_waits_then_goes_to_the_dead_letters(server, tmp
         dead = (spool_dir(run_id) / "dead.jsonl").read_text().splitlines()
         assert len(dead) == 2 and outbox.pending == 1
         assert "refused run" in capsys.readouterr().err
-        proxy.rule = None
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
-        main([run_id])
+        resend_through(proxy, run_id, monkeypatch)
     finally:
         proxy.close()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
