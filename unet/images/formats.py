@@ -128,13 +128,15 @@ SOS = b"\xff\xda"      # a scan's start; entropy-coded data never holds it (0xFF
 
 @contextlib.contextmanager
 def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
-               formats: tuple[str, ...] = IMAGE_FORMATS) -> Iterator[Image.Image]:
+               formats: tuple[str, ...] = IMAGE_FORMATS, decoding: bool = True
+               ) -> Iterator[Image.Image]:
     """The PIL image of JPEG/PNG bytes or file (TIFF: see read_image), its header checked
     before any pixel is decoded: another format (unet.images.formats.not_allowed names it),
     more than max_pixels pixels (None: no limit of ours), or a JPEG of more than MAX_SCANS
-    scans raises UnreadableImage. A small file may declare a huge image (a few KB of PNG can
-    say 12000 x 12000): decoding it would take seconds and gigabytes, reading the header
-    takes microseconds."""
+    scans (counted only when `decoding`: reading a header alone costs no scan) raises
+    UnreadableImage. A small file may declare a huge image (a few KB of PNG can say
+    12000 x 12000): decoding it would take seconds and gigabytes, reading the header takes
+    microseconds."""
     try:
         with warnings.catch_warnings():   # PIL's own warning at 89 MP: our limit decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -144,12 +146,13 @@ def open_image(source: bytes | Path, max_pixels: int | None = MAX_PIXELS,
             refusal = over_limit(height, width, max_pixels)
             if refusal:
                 raise refusal
-            if image.format == "JPEG":
+            if decoding and image.format == "JPEG":   # a header alone costs no scan
                 data = bytes(source) if isinstance(source, (bytes, bytearray)) else \
                     Path(source).read_bytes()
-                if data.count(SOS) > MAX_SCANS:
-                    raise UnreadableImage(f"a JPEG of {data.count(SOS)} scans (at most "
-                                          f"{MAX_SCANS}): save it again as a plain JPEG")
+                scans = data.count(SOS)
+                if scans > MAX_SCANS:
+                    raise UnreadableImage(f"a JPEG of {scans} scans (at most {MAX_SCANS}): "
+                                          f"save it again as a plain JPEG")
             yield image
     except UnidentifiedImageError:
         raise not_allowed(_head(source), formats) from None
@@ -265,7 +268,7 @@ def image_size(source: bytes | Path) -> tuple[int, int]:
     """An image file's or bytes' (height, width), from its header only."""
     if is_tiff(source):
         return tiff_size(source)
-    with open_image(source, None) as image:
+    with open_image(source, None, decoding=False) as image:
         return image.size[::-1]
 
 
