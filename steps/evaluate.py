@@ -1,5 +1,6 @@
 """Entry point evaluate: test a train run's model at full resolution next to the trivial
 baselines, then register it and move the aliases (unet/tracking/registry.py)."""
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from unet.config import pipeline as config
 from unet.errors import UserError
 from unet.evaluation import label_quality
 from unet.evaluation.scoring import evaluate_pairs
+from unet.labels import borders
 from unet.tracking import cli, models, quantize, registry, reports, runs, splits
 
 
@@ -56,8 +58,10 @@ def announce(run, name: str, metrics: dict, promotion: registry.Promotion) -> No
     runs.name_run(f"evaluate {name} v{promotion.version} Dice {metrics['dice']:.3f} {alias}")
     mlflow.set_tags({"model_name": name, "model_version": promotion.version,
                      "model_alias": promotion.alias or "none", "promotion": promotion.reason})
+    objects = (f"; objects mAP {metrics['map']:.4f} (components {metrics['map_components']:.4f}"
+               f", Otsu watershed {metrics['map_otsu']:.4f})" if "map" in metrics else "")
     print(f"evaluate run {run.info.run_id}: test Dice {metrics['dice']:.4f}, IoU "
-          f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}; {name} version "
+          f"{metrics['iou']:.4f}, accuracy {metrics['accuracy']:.4f}{objects}; {name} version "
           f"{promotion.version} -> {alias}: {promotion.reason}")
 
 
@@ -70,8 +74,12 @@ def test_model(cfg: config.EvaluateConfig, model_uri: str, split, out_dir: Path
     segmenter = models.load_segmenter(model_uri, cfg.runtime).with_tta(cfg.tta)
     mlflow.set_tags({"tta": segmenter.tta, "runtime": segmenter.runtime})
     start = time.perf_counter()
+    # Masks of objects (or a model for them): also scored per object, against the objects.
+    read_labels = functools.partial(borders.load_labels, ignore=split.ignore_index,
+                                    labelled=split.instances) \
+        if segmenter.instances or split.instances else None
     metrics = evaluate_pairs(segmenter, test, cfg.threshold, cfg.eval_batch_size, out_dir,
-                             split.read_mask)
+                             split.read_mask, read_labels)
     mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
     # Full resolution end to end: decode, predict, score, write the prediction files.
     mlflow.log_metric("test_images_per_second", len(test) / (time.perf_counter() - start))

@@ -45,6 +45,11 @@ def summary(done: dict, main_run) -> None:
         print(f"  {step:<11} {'reused' if reused else 'ran':<7} run {r.info.run_id}")
     print(f"  test Dice {metrics['test_dice']:.4f} per image, {metrics['test_dice_micro']:.4f} "
           f"pooled; IoU {metrics['test_iou']:.4f}; accuracy {metrics['test_accuracy']:.4f}")
+    if "test_map" in metrics:
+        print(f"  objects: mAP@0.5:0.95 {metrics['test_map']:.4f}, F1@0.5 "
+              f"{metrics['test_f1_50']:.4f}, count error {metrics['test_count_error']:.2f} per "
+              f"image (baselines: components {metrics['test_map_components']:.4f}, Otsu "
+              f"watershed {metrics['test_map_otsu']:.4f})")
     print(f"  model {name} version {version}, aliases: {', '.join(aliases) or 'none'}"
           f" (load it as models:/{name}@{registry.CHAMPION})")
     print(f"  {tags.get('promotion', '')}")

@@ -1,6 +1,6 @@
 """Entry point predict: segment a folder (or a list) of images with a registered model, as
-masks or one Kaggle submission CSV, streaming and resumable; engine=spark runs the model as a
-Spark UDF."""
+masks (with a model for instances also label images and objects.csv) or one Kaggle submission
+CSV, streaming and resumable; engine=spark runs the model as a Spark UDF."""
 import os
 import sys
 
@@ -30,6 +30,8 @@ def predict() -> None:
                             f"(class-index PNGs)")
         if len(classes) > 2:
             job.sink.classes = len(classes)      # a PngSink: class-index masks
+        if models.output_of(model) == "instances" and cfg.format == "png":
+            job.sink.objects = True              # label images and objects.csv beside masks
         models.check_predict_scale(model, cfg.predict_scale)
         claim_output(cfg, model)
         mlflow.set_tag("model", model)

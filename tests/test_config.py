@@ -69,6 +69,7 @@ def test_auto_without_a_value_is_named():
     ("train", {"time_budget_min": "0"}, "parameter time_budget_min=0.0: must be > 0"),
     ("train", {"color_jitter": "2"}, "parameter color_jitter=2.0: must be in [0, 1]"),
     ("train", {"patience": "-1"}, "parameter patience=-1: must be >= 0"),
+    ("train", {"output": "objects"}, "parameter output=objects: use auto, mask or instances"),
     ("evaluate", {"train_run_id": "x", "tta": "rot90"}, "parameter tta=rot90: use auto, none, hflip, flips"),
     ("evaluate", {"train_run_id": "x", "floor_margin": "-0.1"}, "parameter floor_margin=-0.1"),
     ("split_data", {"val_fraction": "1.2"}, "parameter val_fraction=1.2: must be in [0, 1)"),

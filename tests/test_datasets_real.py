@@ -164,3 +164,24 @@ def test_a_timelapse_is_hela_t00_to_t19_one_group_under_the_default_rule(tmp_pat
     assert moved >= 10
     assert {GroupRule().of(s) for s in stems} == {"hela"}
     assert {GroupRule(r"^hela_t(\d)\d$").of(s) for s in stems} == {"0", "1"}
+
+
+def test_a_touching_folder_holds_clusters_of_touching_nuclei_read_as_labels(tmp_path):
+    """Fields of 4 per slide (the group), label masks; in every field some nuclei touch (the
+    foreground has fewer regions than labels), none is a sliver, and the folder reads as
+    instance labels."""
+    from scipy import ndimage
+
+    from unet.labels.classes import detect
+    folder = datasets.touching_folder(tmp_path / "a", images=8, seed=3, size=(96, 96))
+    again = datasets.touching_folder(tmp_path / "b", images=8, seed=3, size=(96, 96))
+    stems = sorted(p.stem for p in (folder / "images").glob("*.tif"))
+    assert stems == [f"c{s:03d}_{f:02d}" for s in range(2) for f in range(1, 5)]
+    assert {GroupRule().of(s) for s in stems} == {"c000", "c001"}
+    for stem in stems:
+        labels = tifffile.imread(folder / "masks" / f"{stem}_mask.tif")
+        assert np.array_equal(labels, tifffile.imread(again / "masks" / f"{stem}_mask.tif"))
+        assert labels.dtype == np.uint16 and labels.max() >= 3
+        assert ndimage.label(labels > 0)[1] < labels.max()              # some touch
+        assert np.bincount(labels.ravel())[1:].min() >= 10                # no sliver
+    assert detect([folder / "masks" / f"{s}_mask.tif" for s in stems]).instances

@@ -134,3 +134,273 @@ def test_the_settings_are_chosen_on_validation_images():
                              {"seed": (0.7, 0.5), "mask": (0.5,), "min_area": (4,)})
     assert settings.seed == 0.5 and score == pytest.approx(
         dsb([settings.labels(probs)], [labels])) and score > 0.7
+
+
+# ---- reading label masks as targets ------------------------------------------------------------
+
+def test_a_label_tiff_with_field_ids_and_void_becomes_the_target(tmp_path):
+    """Two touching boxes with field ids 83 and 154, a void pixel (value 9): interior, border
+    where they meet and along the background, VOID where the mask says void."""
+    import tifffile
+
+    from unet.labels.borders import load_labels, load_target
+    from unet.labels.masks import VOID
+    labels = np.zeros((8, 12), np.uint16)
+    labels[1:7, 1:6] = 83
+    labels[1:7, 6:11] = 154
+    labels[0, 0] = 9
+    tifffile.imwrite(tmp_path / "m.tif", labels)
+    read = load_labels(tmp_path / "m.tif", ignore=9)
+    assert read.dtype == np.int32 and read[0, 0] == -1 and read[3, 3] == 83
+    target = load_target(tmp_path / "m.tif", ignore=9)
+    assert target[0, 0] == VOID and target[3, 3] == INTERIOR and target[3, 8] == INTERIOR
+    assert target[3, 5] == BORDER and target[3, 6] == BORDER and target[1, 3] == BORDER
+    assert target[7, 11] == BACKGROUND
+
+
+def test_output_instances_on_a_binary_mask_takes_its_regions_as_objects(tmp_path):
+    from PIL import Image
+
+    from unet.labels.borders import load_labels
+    mask = np.zeros((10, 20), np.uint8)
+    mask[1:5, 1:5] = 255
+    mask[6:9, 10:18] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    labels = load_labels(tmp_path / "m.png", labelled=False)
+    assert labels.max() == 2 and labels[2, 2] == 1 and labels[7, 12] == 2 and labels[0, 0] == 0
+
+
+def test_output_is_instances_for_label_masks_and_refused_for_classes():
+    from unet.errors import UserError
+    from unet.labels.classes import Classes
+    from unet.training.fitting import output_of
+    binary, parts = Classes.numbered(2), Classes(("background", "body", "wheels"))
+    assert output_of("auto", True, binary) == "instances"
+    assert output_of("auto", False, binary) == "mask"
+    assert output_of("mask", True, binary) == "mask"
+    assert output_of("instances", False, binary) == "instances"
+    with pytest.raises(UserError, match="parameter output=instances: the masks hold 3 classes"):
+        output_of("instances", False, parts)
+
+
+def test_validation_scores_an_instance_model_on_its_foreground():
+    """decide(instances=True): the object probability (1 - background) above the threshold
+    against truth interior-or-border, void kept."""
+    import torch
+
+    from unet.labels.masks import VOID
+    from unet.training.engine import decide
+    # (1, 3, 1, 4) logits: background wins, interior wins, border wins, background wins
+    logits = torch.tensor([[[[5.0, 0, 0, 5]], [[0, 5, 0, 0]], [[0, 0, 5, 0]]]])
+    truth = torch.tensor([[[0, 2, 1, VOID]]])
+    pred, target = decide(logits, truth, instances=True)
+    assert pred.tolist() == [[[False, True, True, False]]]
+    assert target.tolist() == [[[0, 1, 1, VOID]]]
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+
+def two_touching_discs(shape=(40, 60)) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, (H, W, 3) uint8 image): two bright discs that touch, on a dark field."""
+    labels = np.zeros(shape, np.int32)
+    labels[disc(shape, (20, 20), 11)] = 1
+    labels[disc(shape, (20, 40), 11) & (labels == 0)] = 2
+    image = np.where(labels > 0, 200, 30).astype(np.uint8)
+    return labels, np.repeat(image[..., None], 3, axis=2)
+
+
+def test_otsu_watershed_splits_touching_discs_that_components_join():
+    from unet.evaluation.baselines import components, otsu_threshold, otsu_watershed
+    labels, image = two_touching_discs()
+    assert 30 <= otsu_threshold(image[..., 0]) < 200
+    joined = components((labels > 0).astype(np.uint8))
+    assert joined.max() == 1
+    split = otsu_watershed(image)
+    assert split.max() == 2
+    assert match(labels, split).matches[THRESHOLDS.index(0.8)] == 2
+    assert otsu_watershed(np.zeros((10, 10, 3), np.uint8)).max() == 0
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+def test_object_rows_give_area_centroid_box_probability_and_the_dsb_rle_by_hand():
+    from unet.inference.instances import dsb_rle, object_rows
+    labels = np.zeros((3, 4), np.int32)
+    labels[0:3, 1] = 1              # column 1, rows 0-2: pixels 4, 5, 6 (column-major, from 1)
+    labels[0, 2] = 1                # column 2, row 0: pixel 7
+    labels[2, 3] = 2                # column 3, row 2: pixel 12
+    probability = np.zeros((3, 4), np.float32)
+    probability[labels == 1] = 0.5
+    probability[0, 2] = 0.9
+    probability[2, 3] = 0.8
+    assert dsb_rle(labels, 1) == "4 4" and dsb_rle(labels, 2) == "12 1"
+    first, second = object_rows("a.png", labels, probability)
+    assert first == ("a.png", 1, 4, 0.75, 1.25, 0, 1, 3, 3, pytest.approx(0.6), "4 4")
+    assert second == ("a.png", 2, 1, 2.0, 3.0, 2, 3, 3, 4, pytest.approx(0.8), "12 1")
+    assert object_rows("b.png", np.zeros((2, 2), np.int32), np.zeros((2, 2))) == []
+
+
+class DrawnSegmenter:
+    """A Segmenter whose network is replaced by the picture itself: channel 0 of the image is
+    the interior probability x 255, channel 1 the border's (so tiles see exactly the map)."""
+
+    @staticmethod
+    def make(image_size=(32, 32)):
+        import torch
+
+        from unet.inference.segmenter import Segmenter
+        from unet.network.model import UNet
+
+        class Drawn(Segmenter):
+            def probabilities_resized(self, batch):
+                interior = batch[..., 0].astype(np.float32) / 255
+                border = batch[..., 1].astype(np.float32) / 255
+                return np.stack([1 - interior - border, interior, border], axis=-1)
+        torch.manual_seed(0)
+        return Drawn(UNet(out_channels=3, features=(4, 8)), image_size, scale=(1.0, 1.0),
+                     predict_scale="native", classes=("background", "interior", "border"),
+                     watershed=Watershed(seed=0.5, mask=0.5, min_area=8))
+
+
+def test_objects_across_tile_seams_come_back_whole_and_once():
+    """A 200 x 200 image predicted by 64 x 64 tiles (stride 32): discs placed across the seams
+    come back as one label each, pixel for pixel the hand-made objects."""
+    shape = (200, 200)
+    labels = np.zeros(shape, np.int32)
+    centres = [(32, 32), (64, 100), (96, 96 + 23), (150, 64), (160, 160)]
+    for value, centre in enumerate(centres, start=1):
+        labels[disc(shape, centre, 12) & (labels == 0)] = value
+    target = interior_border(labels)
+    image = np.zeros((*shape, 3), np.uint8)
+    image[..., 0] = np.where(target == INTERIOR, 230, 0)
+    image[..., 1] = np.where(target == BORDER, 230, 0)
+    segmenter = DrawnSegmenter.make()
+    assert segmenter.tiled(segmenter.input_size(*shape))
+    mask, found, probability = next(segmenter.objects([image]))
+    assert found.max() == len(centres)
+    assert match(labels, found).matches[THRESHOLDS.index(0.9)] == len(centres)
+    assert (mask == (labels > 0)).all()
+    assert probability.shape == shape and probability[32, 32] == pytest.approx(230 / 255)
+
+
+def test_a_labels_sink_writes_label_images_and_rows_and_a_resume_writes_no_row_twice(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from unet.inference.instances import OBJECT_COLUMNS
+    from unet.inference.streaming import OBJECTS, PngSink, predict_stream
+    labels, image = two_touching_discs()
+    drawn = np.zeros_like(image)
+    target = interior_border(labels)
+    drawn[..., 0] = np.where(target == INTERIOR, 230, 0)
+    drawn[..., 1] = np.where(target == BORDER, 230, 0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(drawn).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+    sink = PngSink(out, objects=True)
+    segmenter = DrawnSegmenter.make((40, 60))
+    outcome = predict_stream(segmenter, sorted(folder.iterdir()), sink, batch_size=1)
+    assert outcome.predicted == 2
+    written = np.asarray(Image.open(out / "a_labels.png"))
+    assert written.dtype == np.uint16 and written.max() == 2
+    rows = list(csv.reader(open(out / OBJECTS)))
+    assert rows[0] == list(OBJECT_COLUMNS)
+    assert [(r[0], r[1]) for r in rows[1:]] == [("a.png", "1"), ("a.png", "2"),
+                                                ("b.png", "1"), ("b.png", "2")]
+    assert int(rows[1][2]) == int((written == 1).sum())
+    # A run killed after b's rows but before its mask: the rerun drops them, then writes once.
+    (out / "b_mask.png").unlink()
+    with open(out / OBJECTS, "a") as f:
+        f.write("b.png,3,1,0,0,0,0,1,1,0.5,1 1\nb.png,4,1,0")       # and a torn line
+    again = predict_stream(segmenter, sorted(folder.iterdir()), PngSink(out, objects=True))
+    assert (again.predicted, again.skipped) == (1, 1)
+    rows = list(csv.reader(open(out / OBJECTS)))
+    assert [(r[0], r[1]) for r in rows[1:]] == [("a.png", "1"), ("a.png", "2"),
+                                                ("b.png", "1"), ("b.png", "2")]
+
+
+# ---- end to end: train, evaluate, predict and serve objects ------------------------------------
+
+@pytest.mark.slow
+def test_label_masks_train_a_model_of_objects_that_predict_and_serving_give_as_labels(
+        tracking_uri, tmp_path):
+    """A generated folder of touching nuclei (label TIFFs), only the layout given: `main`
+    trains for instances (output auto), evaluate logs the object scores beside both baselines
+    and the model card says them; predict writes 16-bit label images and objects.csv whose
+    rows agree with them; the real `mlflow models serve` returns the same label image as the
+    model in this process."""
+    import base64
+    import csv
+    import io
+    import json
+    import urllib.request
+
+    import mlflow
+    from conftest import TINY, mlflow_run, model_server, only
+    from PIL import Image
+
+    from tools import datasets
+    from unet.images.reading import read_image
+    from unet.tracking import models
+    folder = datasets.touching_folder(tmp_path / "touching", images=16, size=(96, 96))
+    params = {"data_dir": str(folder), **datasets.TOUCHING_LAYOUT, **only(TINY, "train"),
+              "epochs": "3", "model_name": "nuclei", "label_quality": "false"}
+    result = mlflow_run("main", params, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri)
+    finished = {r.data.tags.get("mlflow.project.entryPoint"): r for r in client.search_runs(["0"])
+                if r.info.status == "FINISHED"}
+    train, evaluate = finished["train"], finished["evaluate"]
+    assert train.data.params.get("effective.output", train.data.params.get("output")) == \
+        "instances"
+    assert "seed" in train.data.tags["watershed"] and 0 <= train.data.metrics["val_map"] <= 1
+    metrics = evaluate.data.metrics
+    for key in ("test_map", "test_ap50", "test_f1_50", "test_map_components", "test_map_otsu"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["test_true_objects"] > 0
+    version = client.get_model_version("nuclei", evaluate.data.tags["model_version"])
+    assert "**Objects**: mAP@0.5:0.95" in version.description
+    assert "Otsu + distance watershed" in version.description
+    info = mlflow.models.get_model_info(f"models:/nuclei/{version.version}")
+    assert info.metadata["output"] == "instances" and info.metadata["classes"] == \
+        ["background", "foreground"]
+
+    # predict: masks, 16-bit label images and the objects' rows
+    out = tmp_path / "predicted"
+    done = mlflow_run("predict", {"model_uri": f"models:/nuclei/{version.version}",
+                                  "input_dir": str(folder / "images"),
+                                  "output_dir": str(out)}, tracking_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    images = sorted((folder / "images").iterdir())
+    assert all((out / f"{p.stem}_labels.png").exists() for p in images)
+    rows = list(csv.DictReader(open(out / "objects.csv")))
+    total = 0
+    for path in images:
+        labels = np.asarray(Image.open(out / f"{path.stem}_labels.png"))
+        assert labels.dtype == np.uint16 and labels.shape == (96, 96)
+        mine = [r for r in rows if r["image"] == path.name]
+        assert [int(r["label"]) for r in mine] == list(range(1, int(labels.max()) + 1))
+        assert [int(r["area"]) for r in mine] == [int((labels == int(r["label"])).sum())
+                                                   for r in mine]
+        total += int(labels.max())
+    assert len(rows) == total
+
+    # serving: the same label image as this process's model
+    segmenter = models.load_segmenter(f"models:/nuclei/{version.version}")
+    image = read_image(images[0], None, segmenter.window)      # as the server reads it
+    _, expected, _ = next(segmenter.objects([image]))
+    png = (folder / "images" / images[0].name).read_bytes()
+    # the test's own store (tracking_uri), which the server reads the registry from
+    with model_server(tmp_path, lambda: f"models:/nuclei/{version.version}") as (url, _, _):
+        body = {"dataframe_split": {"columns": ["image"],
+                                    "data": [[base64.b64encode(png).decode()]]}}
+        request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            (row,) = json.loads(response.read())["predictions"]
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["labels"]))))
+    assert served.dtype == np.uint16 and np.array_equal(served, expected)
+    assert row["objects"] == int(expected.max())

@@ -95,6 +95,10 @@ def test_the_five_jobs_run_in_a_fresh_clone(tmp_path):
     run(predict.replace("/tmp/dsb", str(data)), clone, env)
     written = sorted(p.name for p in (data / "predicted").glob("*_mask.png"))
     assert written == sorted(f"{p.stem}_mask.png" for p in (data / "field" / "images").iterdir())
+    # label masks: a model of objects, whose label images and object table come beside
+    labelled = sorted(p.name for p in (data / "predicted").glob("*_labels.png"))
+    assert labelled == sorted(f"{p.stem}_labels.png" for p in (data / "field" / "images").iterdir())
+    assert (data / "predicted" / "objects.csv").read_text().startswith("image,label,area,")
 
     # 4. Serve: the champion answers a POST of a base64 image with a mask.
     port = free_port()
@@ -110,7 +114,7 @@ def test_the_five_jobs_run_in_a_fresh_clone(tmp_path):
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
     (row,) = answer["predictions"]
-    assert (row["height"], row["width"]) == (64, 64) and row["mask"]
+    assert (row["height"], row["width"]) == (64, 64) and row["mask"] and row["labels"]
 
     # 5. Look at it: the UI on the clone's store.
     (look,) = jobs["Look at it"]

@@ -24,6 +24,9 @@
   256x256 cut into 64x64 tiles holding 0..6 labels with the field's (arbitrary) ids.
 * `timelapse_folder` (`timelapse`): frames of one drifting field, `images/hela_t00.tif` ...
   with instance-label masks: one group under the default group rule, all frames "hela".
+* `touching_folder` (`touching`): objects that touch, for instance output: 128x128 16-bit
+  fields of nuclei in clusters of 1..4, each nucleus against another along a short edge, with
+  label masks (`images/c<slide>_<field>.tif`, four fields a slide).
 
 * `voc_folder`: PASCAL VOC's layout and masks (`JPEGImages/<scene>_<n>.jpg`,
   `SegmentationClass/<scene>_<n>.png`): palette PNGs in VOC's colours, background 0, one or two
@@ -196,20 +199,99 @@ def fluorescence_field(seed: int, slide: int, field: int, height: int, width: in
         a, b = r * rng.uniform(0.75, 1.25), r * rng.uniform(0.75, 1.25)
         angle = rng.uniform(0, np.pi)
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
-        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
-        d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-        brightness = rng.uniform(600, 3800)
-        blob = brightness / (1 + np.exp((d - 1) * 8))           # soft edge, half at d = 1
-        blob *= 1 + 0.15 * np.cos(u * 0.9 + rng.uniform(0, 6)) * (d < 1)   # chromatin texture
-        signal = np.maximum(signal, blob)
-        labels[d < 1] = label
+        _nucleus(rng, xx, yy, (cy, cx, a, b, angle), label, signal, labels)
+    return _exposed(rng, background, signal, labels)
+
+
+def _nucleus(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+             shape: tuple[float, float, float, float, float], label: int,
+             signal: np.ndarray, labels: np.ndarray) -> None:
+    """Draws one nucleus, an ellipse (cy, cx, semi-axes a, b, angle) of its own brightness
+    with a soft edge and a chromatin texture, into `signal` (brightest wins) and `labels` (a
+    later nucleus covers an earlier one)."""
+    cy, cx, a, b, angle = shape
+    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    d = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    brightness = rng.uniform(600, 3800)
+    blob = brightness / (1 + np.exp((d - 1) * 8))           # soft edge, half at d = 1
+    blob *= 1 + 0.15 * np.cos(u * 0.9 + rng.uniform(0, 6)) * (d < 1)   # chromatin texture
+    np.maximum(signal, blob, out=signal)
+    labels[d < 1] = label
+
+
+def _exposed(rng: np.random.Generator, background: np.ndarray, signal: np.ndarray,
+             labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The camera's image of background + signal (Poisson and read noise) as uint16, and the
+    labels renumbered 1..N over the nuclei still seen."""
     expected = background + signal
     image = rng.poisson(expected / 4).astype(np.float32) * 4 + rng.normal(0, 25, expected.shape)
     seen = np.unique(labels[labels > 0])
     renumber = np.zeros(int(labels.max()) + 1, np.uint16)
     renumber[seen] = np.arange(1, len(seen) + 1)
     return image.clip(0, 65535).astype(np.uint16), renumber[labels]
+
+
+TOUCHING_LAYOUT = FLUORESCENCE_LAYOUT
+
+
+def touching_field(seed: int, slide: int, field: int, height: int = 128, width: int = 128,
+                   pixels_per_cluster: int = 2500) -> tuple[np.ndarray, np.ndarray]:
+    """A field of nuclei in clusters that touch: ((H, W) uint16 image, (H, W) uint16 labels
+    1..N). One cluster per `pixels_per_cluster` pixels, each of 1..4 nuclei (radius 5-9 px,
+    drawn as in fluorescence_field); each nucleus after a cluster's first sits against an
+    earlier one, its centre 0.8-0.95 of the sum of their radii away, so the two touch along
+    a short edge (the later covers the earlier where they overlap) and foreground alone joins
+    them; a nucleus is placed no closer than that to any other (10 tries, else left out), so
+    none is mostly covered. Deterministic from (seed, slide, field)."""
+    rng = np.random.default_rng([seed, slide, field, 31])
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = 200 + 120 * (0.5 + 0.5 * np.cos((xx / width - rng.uniform()) * np.pi)
+                              * np.cos((yy / height - rng.uniform()) * np.pi))
+    signal = np.zeros((height, width), np.float32)
+    labels = np.zeros((height, width), np.int32)
+    placed: list[tuple[float, float, float]] = []             # (cy, cx, radius)
+
+    def free(cy: float, cx: float, r: float) -> bool:
+        """No nucleus placed so far lies closer than 0.8 of the sum of their radii."""
+        return all(np.hypot(cy - y, cx - x) >= 0.8 * (r + q) for y, x, q in placed)
+
+    for _ in range(max(1, height * width // pixels_per_cluster)):
+        cluster: list[tuple[float, float, float]] = []
+        for _ in range(int(rng.integers(1, 5))):
+            r = rng.uniform(5, 9)
+            for _ in range(10):               # a place against the cluster, clear of the rest
+                if cluster:
+                    py, px, pr = cluster[int(rng.integers(len(cluster)))]
+                    turn, gap = rng.uniform(0, 2 * np.pi), (pr + r) * rng.uniform(0.8, 0.95)
+                    cy, cx = py + gap * np.sin(turn), px + gap * np.cos(turn)
+                else:
+                    cy, cx = rng.uniform(8, height - 8), rng.uniform(8, width - 8)
+                if free(cy, cx, r):
+                    break
+            else:
+                continue
+            cluster.append((cy, cx, r))
+            placed.append((cy, cx, r))
+            _nucleus(rng, xx, yy, (cy, cx, r * rng.uniform(0.9, 1.1), r * rng.uniform(0.9, 1.1),
+                                   rng.uniform(0, np.pi)), len(placed), signal, labels)
+    return _exposed(rng, background, signal, labels)
+
+
+def touching_folder(out: Path, images: int = 48, seed: int = 2026, size=(128, 128)) -> Path:
+    """images/c<cluster slide>_<field>.tif (uint16) and masks/..._mask.tif (uint16 labels
+    1..N) of `touching_field`, four fields per slide (the group the split keeps together).
+    Layout: TOUCHING_LAYOUT."""
+    import tifffile
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(images):
+        image, labels = touching_field(seed, i // 4, i % 4 + 1, *size)
+        stem = f"c{i // 4:03d}_{i % 4 + 1:02d}"
+        tifffile.imwrite(out / "images" / f"{stem}.tif", image)
+        tifffile.imwrite(out / "masks" / f"{stem}_mask.tif", labels)
+    return out
 
 
 def fluorescence_folder(out: Path, images: int, seed: int, size=(64, 64),
@@ -562,7 +644,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="tools.datasets", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=["carvana", "cells", "fluorescence", "voc", "large",
                                          "tiled-field", "dsb-field", "labelled-tiles",
-                                         "timelapse"])
+                                         "timelapse", "touching"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=None,
                         help="images (labelled-tiles: fields, default 3; timelapse: frames, "
@@ -606,6 +688,10 @@ def main() -> None:
         return
     if args.kind == "voc":
         print(voc_folder(args.out, args.images, args.seed, classes=args.classes))
+        return
+    if args.kind == "touching":
+        size = tuple(int(v) for v in (args.size or "128x128").split("x"))
+        print(touching_folder(args.out, args.images, args.seed, size))
         return
     if args.kind == "cells":
         print(cells_folder(args.out, args.images, args.seed))

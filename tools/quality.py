@@ -2,7 +2,7 @@
 folders the defaults were not tuned on; worst and median test Dice per folder, never the best.
 
     python -m tools.quality OUT [--folders quick,car8,car24,car64,cells96,parts8,dsb-tiles,
-                                dsb-png,labelled-tiles,labelled-png] [--seeds 1,2,3]
+                                dsb-png,labelled-tiles,labelled-png,touching] [--seeds 1,2,3]
                                 [--set name=value ...] [--final] [--json FILE]
 
 For each folder (generated into OUT/data once, see tools/datasets.py) the split is made once
@@ -62,6 +62,9 @@ FOLDERS = {
     "labelled-png": (lambda out, seed: datasets.png_copy(
         datasets.labelled_tiles_folder(out.with_name(out.name + "-tif"), seed, fields=4), out),
         datasets.CELLS_LAYOUT),
+    # Objects that touch (instance output): 48 fields of 128x128, clusters of 1..4 nuclei.
+    "touching": (lambda out, seed: datasets.touching_folder(out, 48, seed),
+                 datasets.TOUCHING_LAYOUT),
 }
 
 
@@ -106,27 +109,43 @@ def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
     return found[-1]
 
 
-def field_dice(model_uri: str, field: Path, store: str, out: Path, log: Path) -> float:
-    """Per-image test Dice of a tile model on the whole fields of `field` (images/, masks/
-    with the tiles' layout): predicted by the predict entry point as a user would, scored by
-    the project's metrics (unet.evaluation.metrics.confusion; a label mask's nonzero values are the
-    object)."""
+def field_scores(model_uri: str, field: Path, store: str, out: Path, log: Path) -> dict:
+    """A tile model on the whole fields of `field` (images/, masks/ with the tiles' layout):
+    predicted by the predict entry point as a user would, scored by the project's metrics:
+    "field_dice", the per-image Dice (unet.evaluation.metrics.confusion; a label mask's nonzero
+    values are the object); for a model of instances also "field_map" (the DSB mAP of its
+    label images, unet.evaluation.objects) and the object baselines' on the same fields,
+    "field_map_components" and "field_map_otsu" (unet.evaluation.baselines)."""
     import tifffile
     from PIL import Image
 
+    from unet.evaluation import baselines, objects
     from unet.evaluation.metrics import confusion, scores
+    from unet.images.reading import load_image
     predicted = out / f"predicted-{log.stem}"
     shutil.rmtree(predicted, ignore_errors=True)
     mlflow_run("predict", {"model_uri": model_uri, "input_dir": str(field / "images"),
                            "output_dir": str(predicted)}, store, log)
-    counts = []
+    counts, found = [], {"": [], "_components": [], "_otsu": []}
     for mask in sorted((field / "masks").iterdir()):
         stem = mask.name.rsplit("_mask", 1)[0]
-        truth = torch.from_numpy((tifffile.imread(mask) > 0).astype("uint8"))[None]
-        guess = torch.from_numpy(
-            np.asarray(Image.open(predicted / f"{stem}_mask.png")) > 0)[None]
-        counts.append(confusion(guess, truth))
-    return float(scores(torch.cat(counts))["dice"].mean())
+        labels = tifffile.imread(mask)
+        guess = np.asarray(Image.open(predicted / f"{stem}_mask.png")) > 0
+        counts.append(confusion(torch.from_numpy(guess)[None],
+                                torch.from_numpy((labels > 0).astype("uint8"))[None]))
+        if (predicted / f"{stem}_labels.png").exists():
+            (image,) = [p for p in (field / "images").iterdir() if p.stem == stem]
+            window = tuple(float(v) for v in np.percentile(tifffile.imread(image), (0.5, 99.5)))
+            found[""].append(objects.match(labels, np.asarray(
+                Image.open(predicted / f"{stem}_labels.png")).astype(np.int32)))
+            found["_components"].append(objects.match(labels, baselines.components(
+                guess.astype(np.uint8))))
+            found["_otsu"].append(objects.match(labels, baselines.otsu_watershed(
+                load_image(image, window=window))))
+    result = {"field_dice": float(scores(torch.cat(counts))["dice"].mean())}
+    if found[""]:
+        result.update({f"field_map{k}": objects.summarize(v)["map"] for k, v in found.items()})
+    return result
 
 
 def one_seed(name: str, split_id: str, seed: int, extra: dict, store: str, out: Path,
@@ -161,8 +180,12 @@ def one_run(name: str, split_id: str, seed: int, extra: dict, store: str, out: P
         return params.get(f"effective.{name}", params.get(name))
     m, t = evaluate.data.metrics, train.data.metrics
     rounds = sorted(client.get_metric_history(train_id, "val_dice"), key=lambda x: x.step)
-    whole = {} if field is None else {"field_dice": field_dice(
-        train.data.tags["model_uri"], field, store, out, log)}
+    whole = {} if field is None else field_scores(train.data.tags["model_uri"], field, store,
+                                                  out, log)
+    # A model of instances: its objects and the object baselines' (unet.evaluation.scoring)
+    instances = {key: m[f"test_{key}"] for key in ("map", "map_components", "map_otsu",
+                                                    "ap50", "f1_50", "count_error")
+                 if f"test_{key}" in m}
     # test_dice: per-image Dice; with several classes, the mean over the foreground classes.
     return {"folder": name, "seed": seed, "test_dice": m["test_dice"],
             "alias": evaluate.data.tags.get("model_alias", ""), "wall_seconds": wall,
@@ -173,7 +196,7 @@ def one_run(name: str, split_id: str, seed: int, extra: dict, store: str, out: P
             "batch": value("batch_size"), "patch": f"{value('patch_height')}x{value('patch_width')}",
             "size": f"{value('image_height')}x{value('image_width')}",
             "kept_epoch": int(t.get("kept_epoch", 0)), "epochs": len(rounds),
-            "final_val_dice": rounds[-1].value if rounds else None, **whole}
+            "final_val_dice": rounds[-1].value if rounds else None, **whole, **instances}
 
 
 def table(results: list[dict]) -> str:
@@ -200,6 +223,28 @@ def table(results: list[dict]) -> str:
                      f"{runs[0]['steps']} "
                      f"steps, batch {runs[0]['batch']}, {runs[0]['size']} (crops {runs[0]['patch']}) |")
     return "\n".join(lines)
+
+
+def objects_table(results: list[dict]) -> str:
+    """Worst / median mAP@0.5:0.95 of the folders whose models give instances, against the
+    object baselines on the same test images (and on the whole field, for tiles)."""
+    lines = ["| folder | model mAP per seed | worst / median | components of its foreground "
+             "(worst / median) | Otsu + distance watershed | whole field: model, components, "
+             "Otsu (median) |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["folder"] for r in results if "map" in r):
+        runs = [r for r in results if r["folder"] == name and "map" in r]
+
+        def spread(key: str) -> str:
+            values = [r[key] for r in runs]
+            return f"{min(values):.4f} / {statistics.median(values):.4f}"
+        field = ", ".join(f"{statistics.median(r[k] for r in runs):.4f}"
+                          for k in ("field_map", "field_map_components", "field_map_otsu")) \
+            if "field_map" in runs[0] else "-"
+        maps = ", ".join(f"{r['map']:.4f}" for r in runs)
+        lines.append(f"| {name} | {maps} | "
+                     f"{spread('map')} | {spread('map_components')} | {spread('map_otsu')} | "
+                     f"{field} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main() -> None:
@@ -243,6 +288,7 @@ def main() -> None:
                 args.json.write_text(json.dumps(results, indent=1))
     print(f"\n{cpu_flags()}" + (f"; train parameters {extra}" if extra else ""))
     print(table([r for r in results if "error" not in r]))
+    print(objects_table([r for r in results if "error" not in r]))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ LOSSES = ("bce_dice", "bce")
 TTA_MODES = ("none", "hflip", "flips")
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 MASK_KINDS = ("auto", "binary", "classes", "instances")
+OUTPUTS = ("auto", "mask", "instances")     # train: a mask, or objects (label images)
 SCALE_MODES = ("native", "fit")
 PREDICT_SCALES = (AUTO, *SCALE_MODES)     # a parameter: auto is the model's (or the plan's)
 

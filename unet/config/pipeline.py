@@ -17,6 +17,7 @@ from unet.config.checks import (  # noqa: F401
     AUTO,
     LOSSES,
     MASK_KINDS,
+    OUTPUTS,
     PREDICT_SCALES,
     at_least,
     check_runtime,
@@ -116,6 +117,7 @@ class TrainConfig:
     system_metrics: bool     # MLflow records CPU/memory/GPU use (system/... metrics)
     tracking_wait_min: float   # at the end, minutes to wait for a tracking server that is away
     predict_scale: str = "auto"   # auto (from the data) | native | fit: unet.inference.segmenter.Segmenter
+    output: str = "auto"     # auto (from the masks) | mask | instances: unet.training.fitting.output_of
 
     def validate(self) -> None:
         if not self.split_run_id:
@@ -150,6 +152,7 @@ class TrainConfig:
         one_of(self, "appearance", APPEARANCES)
         one_of(self, "keep", ("auto", "final", "best"))
         one_of(self, "predict_scale", PREDICT_SCALES)
+        one_of(self, "output", OUTPUTS)
         at_least(self, ("average_steps",), 0)
         one_of(self, "precision", ("auto", "fp32", "bf16", "fp16"))
         one_of(self, "memory_format", ("auto", "channels_last", "contiguous"))

@@ -10,6 +10,17 @@ With K > 2 classes: all background (every foreground class missed), and the most
 class of the training masks at each relative position; scored as the model is, by the mean
 over foreground classes (unet.evaluation.metrics.summarize_classes). Void pixels
 (unet.labels.masks) count nowhere: not in the mean mask, not in the scores.
+
+Objects (scored per object by unet.evaluation.objects): what a model's objects must beat.
+`components`: each connected region of the model's own foreground is an object (objects that
+touch stay one). `distance_watershed`: a foreground split by a watershed on the distance to the
+background, one seed per local maximum of that distance (on a 5x5 square, after smoothing) at
+least MIN_SEED_DISTANCE pixels deep: two round objects that touch along a neck come apart; it
+assumes objects are about round (an elongated one may be cut in two). On a binary model's
+foreground it is how that model's objects are made. `otsu_watershed`: no model at all, the
+classic of cell counting (CellProfiler's): the image's grey levels cut at Otsu's threshold, the
+objects the side that covers less of the image (bright nuclei on a dark field, dark cells on a
+bright one; it assumes the objects cover under half of the image), then `distance_watershed`.
 """
 from __future__ import annotations
 
@@ -18,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
+from skimage.segmentation import watershed
 
 from unet.data.pairs import Pair
 from unet.evaluation.metrics import SegmentationMetrics, confusion, scores
@@ -82,3 +95,60 @@ def baseline_dice(test: Sequence[Pair], mean: np.ndarray, threshold: float = 0.5
         for name, pred in predictions.items():
             per_image[name].append(scores(confusion(pred, truth))["dice"].item())
     return {name: float(np.mean(values)) for name, values in per_image.items()}
+
+
+MIN_SEED_DISTANCE = 2.0    # pixels: a seed of the Otsu watershed lies this deep in an object
+EIGHT = np.ones((3, 3), bool)
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """(H, W) 0/1 foreground -> (H, W) int32 labels: its 8-connected regions, 1..N."""
+    labels, _ = ndimage.label(mask == 1, structure=EIGHT)
+    return labels.astype(np.int32)
+
+
+def otsu_threshold(grey: np.ndarray) -> int:
+    """(H, W) uint8 -> Otsu's threshold t: the cut (<= t, > t) of the histogram with the
+    largest between-class variance."""
+    hist = np.bincount(grey.ravel(), minlength=256).astype(np.float64)
+    weight = np.cumsum(hist)                        # pixels <= t
+    total = weight[-1]
+    mean = np.cumsum(hist * np.arange(256))         # their sum of levels
+    below, above = weight, total - weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean[-1] * below - mean * total) ** 2 / (below * above)
+    between[~np.isfinite(between)] = -1
+    return int(np.argmax(between))
+
+
+def otsu_watershed(image: np.ndarray, min_area: int = 8) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (H, W) int32 labels (module docstring); objects smaller than
+    min_area pixels are dropped."""
+    grey = image.mean(axis=2).round().astype(np.uint8)
+    bright = grey > otsu_threshold(grey)
+    return distance_watershed(bright if bright.mean() <= 0.5 else ~bright, min_area)
+
+
+def distance_watershed(objects: np.ndarray, min_area: int = 8) -> np.ndarray:
+    """(H, W) foreground (bool or 0/1) -> (H, W) int32 labels 1..N (module docstring); objects
+    smaller than min_area pixels are dropped."""
+    objects = np.asarray(objects, bool)
+    if not objects.any():
+        return np.zeros(objects.shape, np.int32)
+    distance = ndimage.distance_transform_edt(objects)
+    # A seed is a plateau of the smoothed distance that no pixel of its 5x5 square tops.
+    smooth = ndimage.gaussian_filter(distance, 1.0)
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=5)) & \
+        (distance >= MIN_SEED_DISTANCE)
+    # A region too thin for a seed is one object, its own seed.
+    parts, count = ndimage.label(objects, structure=EIGHT)
+    unseeded = np.setdiff1d(np.arange(1, count + 1), parts[peaks])
+    seeds, _ = ndimage.label(peaks | np.isin(parts, unseeded), structure=EIGHT)
+    # skimage's priority flood inside the objects (scipy's watershed_ift is no minimax flood:
+    # unet.inference.instances)
+    grown = watershed(-distance, seeds, connectivity=2, mask=objects)
+    sizes = np.bincount(grown.ravel())
+    grown[sizes[grown] < min_area] = 0
+    values, inverse = np.unique(grown, return_inverse=True)     # renumbered 1..N
+    labels = inverse.reshape(grown.shape).astype(np.int32)
+    return labels if values[0] == 0 else labels + 1

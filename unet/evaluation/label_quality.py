@@ -39,6 +39,7 @@ import torch
 from unet.data.pairs import GroupRule, Pair
 from unet.images.reading import load_image
 from unet.images.transforms import resize_image, resize_mask
+from unet.inference.instances import foreground
 from unet.labels.masks import VOID
 
 MIN_AREA = 0.01          # the smallest object area a score is relative to, share of the image
@@ -193,6 +194,8 @@ def predicted(segmenter, items: Sequence[tuple[str, Pair]],
     images = np.stack([resize_image(load_image(p.image, (h, w), segmenter.window), (h, w))
                        for _, p in items])
     for (name, pair), image, probs in zip(items, images, segmenter.probabilities_resized(images)):
+        if getattr(segmenter, "instances", False):    # its masks are the foreground
+            probs = foreground(probs)
         yield name, pair, image, resize_mask(read_mask(pair.mask), (h, w)), probs
 
 

@@ -79,7 +79,11 @@ class ImageObjects:
 
 
 def match(truth: np.ndarray, pred: np.ndarray) -> ImageObjects:
-    """(H, W) true and predicted label images -> their object matches (module docstring)."""
+    """(H, W) true and predicted label images -> their object matches (module docstring).
+    Void pixels (negative truth, unet.labels.borders.VOID_LABEL) count in neither image."""
+    if truth.min(initial=0) < 0:
+        void = truth < 0
+        truth, pred = np.where(void, 0, truth), np.where(void, 0, pred)
     inter, true_area, pred_area = overlaps(truth, pred)
     inter = inter[1:, 1:]
     union = true_area[:, None] + pred_area[None, :] - inter
@@ -118,3 +122,12 @@ def summarize(images: Iterable[ImageObjects]) -> dict[str, float]:
             "merges": float(sum(i.merges for i in images)),
             "true_objects": float(sum(i.true_objects for i in images)),
             "predicted_objects": float(sum(i.predicted_objects for i in images))}
+
+
+def nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) labels -> (H, W) by nearest neighbour (any integer type, any count of labels)."""
+    if labels.shape == tuple(size):
+        return labels
+    rows = (np.arange(size[0]) * labels.shape[0] // size[0])
+    cols = (np.arange(size[1]) * labels.shape[1] // size[1])
+    return labels[rows[:, None], cols[None, :]]

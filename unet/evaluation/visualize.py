@@ -70,9 +70,12 @@ def grid(panels: list[np.ndarray], names: tuple[str, ...] | None = None) -> np.n
 
 
 def sample_grid(segmenter, dataset, count: int = 4) -> np.ndarray:
-    """Panels for the first `count` items of a SegmentationDataset, at the training size."""
+    """Panels for the first `count` items of a SegmentationDataset, at the training size (an
+    instance model's as its classes background, interior, border, as its targets are)."""
     pairs = [dataset.resized(i) for i in range(min(count, len(dataset)))]
-    preds = segmenter.masks(np.stack([image for image, _ in pairs]))
+    images = np.stack([image for image, _ in pairs])
+    preds = ([probs.argmax(-1).astype(np.uint8) for probs in segmenter.probabilities(images)]
+             if getattr(segmenter, "instances", False) else segmenter.masks(images))
     names = getattr(segmenter, "classes", None)
     classes = len(names) if names else 2
     return grid([panel(image, truth, pred, classes) for (image, truth), pred in zip(pairs, preds)],

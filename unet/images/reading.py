@@ -115,7 +115,8 @@ EXIF_ORIENTATION, TRANSPOSED = 0x0112, (5, 6, 7, 8)   # orientations that swap w
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """(H, W) or (H, W, 3) uint8 -> PNG bytes (lossless, small for masks)."""
+    """(H, W) or (H, W, 3) uint8, or (H, W) uint16 (a 16-bit PNG: label images) -> PNG bytes
+    (lossless, small for masks)."""
     out = io.BytesIO()
     Image.fromarray(array).save(out, format="PNG")
     return out.getvalue()

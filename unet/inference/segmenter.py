@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
@@ -12,6 +13,7 @@ from unet.config.checks import SCALE_MODES, TTA_MODES
 from unet.images.intensity import Window
 from unet.images.transforms import resize_image, to_input
 from unet.inference import tiling
+from unet.inference.instances import Watershed, foreground
 from unet.network.model import UNet
 from unet.network.precision import Precision, choose_precision, prepare
 
@@ -70,6 +72,13 @@ class Segmenter:
     `window`: the intensity window (low, high) measured on the training images, which maps
     16-bit and float images to uint8 wherever they are read for this model (unet.images.intensity);
     None for a model trained on 8-bit images.
+
+    Instances (`watershed` set: a model trained for objects, its classes background, interior,
+    border; unet.labels.borders): its masks are the foreground (interior or border), 0/1 as a
+    binary model's, and `labels` turns a probability map into a label image by the seeded
+    watershed whose settings were chosen on the validation split (unet.inference.instances).
+    The watershed runs on the whole image's map, after tiles are blended, so an object across
+    a tile seam is one object, never cut or counted twice.
     """
 
     runtime = "torch"    # what runs the network (unet.inference.onnx_runtime.OnnxSegmenter: onnx, onnx-int8)
@@ -78,7 +87,7 @@ class Segmenter:
     def __init__(self, model: UNet, image_size: tuple[int, int], precision: Precision | None = None,
                  tta: str = "none", classes: tuple[str, ...] | None = None,
                  scale: tuple[float, float] | None = None, window: Window | None = None,
-                 predict_scale: str | None = None):
+                 predict_scale: str | None = None, watershed: Watershed | None = None):
         if tta not in TTA_FLIPS:
             raise ValueError(f"tta={tta!r}: use one of {', '.join(TTA_FLIPS)}")
         self.precision = precision or choose_precision("auto")
@@ -92,22 +101,31 @@ class Segmenter:
         # None: what models did before the mode existed (native with a scale, else fit).
         self.predict_scale = predict_scale or ("native" if self.scale else "fit")
         self.check_predict_scale(self.predict_scale)
+        self.watershed = watershed     # None: no instances
+
+    @property
+    def instances(self) -> bool:
+        """Whether the model gives objects (label images) beside its foreground mask."""
+        return self.watershed is not None
 
     @property
     def binary(self) -> bool:
-        return self.classes is None
+        """Whether its masks are 0/1: a 1-channel (sigmoid) model, or one for instances."""
+        return self.classes is None or self.instances
 
     @classmethod
     def from_state(cls, state: dict, precision: Precision | None = None) -> "Segmenter":
         """From {"features", "image_size", "model", "tta", "classes", "scale", "window",
-        "predict_scale"} as written by `to_state` (a state of before windows has none: the model
-        reads 8-bit images; of before predict_scale, see the class docstring)."""
+        "predict_scale", "watershed"} as written by `to_state` (a state of before windows has
+        none: the model reads 8-bit images; of before predict_scale, see the class docstring;
+        of before instances, no watershed)."""
         classes = state.get("classes")
         model = UNet(out_channels=len(classes) if classes else 1, features=state["features"])
         model.load_state_dict(state["model"])
         return cls(model, state["image_size"], precision, state.get("tta", "none"), classes,
                    state.get("scale"),     # None in a state written before scales existed
-                   state.get("window"), state.get("predict_scale"))
+                   state.get("window"), state.get("predict_scale"),
+                   Watershed(**state["watershed"]) if state.get("watershed") else None)
 
     def to_state(self) -> dict:
         return {"features": list(self.model.features), "image_size": list(self.image_size),
@@ -115,6 +133,7 @@ class Segmenter:
                 "scale": list(self.scale) if self.scale else None,
                 "window": list(self.window) if self.window is not None else None,
                 "predict_scale": self.predict_scale,
+                "watershed": dataclasses.asdict(self.watershed) if self.watershed else None,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()}}
 
     @property
@@ -192,11 +211,12 @@ class Segmenter:
         total = None
         for dims in flips:
             logits = self.logits(x.flip(dims) if dims else x)
-            probs = torch.sigmoid(logits[:, :1]) if self.binary else torch.softmax(logits, 1)
+            probs = torch.sigmoid(logits[:, :1]) if self.classes is None \
+                else torch.softmax(logits, 1)
             probs = probs.flip(dims) if dims else probs          # flip back
             total = probs if total is None else total + probs
         probs = (total / len(flips)).cpu()
-        return (probs[:, 0] if self.binary else probs.permute(0, 2, 3, 1)).numpy()
+        return (probs[:, 0] if self.classes is None else probs.permute(0, 2, 3, 1)).numpy()
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         """(h, w, 3) uint8 at scale -> (h, w) float32 probabilities ((h, w, K) with K classes)
@@ -257,8 +277,24 @@ class Segmenter:
 
     def decide(self, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         """A probability map at its size -> (H, W) uint8 mask: 0/1 (the probability above
-        `threshold`), or with K classes the index of the most probable class."""
+        `threshold`; for instances, the object's: interior or border), or with K classes the
+        index of the most probable class."""
+        if self.instances:
+            return (foreground(probs) > threshold).astype(np.uint8)
         return (probs > threshold if self.binary else probs.argmax(-1)).astype(np.uint8)
+
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """An instance model's (H, W, 3) probability map -> (H, W) int32 label image, 0
+        background, objects 1..N (the watershed chosen at training)."""
+        return self.watershed.labels(probs)
+
+    def objects(self, images: Iterable[np.ndarray], threshold: float = 0.5, *,
+                sizes: Sequence[tuple[int, int]] | None = None, batch_size: int = 16
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """An instance model's outputs, one per image at its full size: ((H, W) uint8 0/1
+        foreground mask, (H, W) int32 labels, (H, W) float32 object probability)."""
+        for probs in self.probabilities(images, sizes=sizes, batch_size=batch_size):
+            yield self.decide(probs, threshold), self.labels(probs), foreground(probs)
 
     def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5, *,
               sizes: Sequence[tuple[int, int]] | None = None, batch_size: int = 16

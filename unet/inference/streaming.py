@@ -11,13 +11,19 @@ Outputs (`Sink`s) say which images are already done, so the same command after a
 * `CsvSink`: one Kaggle Carvana submission (`img,rle_mask`), rows appended a batch at a time
   and fsync'ed; a torn last line (a kill in the middle of a write) is cut off on start.
 * `PngSink`: `<stem>_mask.png` (0/255) per image, written to a temporary file and renamed, so a
-  mask that exists is complete; an overlay is written before its mask.
+  mask that exists is complete; an overlay is written before its mask. For a model trained for
+  instances also `<stem>_labels.png` (16-bit: 0 background, objects 1..N; a 32-bit TIFF
+  `<stem>_labels.tif` beyond 65535 objects) and its objects' rows in `objects.csv`
+  (unet.inference.instances.OBJECT_COLUMNS), both before the mask; on start, rows of images
+  without a mask (a run killed between the two) are dropped, so none is written twice.
 Images are taken in a fixed (sorted) order, so a resumed CSV is byte for byte the one an
 uninterrupted run writes.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,7 +39,7 @@ from unet.errors import UserError
 from unet.evaluation import visualize
 from unet.images.formats import MAX_PIXELS, UnreadableImage, image_size
 from unet.images.reading import read_for_model, read_image
-from unet.inference import rle
+from unet.inference import instances, rle
 from unet.inference.segmenter import Segmenter, as_written
 
 SUBMISSION = "submission.csv"
@@ -41,7 +47,8 @@ SUBMISSION = "submission.csv"
 # (~380 MB as RGB), so that large scans do not multiply the per-image bound (Segmenter).
 AHEAD_PIXELS = 128_000_000
 HEADER = "img,rle_mask\n"
-MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.jpg"
+MASK_SUFFIX, OVERLAY_SUFFIX, LABELS_SUFFIX = "_mask.png", "_overlay.jpg", "_labels"
+OBJECTS = "objects.csv"
 
 
 @dataclasses.dataclass
@@ -106,10 +113,14 @@ class CsvSink:
 class PngSink:
     """`<stem>_mask.png` (0/255, full size; with K > 2 `classes`, the class indices 0..K-1)
     per image in output_dir; with overlay also `<stem>_overlay.jpg` (the mask tinted onto the
-    photo, each class in its colour, decoded again at full size)."""
+    photo, each class in its colour, decoded again at full size). With `objects` (a model
+    for instances: items are (mask, labels, object probability)) also the label image and
+    the objects' rows of `objects.csv` (module docstring)."""
 
-    def __init__(self, output_dir: Path, overlay: bool = False, classes: int = 2):
+    def __init__(self, output_dir: Path, overlay: bool = False, classes: int = 2,
+                 objects: bool = False):
         self.output_dir, self.overlay, self.classes = Path(output_dir), overlay, classes
+        self.objects = objects
         self.window = None         # the model's intensity window, for the overlays' photos
 
     def outputs(self, image: Path) -> list[Path]:
@@ -118,20 +129,64 @@ class PngSink:
 
     def todo(self, images: list[Path]) -> list[Path]:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        return [p for p in images if not self.outputs(p)[0].exists()]
+        todo = [p for p in images if not self.outputs(p)[0].exists()]
+        if self.objects:
+            self._drop_rows({p.name for p in todo})
+        return todo
+
+    def _drop_rows(self, redo: set[str]) -> None:
+        """objects.csv without the rows of the images in `redo` (and a torn last line), or a
+        new one with its header."""
+        path = self.output_dir / OBJECTS
+        data = path.read_text() if path.exists() else ""
+        whole = data[:data.rfind("\n") + 1]
+        rows = list(csv.reader(io.StringIO(whole)))
+        header = list(instances.OBJECT_COLUMNS)
+        if rows and rows[0] != header:
+            raise UserError(f"{path} exists and is not an objects table (its first line is not "
+                            f"{','.join(header)}); move it away or choose another output_dir")
+        kept = [header] + [row for row in rows[1:] if row and row[0] not in redo]
+        if kept != rows or whole != data:
+            write_atomically(path, lambda f: f.write(_csv_text(kept).encode()))
 
     def write(self, items: list[tuple[Path, np.ndarray]]) -> None:
-        for path, mask in items:
+        for path, output in items:
+            mask, labels, probability = output if self.objects else (output, None, None)
             mask_path, *overlay_path = self.outputs(path)
             if overlay_path:
                 art = visualize.overlay(read_image(path, None, self.window), mask,  # checked
                                         classes=self.classes)
                 atomic_save(Image.fromarray(art), overlay_path[0], format="JPEG", quality=90)
+            if self.objects:
+                self._write_objects(path, labels, probability)
             atomic_save(Image.fromarray(as_written(mask, self.classes == 2)), mask_path,
                         format="PNG")
 
+    def _write_objects(self, path: Path, labels: np.ndarray, probability: np.ndarray) -> None:
+        """The label image, then the objects' rows appended (durable before the mask)."""
+        name = self.output_dir / f"{path.stem}{LABELS_SUFFIX}"
+        try:
+            atomic_save(Image.fromarray(instances.label_image(labels)), Path(f"{name}.png"),
+                        format="PNG")
+        except ValueError:                  # beyond 65535 objects
+            import tifffile
+            write_atomically(Path(f"{name}.tif"),
+                             lambda f: tifffile.imwrite(f, labels.astype(np.uint32)))
+        rows = instances.object_rows(path.name, labels, probability)
+        if rows:
+            with open(self.output_dir / OBJECTS, "a", newline="") as f:
+                f.write(_csv_text(rows))
+                f.flush()
+                os.fsync(f.fileno())
+
     def describe(self) -> str:
         return str(self.output_dir.resolve())
+
+
+def _csv_text(rows: list) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
 
 
 def atomic_save(image: Image.Image, path: Path, **options) -> None:
@@ -200,8 +255,10 @@ def predict_stream(segmenter: Segmenter, images: list[Path], sink, threshold: fl
             tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True,
                  disable=None) as bar:
         def flush():
-            masks = list(segmenter.masks([a for _, a, _ in batch], threshold,
-                                         sizes=[s for _, _, s in batch]))
+            # A sink of objects takes (mask, labels, object probability) per image.
+            outputs = segmenter.objects if getattr(sink, "objects", False) else segmenter.masks
+            masks = list(outputs([a for _, a, _ in batch], threshold,
+                                 sizes=[s for _, _, s in batch]))
             writes.append(writer.submit(sink.write, [(p, m) for (p, _, _), m in zip(batch, masks)]))
             while len(writes) > 1:                       # at most two batches of masks held
                 writes.popleft().result()

@@ -2,6 +2,7 @@
 signature, and loading it back for evaluate and predict."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -36,21 +37,24 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 MODEL_MODULES = ("__init__.py", "errors.py", "sampling.py",
                  "images/__init__.py", "images/formats.py", "images/intensity.py",
                  "images/reading.py", "images/transforms.py",
-                 "inference/__init__.py", "inference/onnx_runtime.py", "inference/rle.py",
+                 "inference/__init__.py", "inference/instances.py", "inference/onnx_runtime.py",
+                 "inference/rle.py",
                  "inference/segmenter.py", "inference/tiling.py",
                  "network/__init__.py", "network/model.py", "network/precision.py",
                  "config/__init__.py", "config/checks.py",
                  "tracking/__init__.py", "tracking/serving.py")
 # onnx: the int8 file's quantization tools read it; onnxruntime runs runtime=onnx/onnx-int8.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "onnx==1.23.2", "onnxruntime==1.32.0", "numpy", "pillow",
-                      "opencv-python-headless", "albumentations", "tifffile"]
+                      "opencv-python-headless", "albumentations", "tifffile", "scipy", "scikit-image"]
 
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-    # format "png" (default): mask, height, width [, probabilities]; format "rle": rle_mask,
-    # height, width, error (unet.tracking.serving)
+    # format "png" (default): mask, height, width [, probabilities] [, labels, objects: a
+    # model for instances]; format "rle": rle_mask, height, width, error (unet.tracking.serving)
     outputs=Schema([ColSpec(DataType.binary, "mask", required=False),
+                    ColSpec(DataType.binary, "labels", required=False),
+                    ColSpec(DataType.long, "objects", required=False),
                     ColSpec(DataType.long, "height"), ColSpec(DataType.long, "width"),
                     ColSpec(DataType.binary, "probabilities", required=False),
                     ColSpec(DataType.string, "rle_mask", required=False),
@@ -95,7 +99,12 @@ def log_model(segmenter: Segmenter, example: np.ndarray) -> str:
             name=MODEL_NAME_IN_RUN, python_model=SegmentationModel(),
             artifacts={"segmenter": str(weights), "onnx": str(onnx_file)},
             code_paths=[str(code)], signature=SIGNATURE, model_config={"runtime": runtime},
-            metadata={"classes": list(segmenter.classes or BINARY_NAMES),
+            # an instance model's masks are its foreground: binary
+            metadata={"classes": list(BINARY_NAMES if segmenter.binary else segmenter.classes),
+                      # mask | instances (label images beside the mask, made by `watershed`)
+                      "output": "instances" if segmenter.instances else "mask",
+                      **({"watershed": dataclasses.asdict(segmenter.watershed)}
+                         if segmenter.instances else {}),
                       # input pixels per original pixel (None: resized to image_size)
                       "scale": list(segmenter.scale) if segmenter.scale else None,
                       # native: predicted at that scale; fit: resized to image_size
@@ -150,6 +159,12 @@ def resolve(model_uri: str) -> str:
     except MlflowException as e:
         raise unloadable(model_uri, e) from None
     return f"models:/{name}/{version}"
+
+
+def output_of(model_uri: str) -> str:
+    """What a logged model gives: "instances" (label images beside its masks) or "mask"
+    (metadata `output`; models logged before instances give masks)."""
+    return (mlflow.models.get_model_info(model_uri).metadata or {}).get("output", "mask")
 
 
 def classes_of(model_uri: str) -> list[str]:

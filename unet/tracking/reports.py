@@ -88,6 +88,7 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         f"**Test**: Dice {metrics['dice']:.4f}, IoU {metrics['iou']:.4f} per image at full "
         f"resolution{per_class}. Trivial baselines: {baselines}; floor {floor.dice:.4f}. "
         f"Compared with: {compared} on this split.",
+        *([objects_line(metrics, train_run.data.tags)] if "map" in metrics else []),
         f"**Promotion**: {promotion.reason}.",
         f"**Plan**: input {value('image_height')}x{value('image_width')}, features "
         f"{value('features')}, batch {value('batch_size')}, lr {value('lr')} "
@@ -102,6 +103,21 @@ def model_card(split, metrics: dict[str, float], floor, promotion, train_run,
         "test panels (image | truth | prediction | overlay) in the evaluate run's "
         "`predictions/panels/`.",
     ] + ([labels] if labels else []))
+
+
+def objects_line(metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """The model card's words on an instance model's objects (unet.evaluation.objects)."""
+    return (f"**Objects**: mAP@0.5:0.95 {metrics['map']:.4f} (the DSB 2018 score), AP50 "
+            f"{metrics['ap50']:.4f}, AP75 {metrics['ap75']:.4f}, F1@0.5 {metrics['f1_50']:.4f}, "
+            f"count error {metrics['count_error']:.2f} per image, {metrics['splits']:.0f} "
+            f"splits and {metrics['merges']:.0f} merges, {metrics['predicted_objects']:.0f} "
+            f"objects found of {metrics['true_objects']:.0f}; baselines on the same images: "
+            f"connected components of its own foreground mAP {metrics['map_components']:.4f}, "
+            f"Otsu + distance watershed mAP {metrics['map_otsu']:.4f}. Its objects: "
+            + (f"seeded watershed of its interior and border ({tags['watershed']}; chosen on "
+               f"the validation split)." if "watershed" in tags else
+               "a binary model's, the distance watershed of its foreground (-P "
+               "output=instances trains for objects)."))
 
 
 def scale_line(tags: dict[str, str]) -> str:

@@ -10,6 +10,9 @@ Output: a DataFrame, one row per image: `mask` (PNG bytes, (H, W), 0 background 
 at the image's own size; base64 text over HTTP; a model of K > 2 classes gives the class map,
 pixel values 0..K-1, its class names in the model's metadata `classes`), `height`, `width`, and
 with params {"return_probabilities": True} `probabilities` (PNG bytes, 8-bit, probability * 255).
+A model trained for instances (metadata `output` "instances") gives its foreground as `mask`
+and also `labels` (a 16-bit PNG label image: 0 background, objects 1..N, at the image's size;
+unet.inference.instances) and `objects` (N).
 Param `tta` ("auto": the model's own test-time flips; "none", "hflip", "flips") overrides them.
 Param `runtime` ("auto": the model's default, its metadata `runtime`; "torch"; "onnx": the
 same network in ONNX Runtime, fp32; "onnx-int8" where evaluate kept an int8 file) picks what
@@ -58,7 +61,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from unet.config.checks import RUNTIMES
 from unet.images.formats import MAX_PIXELS, UnreadableImage, image_size, is_tiff, sniff
 from unet.images.reading import encode_png, read_for_model, read_image
-from unet.inference import rle
+from unet.inference import instances, rle
 from unet.inference.onnx_runtime import INT8_FILE, with_runtime
 from unet.inference.segmenter import TTA_FLIPS, Segmenter, as_written
 
@@ -256,10 +259,16 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                 row = {"mask": encode_png(mask), "height": image.shape[0],
                        "width": image.shape[1]}
                 if with_probabilities:
-                    row["probabilities"] = encode_png(np.round(probs * 255).astype(np.uint8))
+                    shown = instances.foreground(probs) if segmenter.instances else probs
+                    row["probabilities"] = encode_png(np.round(shown * 255).astype(np.uint8))
+                if segmenter.instances:
+                    labels = segmenter.labels(probs)
+                    row["labels"] = encode_png(label_cell(labels))
+                    row["objects"] = int(labels.max(initial=0))
                 rows.append(row)
         return pd.DataFrame(rows, columns=["mask", "height", "width"]
-                            + (["probabilities"] if with_probabilities else []))
+                            + (["probabilities"] if with_probabilities else [])
+                            + (["labels", "objects"] if segmenter.instances else []))
 
 
 def read_cell(index: int, cell: Any,
@@ -293,6 +302,14 @@ def rle_rows(segmenter: Segmenter, cells: list, threshold: float) -> pd.DataFram
             rows[i] = {"rle_mask": rle.encode(mask), "height": size[0], "width": size[1],
                        "error": ""}
     return pd.DataFrame(rows, columns=RLE_COLUMNS)
+
+
+def label_cell(labels: np.ndarray) -> np.ndarray:
+    """Labels as a `labels` cell holds them (uint16); `invalid` beyond 65535 objects."""
+    try:
+        return instances.label_image(labels)
+    except ValueError as e:
+        raise invalid(f"{e}: predict writes such label images as 32-bit TIFF files") from None
 
 
 def decode_mask(png: bytes) -> np.ndarray:

@@ -18,10 +18,12 @@ import mlflow
 from unet.config import pipeline as config
 from unet.config.checks import AUTO
 from unet.errors import UserError
-from unet.evaluation.scoring import choose_tta
+from unet.evaluation.scoring import choose_tta, choose_watershed
 from unet.evaluation.visualize import sample_grid
 from unet.images import intensity, transforms
+from unet.inference.instances import Watershed
 from unet.inference.segmenter import Segmenter
+from unet.labels import borders
 from unet.network.model import UNet
 from unet.network.precision import Precision, choose_precision
 from unet.planning import plan as planning
@@ -52,11 +54,20 @@ def fetch(overrides: dict[str, str], workdir: Path) -> TrainInputs:
         raise UserError(f"split run {split.run_id} has no validation images: run split_data "
                         f"with val_fraction > 0")
     precision = choose_precision(config.given("train", overrides).get("precision", AUTO))
-    cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
-                                   precision, read_mask=split.plan_reader)
+    cfg, plan = configure(overrides, split, precision)
     resume = (runs.load_checkpoint(cfg.resume_from, workdir, CHECKPOINTS)
               if cfg.resume_from else None)
     return TrainInputs(cfg, plan, split, resume)
+
+
+def configure(overrides: dict[str, str], split: splits.Split, precision: Precision
+              ) -> tuple[config.TrainConfig, Plan]:
+    """The plan's config for this split (unet.planning.plan.configure), what the model learns
+    (`output`) decided from its masks (unet.training.fitting.output_of)."""
+    cfg, plan = planning.configure(overrides, split.subsets["train"], split.subsets["val"],
+                                   precision, read_mask=split.plan_reader)
+    return dataclasses.replace(cfg, output=fitting.output_of(cfg.output, split.instances,
+                                                             split.classes)), plan
 
 
 def handed_off() -> TrainInputs | None:
@@ -130,9 +141,11 @@ def fit(inputs: TrainInputs, precision: Precision, run, on_epoch=None) -> engine
     run_epochs(trainer, train_loader, val_loader, data.val_set, run, on_epoch,
                cfg.tracking_wait_min * 60)
     if run is not None:
+        split = inputs.split
         log_best_model(cfg, trainer, data.val_set, precision, run,
                        training_scale(cfg, inputs.plan.fingerprint), inputs.plan.scale_why,
-                       inputs.plan.steps_why)
+                       inputs.plan.steps_why,
+                       lambda path: borders.load_labels(path, split.ignore_index, split.instances))
     return trainer
 
 
@@ -142,7 +155,8 @@ def run_epochs(trainer: engine.Trainer, train_loader, val_loader, val_set, run,
     completed epoch's checkpoint and says how to resume; a non-finite loss is one line. At the
     end, waits up to wait_s for records kept through an outage (Outbox.wait_until_sent)."""
     live = Segmenter(trainer.model, val_set.size, trainer.precision,   # the weights in training
-                     classes=trainer.classes, window=val_set.window)
+                     classes=trainer.classes, window=val_set.window,
+                     watershed=Watershed() if trainer.instances else None)
     outbox = Outbox(run.info.run_id) if run is not None else None
     try:
         for result in trainer.fit(train_loader, val_loader):
@@ -186,21 +200,30 @@ def training_scale(cfg: config.TrainConfig, fp) -> tuple[float, float]:
 
 def log_best_model(cfg: config.TrainConfig, trainer: engine.Trainer, val_set, precision, run,
                    scale: tuple[float, float] | None = None, scale_why: str = "",
-                   steps_why: str = ""):
+                   steps_why: str = "", read_labels=None):
     """Logs the kept weights (cfg.keep: the final or the best round's, averaged) as the run's
     model, with the test-time augmentation that validation measured to help, the scale it
     was trained at, how it meets images of other sizes (cfg.predict_scale, decided by the
     plan for `scale_why`: tags `predict_scale`, `predict_scale_why`;
     unet.inference.segmenter.Segmenter), the intensity window of 16-bit/float training images (tag
     `intensity_window`), why training stopped where it did (`steps_why`: the plan's) and which
-    weights were kept (tags `steps_why`, `kept_why`), and an input example."""
+    weights were kept (tags `steps_why`, `kept_why`), and an input example. A model for
+    instances also carries the watershed settings that scored the best mAP on the validation
+    objects (`read_labels`: a mask path -> its true labels; tag `watershed`, metric
+    `val_map`; unet.evaluation.scoring.choose_watershed)."""
     kept = UNet(out_channels=trainer.model.head.out_channels, features=cfg.features)
     kept.load_state_dict(trainer.kept_state)
     segmenter = Segmenter(kept, (cfg.image_height, cfg.image_width), precision,
-                          classes=trainer.classes, window=val_set.window)
+                          classes=trainer.classes, window=val_set.window,
+                          watershed=Watershed() if trainer.instances else None)
     # TTA is chosen on the validation images already at the input size: without a scale,
     # which would resize them again.
     segmenter.tta, tta_dice = choose_tta(segmenter, val_set)
+    if trainer.instances:
+        segmenter.watershed, val_map = choose_watershed(segmenter, val_set, read_labels)
+        mlflow.log_metric("val_map", val_map)
+        mlflow.set_tag("watershed", ", ".join(f"{k} {v:g}" for k, v in
+                                              dataclasses.asdict(segmenter.watershed).items()))
     segmenter.scale, segmenter.predict_scale = scale, cfg.predict_scale
     mlflow.log_metrics({f"val_dice_tta_{mode}": dice for mode, dice in tta_dice.items()})
     image, _ = val_set.resized(0)

@@ -98,9 +98,7 @@ def objective(job: Search, study_name: str):
         overrides = {**job.fixed, **search.trial_overrides(
             suggested, job.plan, len(job.split.subsets["train"]))}
         trial.set_user_attr("train_params", {k: overrides[k] for k in job.space})
-        cfg, plan = planning.configure(overrides, job.split.subsets["train"],
-                                       job.split.subsets["val"], job.precision,
-                                       read_mask=job.split.plan_reader)
+        cfg, plan = training.configure(overrides, job.split, job.precision)
         inputs = training.TrainInputs(cfg, plan, job.split, None)
         with mlflow.start_run(nested=True) as run:
             trial.set_user_attr(search.RUN_ID_ATTR, run.info.run_id)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from unet.errors import UserError
 from unet.evaluation.metrics import SegmentationMetrics, summarize
+from unet.labels.masks import VOID
 from unet.network.precision import Precision, prepare
 from unet.training import batchnorm, distributed
 from unet.training.averaging import WeightAverage
@@ -93,24 +94,31 @@ def loss_target(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return masks.unsqueeze(1) if logits.shape[1] == 1 else masks
 
 
-def decide(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def decide(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5,
+           instances: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, truth) as metrics count them: 0/1 (B, H, W) for a sigmoid head (the
     probability above `threshold`), class indices (B, H, W) for K channels (the argmax); the
-    truth keeps its void pixels (VOID), which the metrics leave out."""
+    truth keeps its void pixels (VOID), which the metrics leave out. `instances`: the classes
+    background, interior, border scored as 0/1 foreground (interior or border), so that the
+    Dice that picks and keeps weights is the foreground's, as a binary model's."""
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]) > threshold, masks
+    if instances:
+        objects = 1.0 - torch.softmax(logits, 1)[:, 0]
+        return objects > threshold, torch.where(masks == VOID, masks, (masks > 0).to(masks.dtype))
     return logits.argmax(1), masks
 
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
-             threshold: float = 0.5, names: tuple[str, ...] | None = None) -> dict[str, float]:
+             threshold: float = 0.5, names: tuple[str, ...] | None = None,
+             instances: bool = False) -> dict[str, float]:
     """Mean loss, accuracy/Dice/IoU (per image and micro) at the loader's resolution; over
     all processes' images when there are several (each validates its share). With K classes
-    also per class, named by `names` (unet.evaluation.metrics.summarize_classes)."""
+    also per class, named by `names` (unet.evaluation.metrics.summarize_classes); for
+    `instances` of the foreground (`decide`)."""
     model.eval()
-    metrics = SegmentationMetrics(len(names) if names else 2)
+    metrics = SegmentationMetrics(len(names) if names and not instances else 2)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     for images, masks in tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
                 disable=None):
@@ -120,9 +128,10 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
             logits = model(images).float()
         total_loss += loss_fn(logits, loss_target(logits, masks)).item() * len(images)
         seen += len(images)
-        metrics.update(*decide(logits, masks, threshold))
+        metrics.update(*decide(logits, masks, threshold, instances))
     # Every process's counts: the scores of the whole validation set, each image once.
-    result = summarize(distributed.gather_over_ranks(metrics.all_counts()), names)
+    result = summarize(distributed.gather_over_ranks(metrics.all_counts()),
+                       None if instances else names)
     total_loss, seen = distributed.sum_over_ranks(total_loss, seen)
     result["loss"] = total_loss / max(seen, 1)
     result["images_per_second"] = seen / (time.perf_counter() - start)
@@ -165,12 +174,14 @@ class Trainer:
 
     `classes`: the class names when the masks hold K > 2 classes (the model then has K output
     channels, the loss is its softmax form, and validation scores every class); None: binary.
+    `instances`: the classes are background, interior, border (unet.labels.borders), and
+    validation scores the foreground (`decide`).
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule, precision: Precision,
                  checkpoint_path: Path, loss: str = "bce_dice", calibration=(), wrap=None,
                  seed: int = 0, classes: tuple[str, ...] | None = None,
-                 average_steps: int = 0, keep: str = "final"):
+                 average_steps: int = 0, keep: str = "final", instances: bool = False):
         self.precision = precision
         self.seed = seed
         self.model = prepare(model, precision)
@@ -185,6 +196,7 @@ class Trainer:
         self.keep = keep
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.grad_scaler)
         self.classes = classes             # class names when K > 2 (the model has K channels)
+        self.instances = instances
         self.loss_fn = make_loss(loss, len(classes) if classes else 2)
         self.calibration = list(calibration)
         self.checkpoint_path = Path(checkpoint_path)
@@ -241,7 +253,7 @@ class Trainer:
         """Recalibrates BatchNorm, then validates the evaluated weights in eval mode."""
         batchnorm.recalibrate(self.evaluated, self.calibration, self.precision)
         return validate(self.evaluated, val_loader, self.loss_fn, self.precision,
-                        names=self.classes)
+                        names=self.classes, instances=self.instances)
 
     def fit(self, train_loader, val_loader) -> Iterator[EpochResult]:
         epochs, patience = self.epochs, self.schedule.patience

@@ -3,6 +3,7 @@ several under torchrun). Knows nothing of MLflow (unet/tracking/training.py logs
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from unet.config.pipeline import TrainConfig
@@ -11,6 +12,7 @@ from unet.data.pairs import Pair, SegmentationDataset
 from unet.errors import UserError
 from unet.images import intensity, transforms
 from unet.images.formats import read_deep
+from unet.labels import borders
 from unet.labels.classes import Classes, reader
 from unet.network.model import UNet
 from unet.network.precision import Precision
@@ -26,6 +28,22 @@ class TrainData:
     seed: int                          # this process's augmentation seed
     cache: ArrayCache | None
     classes: Classes                   # binary, or K > 2 (a K-channel softmax model)
+    instances: bool = False            # classes background, interior, border (objects)
+
+
+def output_of(output: str, labelled: bool, classes: Classes) -> str:
+    """Parameter `output` -> what the model learns: "instances" (objects: background, interior
+    and border, unet.labels.borders) or "mask". "auto": instances where the split's masks hold
+    instance labels (`labelled`), else a mask. "instances" on binary masks takes each
+    connected region of a mask as one object; on masks of K > 2 classes it is refused."""
+    if output == "auto":
+        return "instances" if labelled else "mask"
+    if output == "instances" and not classes.binary:
+        raise UserError(f"parameter output=instances: the masks hold {classes.count} classes "
+                        f"({', '.join(classes.names)}), not objects; instances are learnt from "
+                        f"label images or binary masks (run split_data with -P "
+                        f"mask_kind=instances if the values are object labels)")
+    return output
 
 
 def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
@@ -33,7 +51,9 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
               instances: bool = False) -> TrainData:
     """Decodes and resizes the train and val pairs (through the disk cache when on); masks
     as 0/1, or as class indices when there are K > 2 classes, void pixels (value `ignore`)
-    VOID and instance labels all foreground (unet.labels.classes.reader). 16-bit and float images
+    VOID and instance labels all foreground (unet.labels.classes.reader); for cfg.output
+    "instances" as background / interior / border (unet.labels.borders.load_target: label
+    images, or `instances` False the regions of binary masks). 16-bit and float images
     go through the intensity window measured here on the training images (unet.images.intensity;
     every process measures the same images, so all agree)."""
     world = distributed.world_size()
@@ -52,12 +72,19 @@ def load_data(cfg: TrainConfig, subsets: dict[str, list[Pair]],
         (f" void {ignore}" if ignore is not None else "") + (" instances" if instances else "")
     masks = {} if reading == "binary" else {
         "read_mask": reader(classes, ignore, instances), "labels": reading}
+    objects = cfg.output == "instances"
+    if objects:
+        masks = {"read_mask": functools.partial(borders.load_target, ignore=ignore,
+                                                labelled=instances),
+                 "labels": "objects interior/border" + (" of labels" if instances else "")
+                 + (f" void {ignore}" if ignore is not None else "")}
+        classes = Classes(borders.CLASSES)
     window = intensity.measure([pair.image for pair in subsets["train"]], read_deep)
     train_set = SegmentationDataset(subsets["train"], size, augment, cache, **masks,
                                     window=window).preload()
     val_set = SegmentationDataset(subsets["val"], size, transforms.eval_transform(),
                                   cache, **masks, window=window).preload()
-    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes)
+    return TrainData(train_set, val_set, cfg.batch_size // world, seed, cache, classes, objects)
 
 
 def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
@@ -75,7 +102,8 @@ def make_trainer(cfg: TrainConfig, data: TrainData, precision: Precision,
                              schedule, precision, checkpoint, cfg.loss, calibration,
                              wrap=lambda model: distributed.wrap(model, cfg.sync_bn),
                              seed=data.seed, classes=None if classes.binary else classes.names,
-                             average_steps=cfg.average_steps, keep=cfg.keep)
+                             average_steps=cfg.average_steps, keep=cfg.keep,
+                             instances=data.instances)
     if cfg.compile:
         trainer.model.compile()   # in place: state_dict keys stay those of the UNet
     return trainer
