@@ -290,9 +290,9 @@ def test_the_fluorescence_generator_is_deterministic_and_labels_each_nucleus(tmp
     assert np.asarray(Image.open(png / "images" / "s000_01.png")).dtype == np.uint8
 
 
-def dice_of(folder, layout: dict[str, str], tracking_uri: str):
+def dice_of(folder, layout: dict[str, str], tracking_uri: str, **train: str):
     """(test Dice, train run, evaluate run) of split_data -> train -> evaluate on `folder` with
-    fixed small settings."""
+    fixed small settings (and the train parameters `train`)."""
     split = mlflow_run("split_data", {"data_dir": str(folder), **layout, "seed": "3"},
                        tracking_uri)
     assert split.returncode == 0, split.stderr[-3000:]
@@ -302,7 +302,7 @@ def dice_of(folder, layout: dict[str, str], tracking_uri: str):
                                   )[0].info.run_id
     train = mlflow_run("train", {**only(TINY, "train"), "split_run_id": split_id,
                                  "image_height": "64", "image_width": "64", "epochs": "6",
-                                 "features": "8,16,32", "lr": "3e-3", "seed": "1"},
+                                 "features": "8,16,32", "lr": "3e-3", "seed": "1", **train},
                        tracking_uri)
     assert train.returncode == 0, train.stderr[-3000:]
     train_run = mlflow.search_runs(search_all_experiments=True, output_format="list",
@@ -319,7 +319,8 @@ def dice_of(folder, layout: dict[str, str], tracking_uri: str):
 @pytest.mark.slow
 def test_a_16bit_tiff_folder_trains_as_well_as_its_8bit_png_copy(tracking_uri, tmp_path):
     """The acceptance of issue 19 (images): 24 fields of 64x64, 16-bit TIFF images with
-    16-bit TIFF instance labels (every nonzero label foreground), given only their layout."""
+    16-bit TIFF instance labels (every nonzero label foreground: a foreground model, output=mask,
+    as its PNG copy's), given only their layout."""
     from tools.datasets import (
         CELLS_LAYOUT,
         FLUORESCENCE_LAYOUT,
@@ -328,7 +329,7 @@ def test_a_16bit_tiff_folder_trains_as_well_as_its_8bit_png_copy(tracking_uri, t
     )
     fluo = fluorescence_folder(tmp_path / "fluo", 24, seed=11)
     png = png_copy(fluo, tmp_path / "png")
-    deep, train, evaluate = dice_of(fluo, FLUORESCENCE_LAYOUT, tracking_uri)
+    deep, train, evaluate = dice_of(fluo, FLUORESCENCE_LAYOUT, tracking_uri, output="mask")
     window = train.data.tags["intensity_window"]
     low, high = (float(v) for v in window.split(".."))
     assert 100 < low < 400 and 2500 < high < 5000          # measured on the 16-bit values
