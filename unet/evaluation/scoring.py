@@ -49,7 +49,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
                                      else Classes.numbered(2))
     metrics = SegmentationMetrics(classes)
     scored = read_labels is not None and segmenter.binary
-    found: dict[str, list[objects.ImageObjects]] = {"model": [], "components": [], "otsu": []}
+    found = ObjectScores()
     if out_dir is not None:
         for sub in ("masks", "overlays", "panels") + (("labels",) if scored else ()):
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -67,11 +67,7 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
             if scored:
                 labels = segmenter.labels(probs) if segmenter.instances else \
                     baselines.distance_watershed(pred)
-                true_labels = read_labels(pair.mask)
-                found["model"].append(objects.match(true_labels, labels))
-                found["components"].append(objects.match(true_labels,
-                                                         baselines.components(pred)))
-                found["otsu"].append(objects.match(true_labels, baselines.otsu_watershed(image)))
+                found.add(read_labels(pair.mask), labels, pred, image)
                 if out_dir is not None:
                     Image.fromarray(instances.label_image(labels)).save(
                         out_dir / "labels" / f"{pair.stem}_labels.png")
@@ -91,12 +87,31 @@ def evaluate_pairs(segmenter: Segmenter, pairs: Sequence[Pair], threshold: float
         else:
             write_confusion(out_dir, metrics.confusion_matrix(), segmenter.classes)
     result = metrics.compute_named(segmenter.classes) if classes > 2 else metrics.compute()
-    if scored:
-        result.update(objects.summarize(found["model"]))
+    return {**result, **found.summary()} if scored else result
+
+
+class ObjectScores:
+    """Image by image, the object matches (unet.evaluation.objects) of a model's label images
+    and of the object baselines' on the same images (unet.evaluation.baselines)."""
+
+    def __init__(self):
+        self.found: dict[str, list[objects.ImageObjects]] = {
+            name: [] for name in ("model", *OBJECT_BASELINES)}
+
+    def add(self, truth: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+            image: np.ndarray) -> None:
+        """(H, W) true labels, the model's labels and its 0/1 mask, the (H, W, 3) image."""
+        self.found["model"].append(objects.match(truth, labels))
+        self.found["components"].append(objects.match(truth, baselines.components(mask)))
+        self.found["otsu"].append(objects.match(truth, baselines.otsu_watershed(image)))
+
+    def summary(self) -> dict[str, float]:
+        """The model's objects.summarize, and "<map|ap50|f1_50>_<baseline>"."""
+        result = objects.summarize(self.found["model"])
         for name in OBJECT_BASELINES:
-            summary = objects.summarize(found[name])
+            summary = objects.summarize(self.found[name])
             result.update({f"{key}_{name}": summary[key] for key in ("map", "ap50", "f1_50")})
-    return result
+        return result
 
 
 def class_count(segmenter: Segmenter) -> int:

@@ -251,24 +251,30 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
                           f"{len(segmenter.classes)} classes")
         declared = [declared_pixels(cell) for cell in cells]
         check_pixels(declared)
-        rows = []
-        for batch in batches(declared):
-            images = [as_image(i, cells[i], segmenter.window) for i in batch]
-            for image, probs in zip(images, segmenter.probabilities(images)):
-                mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
-                row = {"mask": encode_png(mask), "height": image.shape[0],
-                       "width": image.shape[1]}
-                if with_probabilities:
-                    shown = instances.foreground(probs) if segmenter.instances else probs
-                    row["probabilities"] = encode_png(np.round(shown * 255).astype(np.uint8))
-                if segmenter.instances:
-                    labels = segmenter.labels(probs)
-                    row["labels"] = encode_png(label_cell(labels))
-                    row["objects"] = int(labels.max(initial=0))
-                rows.append(row)
-        return pd.DataFrame(rows, columns=["mask", "height", "width"]
-                            + (["probabilities"] if with_probabilities else [])
-                            + (["labels", "objects"] if segmenter.instances else []))
+        return png_rows(segmenter, cells, declared, threshold, with_probabilities)
+
+
+def png_rows(segmenter: Segmenter, cells: list, declared: list[int], threshold: float,
+             with_probabilities: bool) -> pd.DataFrame:
+    """The output of format "png" (module docstring) of cells declaring `declared` pixels,
+    decoded and predicted a batch at a time (`batches`)."""
+    rows = []
+    for batch in batches(declared):
+        images = [as_image(i, cells[i], segmenter.window) for i in batch]
+        for image, probs in zip(images, segmenter.probabilities(images)):
+            mask = as_written(segmenter.decide(probs, threshold), segmenter.binary)
+            row = {"mask": encode_png(mask), "height": image.shape[0], "width": image.shape[1]}
+            if with_probabilities:
+                shown = instances.foreground(probs) if segmenter.instances else probs
+                row["probabilities"] = encode_png(np.round(shown * 255).astype(np.uint8))
+            if segmenter.instances:
+                labels = segmenter.labels(probs)
+                row["labels"] = encode_png(label_cell(labels))
+                row["objects"] = int(labels.max(initial=0))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["mask", "height", "width"]
+                        + (["probabilities"] if with_probabilities else [])
+                        + (["labels", "objects"] if segmenter.instances else []))
 
 
 def read_cell(index: int, cell: Any,
