@@ -294,7 +294,8 @@ class Segmenter:
         """An instance model's outputs, one per image at its full size: ((H, W) uint8 0/1
         foreground mask, (H, W) int32 labels, (H, W) float32 object probability)."""
         for probs in self.probabilities(images, sizes=sizes, batch_size=batch_size):
-            yield self.decide(probs, threshold), self.labels(probs), foreground(probs)
+            objects = foreground(probs)          # once: the mask and the table both need it
+            yield (objects > threshold).astype(np.uint8), self.labels(probs), objects
 
     def masks(self, images: Iterable[np.ndarray], threshold: float = 0.5, *,
               sizes: Sequence[tuple[int, int]] | None = None, batch_size: int = 16
