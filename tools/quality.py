@@ -97,8 +97,10 @@ def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
            "--env-manager", "local", "--experiment-name", "quality"]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    # `mlflow run` starts the steps with the `python` on PATH: this interpreter's.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+    # `mlflow run` starts the steps with the `python` on PATH: this interpreter's. An
+    # experiment a caller set (tools.peers) is its own, not the step's.
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"},
+           "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log, "a") as f:
         done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)

@@ -8,7 +8,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import psutil
 
 from tools.peers import nnunet, yolo
 from tools.peers.scoring import score
-from tools.quality import cpu_flags, mlflow_run
+from tools.quality import FOLDERS, ROOT, cpu_flags, generated, mlflow_run
 from unet.images.reading import load_image
 from unet.tracking.models import load_segmenter
 from unet.tracking.splits import Split, load_split
@@ -27,6 +26,11 @@ from unet.tracking.splits import Split, load_split
 SYSTEMS = ("project", "nnunet", "yolo")
 DATASET_ID, DATASET_NAME = 501, "Peers"
 POLL_S = 0.5
+# The peers' own environment: ultralytics needs torchvision, which has no build beside the
+# pipeline's CPU torch (docs/peers.md).
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+INSTALL = ("python -m venv .venv-peers && .venv-peers/bin/pip install -r "
+           "tools/peers/requirements.txt")
 
 
 class PeakMemory:
@@ -59,15 +63,17 @@ class PeakMemory:
         return self.peak / 2**20
 
 
-def run_child(cmd: list[str], env: dict, log: Path, limit_s: float | None = None) -> dict:
-    """Runs a peer's command, its output appended to `log`; {"seconds", "rss_mb",
-    "timed_out"}. RuntimeError naming the log where it fails; the tree is killed past
-    limit_s (then "timed_out": the caller says what that means)."""
+def run_child(cmd: list[str], python: Path, env: dict, log: Path,
+              limit_s: float | None = None) -> dict:
+    """Runs a peer's command in the peers' environment (`python`'s folder first on PATH, the
+    repository's root the working folder), its output appended to `log`; {"seconds",
+    "rss_mb", "timed_out"}. RuntimeError naming the log where it fails; the tree is killed
+    past limit_s (then "timed_out": the caller says what that means)."""
     env = {**os.environ, **env,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start, timed_out = time.perf_counter(), False
     with open(log, "a") as f, PeakMemory() as memory:
-        child = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+        child = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                                  start_new_session=True)
         try:
             code = child.wait(timeout=limit_s)
@@ -110,31 +116,32 @@ def project(split: Split, split_id: str, seed: int, budget: float, store: str,
             "chose": chose}
 
 
-def nnunet_prepare(split: Split, out: Path) -> dict:
+def nnunet_prepare(split: Split, python: Path, out: Path) -> dict:
     """nnU-Net's dataset, plan and fold 0, made once for every budget and seed."""
     folder = out / "raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     preprocessed = out / "preprocessed" / folder.name
     if not (preprocessed / "splits_final.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         cases = nnunet.write_dataset(folder, split.subsets, split.classes, split.read_mask)
-        run_child(nnunet.plan_command(DATASET_ID), nnunet.environment(out, out / "results"),
-                  out / "plan.log")
+        run_child(nnunet.plan_command(DATASET_ID), python,
+                  nnunet.environment(out, out / "results"), out / "plan.log")
         nnunet.write_fold(preprocessed, split.subsets, cases)
     return {"folder": folder, "preprocessed": preprocessed,
             "cases": json.loads((folder / nnunet.CASES_FILE).read_text()),
             "ending": json.loads((folder / "dataset.json").read_text())["file_ending"]}
 
 
-def nnunet_run(split: Split, seed: int, budget: float, trainer: str, limit_s: float,
-               out: Path) -> dict:
-    """nnU-Net trained with `trainer` (a fixed number of epochs; no seed flag: runs differ by
-    its own randomness), killed past limit_s, then its prediction of the test images."""
-    prepared = nnunet_prepare(split, out)
+def nnunet_run(split: Split, seed: int, budget: float, trainer: str, python: Path,
+               limit_s: float, out: Path) -> dict:
+    """nnU-Net trained with `trainer` (nnUNetTrainerBudget: fitted to the budget; or one of
+    nnU-Net's fixed lengths; no seed flag: runs differ by its own randomness), killed past
+    limit_s, then its prediction of the test images."""
+    prepared = nnunet_prepare(split, python, out)
     name = f"{budget:g}min-seed{seed}"
-    env = nnunet.environment(out, out / "results" / name)
+    env = {**nnunet.environment(out, out / "results" / name), **nnunet.budget(budget * 60)}
     log = out / f"train-{name}.log"
     log.unlink(missing_ok=True)
-    trained = run_child(nnunet.train_command(DATASET_ID, trainer), env, log, limit_s)
+    trained = run_child(nnunet.train_command(DATASET_ID, trainer), python, env, log, limit_s)
     epochs = nnunet.epochs_done(log.read_text())
     if trained["timed_out"]:
         raise RuntimeError(f"{trainer} killed after {trained['seconds']:.0f} s with {epochs} "
@@ -144,7 +151,7 @@ def nnunet_run(split: Split, seed: int, budget: float, trainer: str, limit_s: fl
     shutil.rmtree(predicted, ignore_errors=True)
     guessed = run_child(nnunet.predict_command(DATASET_ID, trainer,
                                                prepared["folder"] / "imagesTs", predicted),
-                        env, out / f"predict-{name}.log")
+                        python, env, out / f"predict-{name}.log")
     predictions = nnunet.read_predictions(predicted, prepared["cases"], prepared["ending"])
     return {**score(predictions, split.subsets["test"], split.read_mask, split.classes),
             "train_s": trained["seconds"], "predict_s": guessed["seconds"],
@@ -153,8 +160,8 @@ def nnunet_run(split: Split, seed: int, budget: float, trainer: str, limit_s: fl
                       **nnunet.chosen(prepared["preprocessed"])}}
 
 
-def yolo_run(split: Split, seed: int, budget: float, imgsz: str, limit_s: float,
-             out: Path) -> dict:
+def yolo_run(split: Split, seed: int, budget: float, imgsz: str, python: Path,
+             limit_s: float, out: Path) -> dict:
     """YOLO trained from scratch for `budget` minutes (its own `time`), then its prediction of
     the test images (the converted 8-bit copies)."""
     data = out / "data" / "data.yaml"
@@ -167,10 +174,10 @@ def yolo_run(split: Split, seed: int, budget: float, imgsz: str, limit_s: float,
     name = f"{budget:g}min-seed{seed}"
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "tools.peers.yolo"]
+    command = [str(python), "-m", "tools.peers.yolo_child"]
     trained = run_child([*command, "train", str(data), str(run_dir), "--minutes", f"{budget}",
-                         "--seed", str(seed), "--imgsz", str(size)], {}, out / f"{name}.log",
-                        limit_s)
+                         "--seed", str(seed), "--imgsz", str(size)], python, yolo.environment(out),
+                        out / f"{name}.log", limit_s)
     chose = yolo.chosen(run_dir) if (run_dir / "args.yaml").is_file() else {"epochs": 0}
     if trained["timed_out"] or not chose["epochs"]:
         raise RuntimeError(f"not one epoch in {budget:g} min: stopped after "
@@ -181,7 +188,8 @@ def yolo_run(split: Split, seed: int, budget: float, imgsz: str, limit_s: float,
     predicted = out / "predicted" / name
     shutil.rmtree(predicted, ignore_errors=True)
     guessed = run_child([*command, "predict", str(yolo.weights(run_dir)), str(images),
-                         str(predicted), "--imgsz", str(size)], {}, out / f"{name}.log")
+                         str(predicted), "--imgsz", str(size)], python, yolo.environment(out),
+                        out / f"{name}.log")
     return {**score(yolo.read_predictions(predicted), split.subsets["test"], split.read_mask,
                     split.classes),
             "train_s": trained["seconds"], "predict_s": guessed["seconds"],
@@ -189,16 +197,16 @@ def yolo_run(split: Split, seed: int, budget: float, imgsz: str, limit_s: float,
             "chose": chose}
 
 
-def missing(system: str) -> str | None:
-    """Why a peer cannot run here (not installed), or None."""
-    if system == "nnunet" and shutil.which("nnUNetv2_train",
-                                           path=str(Path(sys.executable).parent)) is None:
-        return "nnunetv2 is not installed: pip install -e '.[peers]'"
-    if system == "yolo":
-        import importlib.util
-        if importlib.util.find_spec("ultralytics") is None:
-            return "ultralytics is not installed: pip install -e '.[peers]'"
-    return None
+def missing(system: str, python: Path) -> str | None:
+    """Why a peer cannot run here (its environment or its package missing), or None."""
+    package = {"nnunet": "nnunetv2", "yolo": "ultralytics"}.get(system)
+    if package is None:
+        return None
+    if not python.is_file():
+        return f"no peers' environment at {python}: {INSTALL}"
+    found = subprocess.run([str(python), "-c", f"import importlib.util, sys; sys.exit("
+                            f"importlib.util.find_spec({package!r}) is None)"])
+    return None if found.returncode == 0 else f"{package} is not in {python}: {INSTALL}"
 
 
 def one(system: str, split: Split, split_id: str, seed: int, budget: float, args,
@@ -206,7 +214,7 @@ def one(system: str, split: Split, split_id: str, seed: int, budget: float, args
     """One system, seed and budget -> its row; a failure is the row's "error", and the
     comparison goes on."""
     row = {"system": system, "seed": seed, "budget_min": budget}
-    why = missing(system)
+    why = missing(system, args.peers_python)
     if why:
         return {**row, "error": why}
     out = args.out / system
@@ -217,8 +225,9 @@ def one(system: str, split: Split, split_id: str, seed: int, budget: float, args
             return {**row, **project(split, split_id, seed, budget, store, out)}
         if system == "nnunet":
             return {**row, **nnunet_run(split, seed, budget, args.trainer_for(budget),
-                                        limit_s, out)}
-        return {**row, **yolo_run(split, seed, budget, args.yolo_imgsz, limit_s, out)}
+                                        args.peers_python, limit_s, out)}
+        return {**row, **yolo_run(split, seed, budget, args.yolo_imgsz, args.peers_python,
+                                  limit_s, out)}
     except Exception as e:       # any failure of one system: recorded in its row
         return {**row, "error": f"{type(e).__name__}: {e}"}
 
@@ -290,7 +299,7 @@ def compare(split: Split, split_id: str, budget: float, args, store: str) -> lis
                            "nnunet_trainer": args.trainer_for(budget),
                            "yolo_imgsz": args.yolo_imgsz, "cpu": cpu_flags()[:500]})
         for seed in (int(s) for s in args.seeds.split(",")):
-            for system in SYSTEMS:
+            for system in args.systems:
                 rows.append(one(system, split, split_id, seed, budget, args, store))
                 print(json.dumps(rows[-1], default=str), flush=True)
                 log_row(rows[-1])
@@ -303,25 +312,50 @@ def compare(split: Split, split_id: str, budget: float, args, store: str) -> lis
     return rows
 
 
+def folder_layout(name: str, data: Path, seed: int) -> dict:
+    """split_data's parameters of tools.quality's folder `name`, made under `data` first."""
+    make, layout = FOLDERS[name]
+    if make is None:
+        return dict(layout)
+    layout = dict(layout)
+    sub = layout.pop("subfolder", None)
+    layout.pop("field", None)
+    made = generated(data / (name.split("-")[0] if sub else name), lambda f: make(f, seed))
+    return {**layout, "data_dir": str(made / sub if sub else made)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import tools.peers
     parser = argparse.ArgumentParser(prog="tools.peers",
                                      description=tools.peers.__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--data-dir", required=True,
-                        help="the folder (split_data's data_dir; synthetic: the built-in set)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir",
+                       help="the folder (split_data's data_dir; synthetic: the built-in set)")
+    where.add_argument("--folder", choices=sorted(FOLDERS),
+                       help="a folder of tools.quality, generated (or fetched) under OUT/data")
+    parser.add_argument("--data-seed", type=int, default=2026,
+                        help="the generated folder's seed (--folder)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a split_data parameter (the folder's layout), repeatable")
     parser.add_argument("--budget-min", default="5", help="minutes of training, comma list")
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--nnunet-trainer", default="nnUNetTrainer_5epochs",
-                        help="nnU-Net's trainer (fixed epochs), one or one per budget")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="which of project, nnunet, yolo to run")
+    parser.add_argument("--nnunet-trainer", default="nnUNetTrainerBudget",
+                        help="nnU-Net's trainer, one or one per budget (nnUNetTrainerBudget: "
+                             "fitted to the budget; nnUNetTrainer_5epochs: a fixed length)")
+    parser.add_argument("--peers-python", type=Path, default=PEERS_PYTHON,
+                        help="the peers' environment's python")
     parser.add_argument("--yolo-imgsz", default="auto",
                         help="YOLO's size; auto: the longest image side, at most 640")
     parser.add_argument("--limit-factor", type=float, default=3.0,
                         help="a peer's training is killed past this many budgets")
     args = parser.parse_args(argv)
     args.budgets = [float(b) for b in args.budget_min.split(",")]
+    args.systems = args.systems.split(",")
+    if not set(args.systems) <= set(SYSTEMS):
+        parser.error(f"--systems {','.join(args.systems)}: choose from {', '.join(SYSTEMS)}")
     trainers = args.nnunet_trainer.split(",")
     if len(trainers) not in (1, len(args.budgets)):
         parser.error("--nnunet-trainer: one trainer, or one per budget")
@@ -332,15 +366,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Reading the split back from the store draws a bar per file otherwise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{args.out / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
-    # `mlflow run` starts the step in the project's folder: a folder given relative to here
-    # is made absolute.
-    data_dir = (args.data_dir if args.data_dir == "synthetic"
-                else str(Path(args.data_dir).resolve()))
-    layout = {"data_dir": data_dir, **dict(item.split("=", 1) for item in args.set)}
+    if args.folder:
+        layout = folder_layout(args.folder, args.out / "data", args.data_seed)
+    else:
+        # `mlflow run` starts the step in the project's folder: a folder given relative to
+        # here is made absolute.
+        layout = {"data_dir": (args.data_dir if args.data_dir == "synthetic"
+                               else str(Path(args.data_dir).resolve()))}
+    layout.update(item.split("=", 1) for item in args.set)
     split_id = mlflow_run("split_data", layout, store, args.out / "split.log")
     split = load_split(split_id, workdir=args.out / "split-data")
     mlflow.set_experiment("peers")

@@ -25,6 +25,7 @@ from unet.images.reading import load_image
 from unet.labels.classes import Classes
 from unet.labels.masks import VOID
 
+TRAINER_FOLDER = Path(__file__).resolve().parent / "nnunet_trainer"   # nnUNet_extTrainer
 CASES_FILE = "cases.json"        # beside dataset.json: nnU-Net case id -> the project's stem
 PNG_DTYPES = ("uint8", "uint16")   # PNG holds these as grey; 8-bit RGB too
 
@@ -128,10 +129,16 @@ def write_fold(preprocessed: Path, subsets: dict[str, list[Pair]], cases: dict[s
 
 
 def environment(out: Path, results: Path) -> dict[str, str]:
-    """nnU-Net's three folders, all under OUT; `results` differs per budget and seed, so that
-    a run never continues or overwrites another."""
+    """nnU-Net's three folders, all under OUT (`results` differs per budget and seed, so that
+    a run never continues or overwrites another), and where it finds nnUNetTrainerBudget."""
     return {"nnUNet_raw": str(out / "raw"), "nnUNet_preprocessed": str(out / "preprocessed"),
-            "nnUNet_results": str(results)}
+            "nnUNet_results": str(results), "nnUNet_extTrainer": str(TRAINER_FOLDER)}
+
+
+def budget(seconds: float) -> dict[str, str]:
+    """nnUNetTrainerBudget's budget (an environment variable: nnUNetv2_train passes a trainer
+    no arguments of its own)."""
+    return {"PEERS_BUDGET_S": f"{seconds:g}"}
 
 
 def plan_command(dataset_id: int) -> list[str]:

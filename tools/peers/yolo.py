@@ -1,10 +1,6 @@
 """Ultralytics YOLO's semantic-segmentation task as a peer: the project's split as its dataset
-(images/ and masks/ per subset, a yaml), and the child process that trains it from its yaml
-(no pretrained weights: nothing is downloaded) within the time budget and predicts the test
-images. ultralytics is imported only inside that child's functions.
-
-    python -m tools.peers.yolo train DATA_YAML RUN_DIR --minutes M --seed S --imgsz N
-    python -m tools.peers.yolo predict WEIGHTS LIST_FILE OUT_DIR --imgsz N
+(images/ and masks/ per subset, a yaml), and what its run chose. The child that trains and
+predicts runs in the peers' environment: tools/peers/yolo_child.py.
 
 Ultralytics reads images with OpenCV, which makes a 16-bit PNG 8-bit by dividing by 256: so
 images are written as the 8-bit RGB the project's own network is given (16-bit and float
@@ -12,7 +8,6 @@ values through the intensity window measured on the training images, unet.images
 """
 from __future__ import annotations
 
-import argparse
 import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +22,6 @@ from unet.images.intensity import Window, measure
 from unet.images.reading import load_image
 from unet.labels.classes import Classes
 
-MODEL = "yolo26n-sem.yaml"      # the smallest semantic model, built from its yaml
 MAX_IMGSZ = 640                 # Ultralytics' default size; smaller images keep their own
 
 
@@ -63,6 +57,12 @@ def auto_imgsz(paths: Sequence[Path]) -> int:
     return min(MAX_IMGSZ, -(-longest // 32) * 32)
 
 
+def environment(out: Path) -> dict[str, str]:
+    """The child's environment: no online checks (nothing may download), and Ultralytics'
+    settings file under OUT, not in the user's home."""
+    return {"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(out / "config")}
+
+
 def weights(run_dir: Path) -> Path:
     """The weights YOLO kept: best.pt (best validation fitness), else last.pt."""
     best = run_dir / "weights" / "best.pt"
@@ -80,48 +80,3 @@ def chosen(run_dir: Path) -> dict:
 def read_predictions(folder: Path) -> dict[str, np.ndarray]:
     """The predict child's <stem>.png class maps -> {stem: (H, W) uint8}."""
     return {path.stem: np.asarray(Image.open(path)) for path in folder.glob("*.png")}
-
-
-def train(data: Path, run_dir: Path, minutes: float, seed: int, imgsz: int) -> None:
-    """YOLO's training as it ships, from scratch, stopped by its own `time` (hours)."""
-    from ultralytics import YOLO
-    YOLO(MODEL).train(data=str(data), time=minutes / 60, epochs=1000, imgsz=imgsz,
-                      device="cpu", pretrained=False, plots=False, seed=seed, amp=False,
-                      project=str(run_dir.parent), name=run_dir.name, exist_ok=True)
-
-
-def predict(weights_file: Path, images: Sequence[Path], out: Path, imgsz: int) -> None:
-    """Class maps of `images` at their original size, written as out/<stem>.png."""
-    from ultralytics import YOLO
-    model = YOLO(str(weights_file))
-    out.mkdir(parents=True, exist_ok=True)
-    for path in images:     # one at a time: a list of thousands would be held in memory
-        (result,) = model.predict(source=[str(path)], device="cpu", imgsz=imgsz, verbose=False)
-        labels = result.semantic_mask.data.cpu().numpy().astype(np.uint8)
-        Image.fromarray(labels).save(out / f"{path.stem}.png")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="tools.peers.yolo", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("train")
-    fit.add_argument("data", type=Path)
-    fit.add_argument("run_dir", type=Path)
-    fit.add_argument("--minutes", type=float, required=True)
-    fit.add_argument("--seed", type=int, required=True)
-    fit.add_argument("--imgsz", type=int, required=True)
-    guess = commands.add_parser("predict")
-    guess.add_argument("weights", type=Path)
-    guess.add_argument("list_file", type=Path, help="one image path a line")
-    guess.add_argument("out", type=Path)
-    guess.add_argument("--imgsz", type=int, required=True)
-    args = parser.parse_args()
-    if args.command == "train":
-        train(args.data, args.run_dir, args.minutes, args.seed, args.imgsz)
-    else:
-        predict(args.weights, [Path(line) for line in args.list_file.read_text().split("\n")
-                               if line], args.out, args.imgsz)
-
-
-if __name__ == "__main__":
-    main()
