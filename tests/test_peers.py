@@ -4,6 +4,8 @@ neither the pipeline nor the tool's modules."""
 import ast
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +253,152 @@ def test_the_peers_are_imported_only_inside_functions():
         assert not any(name.split(".")[0] in peers for name in names), path
         if path.is_relative_to(ROOT / "unet"):
             assert not any(p in path.read_text() for p in peers), path
+
+
+class FakeClock:
+    """perf_counter of a trainer whose steps take set times."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def budget_trainer(monkeypatch, clock: FakeClock, startup_s: float, step_s: float,
+                   val_step_s: float):
+    """nnUNetTrainerBudget on a stand-in of nnU-Net's base class (nnunetv2 is not installed
+    here): the base's hooks only advance the clock and count epochs as nnU-Net's do."""
+    import importlib.util
+    import sys
+    import types
+
+    class Scheduler:
+        max_steps = 1000
+
+    class nnUNetTrainer:
+        def __init__(self, plans, configuration, fold, dataset_json, device):
+            self.num_epochs, self.current_epoch = 1000, 0
+            self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 250, 50
+            self.lr_scheduler, self.log = Scheduler(), []
+            self.dataloader_train = self.dataloader_val = iter(int, 1)    # endless
+
+        def on_train_start(self):
+            clock.now += startup_s
+
+        def train_step(self, batch):
+            clock.now += step_s
+
+        def validation_step(self, batch):
+            clock.now += val_step_s
+
+        def on_epoch_end(self):
+            self.current_epoch += 1
+
+        def on_train_end(self):
+            self.log.append("final checkpoint")
+
+        def print_to_log_file(self, text):
+            self.log.append(text)
+
+    for hook in ("on_epoch_start", "on_train_epoch_start", "on_train_epoch_end",
+                 "on_validation_epoch_start", "on_validation_epoch_end"):
+        setattr(nnUNetTrainer, hook, lambda self, *outputs: None)
+    base = types.ModuleType("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
+    base.nnUNetTrainer = nnUNetTrainer
+    for name in ("nnunetv2", "nnunetv2.training", "nnunetv2.training.nnUNetTrainer"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, base.__name__, base)
+    path = ROOT / "tools" / "peers" / "nnunet_trainer" / "nnUNetTrainerBudget.py"
+    spec = importlib.util.spec_from_file_location("budget_trainer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module.time, "perf_counter", clock)
+    return module.nnUNetTrainerBudget({}, "2d", 0, {}, None)
+
+
+def test_budget_trainer_fits_its_epochs_and_schedule_to_the_budget(monkeypatch):
+    """300 s, 20 s of start-up, epochs of 10 x 6 s + 2 x 2 s = 64 s: after the first (84 s
+    spent) 3 more fit (216 s left), and it ends after 4 epochs at 276 s, the poly schedule
+    stretched over 4."""
+    clock = FakeClock()
+    monkeypatch.setenv("PEERS_BUDGET_S", "300")
+    trainer = budget_trainer(monkeypatch, clock, startup_s=20, step_s=6, val_step_s=2)
+    trainer.run_training()
+    assert trainer.current_epoch == trainer.num_epochs == 4
+    assert trainer.lr_scheduler.max_steps == 4
+    assert clock.now == 20 + 4 * 64 <= 300
+    trainer.perform_actual_validation()
+    assert trainer.log == ["final checkpoint",
+                           "Validation of the whole split skipped (tools/peers)."]
+
+
+def test_budget_trainer_stops_after_one_epoch_that_overran(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setenv("PEERS_BUDGET_S", "50")
+    trainer = budget_trainer(monkeypatch, clock, startup_s=20, step_s=6, val_step_s=2)
+    trainer.run_training()
+    assert trainer.current_epoch == trainer.num_epochs == 1 and clock.now == 84
+
+
+def test_a_missing_peers_environment_names_the_install_command(tmp_path):
+    from tools.peers.__main__ import INSTALL, missing
+    absent = tmp_path / "none" / "bin" / "python"
+    assert missing("nnunet", absent) == f"no peers' environment at {absent}: {INSTALL}"
+    assert missing("project", absent) is None
+    # This environment is the pipeline's: no ultralytics in it.
+    assert missing("yolo", Path(sys.executable)) == (
+        f"ultralytics is not in {sys.executable}: {INSTALL}")
+    assert "pip install -r tools/peers/requirements.txt" in INSTALL
+    pinned = (ROOT / "tools" / "peers" / "requirements.txt").read_text()
+    assert all(f"{p}==" in pinned for p in ("torch", "torchvision", "nnunetv2", "ultralytics"))
+
+
+def test_arguments_refused_in_one_line():
+    from tools.peers.__main__ import parse_args
+    args = parse_args(["out", "--folder", "quick", "--systems", "project,yolo"])
+    assert args.systems == ["project", "yolo"] and args.data_dir is None
+    for argv in (["out", "--folder", "quick", "--systems", "nnunet,detectron"],
+                 ["out", "--folder", "quick", "--data-dir", "d"], ["out"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+@pytest.mark.slow
+def test_the_tool_end_to_end_without_the_peers(tmp_path):
+    """The real tool on a small generated folder, no peers' environment: the project trained
+    and evaluated through `mlflow run`, its test images scored by the peers' scorer (equal to
+    evaluate's own test_dice), the peers' rows failed with the install command, the table,
+    the chart and the nested MLflow runs written."""
+    import mlflow
+
+    from tools.peers.__main__ import INSTALL
+    generate(tmp_path / "data", 16, 48, 72, seed=3)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "tools.peers", str(out), "--data-dir",
+                           str(tmp_path / "data"), "--budget-min", "0.25", "--seeds", "1",
+                           "--peers-python", str(tmp_path / "none" / "python")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((out / "peers-0.25min.json").read_text())
+    assert [r["system"] for r in rows] == ["project", "nnunet", "yolo"]
+    project, *peers = rows
+    assert "error" not in project, project
+    assert project["dice"] == pytest.approx(project["evaluate_test_dice"], abs=1e-6)
+    assert 0 < project["train_s"] and project["chose"]["batch_size"]
+    for row in peers:
+        assert row["error"] == f"no peers' environment at {tmp_path / 'none' / 'python'}: {INSTALL}"
+    text = (out / "peers-0.25min.md").read_text()
+    assert f"| project | 1 | {project['dice']:.4f} |" in text
+    assert text.count("failed: no peers' environment") == 2
+    assert (out / "peers-0.25min.png").read_bytes()[:4] == b"\x89PNG"
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("peers").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "peers-0.25min"]
+    children = {r.data.params["system"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == ["nnunet", "project", "yolo"]
+    assert children["project"].data.metrics["dice"] == pytest.approx(project["dice"])
+    assert children["yolo"].data.tags["error"].startswith("no peers' environment")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"peers-0.25min.json", "peers-0.25min.md", "peers-0.25min.png"}

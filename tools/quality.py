@@ -79,6 +79,19 @@ def generated(path: Path, make) -> Path:
     return path
 
 
+def folder_layout(name: str, data: Path, seed: int) -> tuple[dict, Path | None]:
+    """(split_data's parameters, the whole-field folder or None) of the folder `name`, made
+    under `data` first if it is not there."""
+    make, layout = FOLDERS[name]
+    if make is None:
+        return dict(layout), None
+    # Folders made together (a field's tiles and their PNG copy) share one directory.
+    layout = dict(layout)
+    sub, field = layout.pop("subfolder", None), layout.pop("field", None)
+    made = generated(data / (name.split("-")[0] if sub else name), lambda f: make(f, seed))
+    return {"data_dir": made / sub if sub else made, **layout}, made / field if field else None
+
+
 def cpu_flags() -> str:
     """The CPU model and the flags that decide the training speed."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -266,16 +279,7 @@ def main() -> None:
     extra = dict(item.split("=", 1) for item in args.set)
     results = []
     for name in args.folders.split(","):
-        make, layout = FOLDERS[name]
-        field = None
-        if make is not None:
-            # Folders made together (a field's tiles and their PNG copy) share one directory.
-            layout = dict(layout)
-            sub, field = layout.pop("subfolder", None), layout.pop("field", None)
-            made = generated(args.out / "data" / (name.split("-")[0] if sub else name),
-                             lambda f: make(f, args.data_seed))
-            layout = {"data_dir": made / sub if sub else made, **layout}
-            field = made / field if field else None
+        layout, field = folder_layout(name, args.out / "data", args.data_seed)
         split_id = mlflow_run("split_data", layout, store,
                               args.out / f"{name}-split.log")
         for seed in (int(s) for s in args.seeds.split(",")):

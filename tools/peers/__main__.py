@@ -18,7 +18,7 @@ import psutil
 
 from tools.peers import nnunet, yolo
 from tools.peers.scoring import score
-from tools.quality import FOLDERS, ROOT, cpu_flags, generated, mlflow_run
+from tools.quality import FOLDERS, ROOT, cpu_flags, folder_layout, mlflow_run
 from unet.images.reading import load_image
 from unet.tracking.models import load_segmenter
 from unet.tracking.splits import Split, load_split
@@ -109,7 +109,8 @@ def project(split: Split, split_id: str, seed: int, budget: float, store: str,
     predict_s = time.perf_counter() - start
     params = train.data.params
     chose = {name: params.get(f"effective.{name}", params.get(name)) for name in
-             ("epochs", "steps_per_epoch", "batch_size", "patch_height", "patch_width")}
+             ("features", "epochs", "steps_per_epoch", "batch_size", "patch_height",
+              "patch_width")} | {"precision": train.data.tags.get("precision")}
     return {**score(predictions, split.subsets["test"], split.read_mask, split.classes),
             "train_s": train_s, "predict_s": predict_s, "train_rss_mb": memory.mb,
             "evaluate_test_dice": client.get_run(evaluate_id).data.metrics["test_dice"],
@@ -312,18 +313,6 @@ def compare(split: Split, split_id: str, budget: float, args, store: str) -> lis
     return rows
 
 
-def folder_layout(name: str, data: Path, seed: int) -> dict:
-    """split_data's parameters of tools.quality's folder `name`, made under `data` first."""
-    make, layout = FOLDERS[name]
-    if make is None:
-        return dict(layout)
-    layout = dict(layout)
-    sub = layout.pop("subfolder", None)
-    layout.pop("field", None)
-    made = generated(data / (name.split("-")[0] if sub else name), lambda f: make(f, seed))
-    return {**layout, "data_dir": str(made / sub if sub else made)}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import tools.peers
     parser = argparse.ArgumentParser(prog="tools.peers",
@@ -373,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     store = f"sqlite:///{args.out / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
     if args.folder:
-        layout = folder_layout(args.folder, args.out / "data", args.data_seed)
+        layout = folder_layout(args.folder, args.out / "data", args.data_seed)[0]
     else:
         # `mlflow run` starts the step in the project's folder: a folder given relative to
         # here is made absolute.
