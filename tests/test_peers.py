@@ -322,7 +322,7 @@ def test_budget_trainer_fits_its_epochs_and_schedule_to_the_budget(monkeypatch):
     spent) 3 more fit (216 s left), and it ends after 4 epochs at 276 s, the poly schedule
     stretched over 4."""
     clock = FakeClock()
-    monkeypatch.setenv("PEERS_BUDGET_S", "300")
+    monkeypatch.setenv(*nnunet.budget(300).popitem())    # as the tool sets it
     trainer = budget_trainer(monkeypatch, clock, startup_s=20, step_s=6, val_step_s=2)
     trainer.run_training()
     assert trainer.current_epoch == trainer.num_epochs == 4
@@ -335,7 +335,7 @@ def test_budget_trainer_fits_its_epochs_and_schedule_to_the_budget(monkeypatch):
 
 def test_budget_trainer_stops_after_one_epoch_that_overran(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setenv("PEERS_BUDGET_S", "50")
+    monkeypatch.setenv(*nnunet.budget(50).popitem())    # as the tool sets it
     trainer = budget_trainer(monkeypatch, clock, startup_s=20, step_s=6, val_step_s=2)
     trainer.run_training()
     assert trainer.current_epoch == trainer.num_epochs == 1 and clock.now == 84

@@ -36,7 +36,8 @@ def predict(weights_file: Path, images: Sequence[Path], out: Path, imgsz: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="tools.peers.yolo_child", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tools.peers.yolo_child",
+                                     description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("train")
     fit.add_argument("data", type=Path)

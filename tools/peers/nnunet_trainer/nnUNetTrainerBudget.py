@@ -7,7 +7,7 @@ epoch); none stops at a time. This one is nnUNetTrainer as it ships (plan, netwo
 augmentation, loss, SGD with its poly schedule) but for its length:
 - an epoch is 10 training and 2 validation iterations, not nnU-Net's 250 and 50 (the same
   ratio): on a 2-core CPU its 2d plan for 160x240 images (batch 16, 32..512 features) takes
-  about 6 s an iteration, so one of its epochs would take 25 minutes;
+  about 7 s an iteration, so one of its epochs would take about 27 minutes;
 - after each epoch the epochs still to run are those that fit in what is left of
   PEERS_BUDGET_S (seconds, counted from the trainer's start, its data loaders' start-up
   included), from the mean epoch time so far, and the poly schedule is stretched over that
@@ -22,7 +22,7 @@ import time
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-BUDGET_VARIABLE = "PEERS_BUDGET_S"
+BUDGET_VARIABLE = "PEERS_BUDGET_S"     # set by tools.peers.nnunet.budget (the other environment)
 ITERATIONS, VAL_ITERATIONS = 10, 2
 
 
