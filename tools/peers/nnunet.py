@@ -149,10 +149,13 @@ def train_command(dataset_id: int, trainer: str) -> list[str]:
     return ["nnUNetv2_train", str(dataset_id), "2d", "0", "-tr", trainer, "-device", "cpu"]
 
 
-def predict_command(dataset_id: int, trainer: str, images: Path, out: Path) -> list[str]:
-    """nnU-Net's own prediction (its sliding window and mirroring, as it ships)."""
+def predict_command(dataset_id: int, trainer: str, images: Path, out: Path,
+                    mirroring: bool = True) -> list[str]:
+    """nnU-Net's own prediction: its sliding window and, as it ships, mirroring (4 passes a
+    window in 2d; without it, one)."""
     return ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(dataset_id),
-            "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu"]
+            "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
+            *([] if mirroring else ["--disable_tta"])]
 
 
 def chosen(preprocessed: Path) -> dict:
