@@ -364,6 +364,20 @@ def test_arguments_refused_in_one_line():
             parse_args(argv)
 
 
+def test_nnunet_predicts_with_its_mirroring_unless_told():
+    """nnU-Net as it ships mirrors each window (4 passes in 2d); --nnunet-no-mirroring passes
+    its own --disable_tta flag and nothing else changes."""
+    from tools.peers.__main__ import parse_args
+    images, out = Path("imagesTs"), Path("predicted")
+    shipped = nnunet.predict_command(501, "nnUNetTrainerBudget", images, out)
+    assert "--disable_tta" not in shipped
+    assert shipped[:5] == ["nnUNetv2_predict", "-i", "imagesTs", "-o", "predicted"]
+    assert nnunet.predict_command(501, "nnUNetTrainerBudget", images, out,
+                                  mirroring=False) == [*shipped, "--disable_tta"]
+    assert not parse_args(["out", "--folder", "car8"]).nnunet_no_mirroring
+    assert parse_args(["out", "--folder", "car8", "--nnunet-no-mirroring"]).nnunet_no_mirroring
+
+
 @pytest.mark.slow
 def test_the_tool_end_to_end_without_the_peers(tmp_path):
     """The real tool on a small generated folder, no peers' environment: the project trained
