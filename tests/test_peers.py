@@ -416,3 +416,10 @@ def test_the_tool_end_to_end_without_the_peers(tmp_path):
     assert children["yolo"].data.tags["error"].startswith("no peers' environment")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"peers-0.25min.json", "peers-0.25min.md", "peers-0.25min.png"}
+    # Every run's artifacts (the split's, the model's, the table's) are under OUT, none in
+    # the checkout where `mlflow run` starts the steps.
+    for name in ("quality", "peers"):
+        experiment = client.get_experiment_by_name(name)
+        assert experiment.artifact_location == (out / "artifacts" / name).resolve().as_uri()
+        for run in client.search_runs([experiment.experiment_id]):
+            assert run.info.artifact_uri.startswith(experiment.artifact_location), run.info

@@ -104,6 +104,22 @@ def cpu_flags() -> str:
             + f", torch {torch.__version__}")
 
 
+def tracking_store(out: Path, *experiments: str) -> str:
+    """OUT/mlflow.db as a tracking URI, with its experiments ("quality", where mlflow_run's
+    steps log, and `experiments`) keeping their artifacts under OUT/artifacts/<name>. MLflow
+    would put them in ./mlruns of the process that creates the experiment: for `mlflow run`'s
+    steps, the project's checkout, shared by every OUT and lost with the checkout (a champion
+    registered there then fails the next evaluate: "No such artifact")."""
+    import mlflow
+    store = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(store)
+    for name in ("quality", *experiments):
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(
+                name, artifact_location=(out / "artifacts" / name).resolve().as_uri())
+    return store
+
+
 def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
     """Runs an entry point as a user would; returns its run id (printed by MLflow)."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry,
@@ -275,7 +291,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    store = f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
+    store = tracking_store(args.out)
     extra = dict(item.split("=", 1) for item in args.set)
     results = []
     for name in args.folders.split(","):

@@ -18,7 +18,7 @@ import psutil
 
 from tools.peers import nnunet, yolo
 from tools.peers.scoring import score
-from tools.quality import FOLDERS, ROOT, cpu_flags, folder_layout, mlflow_run
+from tools.quality import FOLDERS, ROOT, cpu_flags, folder_layout, mlflow_run, tracking_store
 from unet.images.reading import load_image
 from unet.tracking.models import load_segmenter
 from unet.tracking.splits import Split, load_split
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    store = f"sqlite:///{args.out / 'mlflow.db'}"
+    store = tracking_store(args.out, "peers")
     mlflow.set_tracking_uri(store)
     if args.folder:
         layout = folder_layout(args.folder, args.out / "data", args.data_seed)[0]
