@@ -359,7 +359,8 @@ def test_arguments_refused_in_one_line():
     args = parse_args(["out", "--folder", "quick", "--systems", "project,yolo"])
     assert args.systems == ["project", "yolo"] and args.data_dir is None
     for argv in (["out", "--folder", "quick", "--systems", "nnunet,detectron"],
-                 ["out", "--folder", "quick", "--data-dir", "d"], ["out"]):
+                 ["out", "--folder", "quick", "--data-dir", "d"], ["out"],
+                 ["out", "--folder", "quick", "--budget-min", "abc"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
 

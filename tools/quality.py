@@ -37,6 +37,7 @@ import torch
 from tools import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "quality"      # where mlflow_run's steps log
 # name -> (how to make it, layout parameters); "quick" is the built-in set of the quick start
 FOLDERS = {
     "quick": (None, {"data_dir": "synthetic"}),
@@ -105,15 +106,15 @@ def cpu_flags() -> str:
 
 
 def tracking_store(out: Path, *experiments: str) -> str:
-    """OUT/mlflow.db as a tracking URI, with its experiments ("quality", where mlflow_run's
-    steps log, and `experiments`) keeping their artifacts under OUT/artifacts/<name>. MLflow
-    would put them in ./mlruns of the process that creates the experiment: for `mlflow run`'s
-    steps, the project's checkout, shared by every OUT and lost with the checkout (a champion
-    registered there then fails the next evaluate: "No such artifact")."""
+    """OUT/mlflow.db as a tracking URI, with its experiments (EXPERIMENT and `experiments`)
+    keeping their artifacts under OUT/artifacts/<name>. MLflow would put them in ./mlruns of
+    the process that creates the experiment: for `mlflow run`'s steps, the project's checkout,
+    shared by every OUT and lost with the checkout (a champion registered there then fails the
+    next evaluate: "No such artifact")."""
     import mlflow
     store = f"sqlite:///{(out / 'mlflow.db').resolve()}"
     client = mlflow.MlflowClient(store)
-    for name in ("quality", *experiments):
+    for name in (EXPERIMENT, *experiments):
         if client.get_experiment_by_name(name) is None:
             client.create_experiment(
                 name, artifact_location=(out / "artifacts" / name).resolve().as_uri())
@@ -123,7 +124,7 @@ def tracking_store(out: Path, *experiments: str) -> str:
 def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
     """Runs an entry point as a user would; returns its run id (printed by MLflow)."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry,
-           "--env-manager", "local", "--experiment-name", "quality"]
+           "--env-manager", "local", "--experiment-name", EXPERIMENT]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
     # `mlflow run` starts the steps with the `python` on PATH: this interpreter's. An

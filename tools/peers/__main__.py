@@ -347,7 +347,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-factor", type=float, default=3.0,
                         help="a peer's training is killed past this many budgets")
     args = parser.parse_args(argv)
-    args.budgets = [float(b) for b in args.budget_min.split(",")]
+    try:
+        args.budgets = [float(b) for b in args.budget_min.split(",")]
+    except ValueError:
+        parser.error(f"--budget-min {args.budget_min}: minutes, a number or a comma list (5,30)")
     args.systems = args.systems.split(",")
     if not set(args.systems) <= set(SYSTEMS):
         parser.error(f"--systems {','.join(args.systems)}: choose from {', '.join(SYSTEMS)}")
