@@ -360,7 +360,8 @@ def test_arguments_refused_in_one_line():
     assert args.systems == ["project", "yolo"] and args.data_dir is None
     for argv in (["out", "--folder", "quick", "--systems", "nnunet,detectron"],
                  ["out", "--folder", "quick", "--data-dir", "d"], ["out"],
-                 ["out", "--folder", "quick", "--budget-min", "abc"]):
+                 ["out", "--folder", "quick", "--budget-min", "abc"],
+                 ["out", "--folder", "quick", "--budget-min", "5,0"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
 

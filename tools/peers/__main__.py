@@ -350,7 +350,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.budgets = [float(b) for b in args.budget_min.split(",")]
     except ValueError:
-        parser.error(f"--budget-min {args.budget_min}: minutes, a number or a comma list (5,30)")
+        args.budgets = []
+    if not args.budgets or min(args.budgets) <= 0:
+        parser.error(f"--budget-min {args.budget_min}: minutes above 0, a number or a comma "
+                     "list (5,30)")
     args.systems = args.systems.split(",")
     if not set(args.systems) <= set(SYSTEMS):
         parser.error(f"--systems {','.join(args.systems)}: choose from {', '.join(SYSTEMS)}")
