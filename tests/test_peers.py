@@ -425,3 +425,16 @@ def test_the_tool_end_to_end_without_the_peers(tmp_path):
         assert experiment.artifact_location == (out / "artifacts" / name).resolve().as_uri()
         for run in client.search_runs([experiment.experiment_id]):
             assert run.info.artifact_uri.startswith(experiment.artifact_location), run.info
+
+
+def test_a_folder_the_split_step_refuses_stops_the_tool_with_its_one_line(tmp_path):
+    """The split step's own reason reaches the user as one line, not a traceback."""
+    done = subprocess.run([sys.executable, "-m", "tools.peers", str(tmp_path / "out"),
+                           "--data-dir", str(tmp_path / "missing"), "--systems", "project"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tools.peers: split_data failed (exit 1): folder not found: ")
+    assert str(tmp_path / "missing" / "train") in last
+    assert last.endswith(f"see {tmp_path / 'out' / 'split.log'}")

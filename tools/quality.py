@@ -132,12 +132,16 @@ def mlflow_run(entry: str, params: dict, store: str, log: Path) -> str:
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"},
            "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    start = log.stat().st_size if log.exists() else 0    # the log may hold earlier runs
     with open(log, "a") as f:
         done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
-    text = log.read_text()
+    text = log.read_bytes()[start:].decode(errors="replace")
     found = re.findall(r"=== Run \(ID '([0-9a-f]+)'\) succeeded ===", text)
     if done.returncode != 0 or not found:
-        raise RuntimeError(f"{entry} failed (exit {done.returncode}), see {log}")
+        # A step's one-line reason (its "error: ..." line) is in the message, not only the log.
+        reason = re.findall(r"^error: (.*)$", text, re.MULTILINE)
+        raise RuntimeError(f"{entry} failed (exit {done.returncode})"
+                           f"{': ' + reason[-1] if reason else ''}; see {log}")
     return found[-1]
 
 

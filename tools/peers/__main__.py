@@ -8,6 +8,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -381,7 +382,10 @@ def main(argv: list[str] | None = None) -> None:
         layout = {"data_dir": (args.data_dir if args.data_dir == "synthetic"
                                else str(Path(args.data_dir).resolve()))}
     layout.update(item.split("=", 1) for item in args.set)
-    split_id = mlflow_run("split_data", layout, store, args.out / "split.log")
+    try:
+        split_id = mlflow_run("split_data", layout, store, args.out / "split.log")
+    except RuntimeError as e:    # the folder itself is wrong: no system can run on it
+        sys.exit(f"tools.peers: {e}")
     split = load_split(split_id, workdir=args.out / "split-data")
     mlflow.set_experiment("peers")
     for budget in args.budgets:
